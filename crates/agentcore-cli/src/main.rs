@@ -1,0 +1,133 @@
+//! The `agentcore` binary: parses arguments, runs the command, maps errors to exit codes.
+//!
+//! Data goes to stdout, diagnostics to stderr. Exit codes: 0 success, 1 runtime failure,
+//! 2 invalid input (a config that breaks a rule, a file that cannot be read or parsed).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agentcore_grpo::{ConfigFormat, GRPOConfig, GrpoError};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Train LLM agents with GRPO.
+#[derive(Debug, Parser)]
+#[command(name = "agentcore", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and validate GRPO training configs.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the default GRPOConfig.
+    Defaults {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+    },
+    /// Validate a config file (JSON, YAML or TOML, by extension) and print the effective
+    /// config, defaults filled in.
+    Check {
+        /// The config file.
+        file: PathBuf,
+        /// Output format of the effective config.
+        #[arg(long, value_enum, default_value_t = Format::Yaml)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Yaml,
+    Toml,
+}
+
+impl From<Format> for ConfigFormat {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Json => ConfigFormat::Json,
+            Format::Yaml => ConfigFormat::Yaml,
+            Format::Toml => ConfigFormat::Toml,
+        }
+    }
+}
+
+/// An error that is the user's input, not a failure of ours: exit code 2.
+#[derive(Debug)]
+struct InputError(String);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = if err.downcast_ref::<InputError>().is_some() { 2 } else { 1 };
+            #[expect(clippy::print_stderr, reason = "the one place errors reach the user")]
+            {
+                eprintln!("error: {err:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config(ConfigCommand::Defaults { format }) => {
+            write_stdout(&GRPOConfig::default().to_string_format(format.into()))?;
+        }
+        Command::Config(ConfigCommand::Check { file, format }) => {
+            let config = load_config(&file)?;
+            let mut stderr = std::io::stderr().lock();
+            for warning in config.warnings() {
+                writeln!(stderr, "warning: {warning}")?;
+            }
+            writeln!(stderr, "{}: valid", file.display())?;
+            write_stdout(&config.to_string_format(format.into()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and validates a config file; the format comes from the extension.
+fn load_config(path: &Path) -> anyhow::Result<GRPOConfig> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let format = ConfigFormat::from_extension(extension).ok_or_else(|| {
+        InputError(format!(
+            "{}: unknown config format `.{extension}`: use .json, .yaml, .yml or .toml",
+            path.display()
+        ))
+    })?;
+    let text = fs::read_to_string(path)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    GRPOConfig::from_str_format(&text, format)
+        .map_err(|e: GrpoError| InputError(format!("{}: {e}", path.display())).into())
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).context("writing to stdout")?;
+    if !text.ends_with('\n') {
+        out.write_all(b"\n").context("writing to stdout")?;
+    }
+    Ok(())
+}
