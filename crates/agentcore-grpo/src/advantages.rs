@@ -219,7 +219,11 @@ fn check_groups(groups: &[Vec<f64>], name: &str) -> Result<(), GrpoError> {
             ));
         }
         if let Some((i, r)) = group.iter().enumerate().find(|(_, r)| !r.is_finite()) {
-            return Err(GrpoError::invalid_input(format!("{name}[{gi}][{i}]"), "must be finite", r));
+            return Err(GrpoError::invalid_input(
+                format!("{name}[{gi}][{i}]"),
+                "must be finite",
+                r,
+            ));
         }
     }
     Ok(())
@@ -246,8 +250,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "invalid input: `rewards[1][1]` must be finite, got NaN");
-        let err = group_advantages(&[vec![]], AdvantageEstimator::Grpo, ScaleRewards::Group)
-            .unwrap_err();
+        let err =
+            group_advantages(&[vec![]], AdvantageEstimator::Grpo, ScaleRewards::Group).unwrap_err();
         assert!(err.to_string().contains("`rewards[0]` must contain at least one reward"));
     }
 }

@@ -38,7 +38,6 @@ use crate::rewards::RewardShaping;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-#[expect(clippy::upper_case_acronyms, reason = "the guide's name for the type, `GRPOConfig`")]
 pub struct GRPOConfig {
     /// Number of training iterations (policy updates). 1..=10000, default 1000.
     pub n_iterations: u32,

@@ -95,7 +95,11 @@ pub enum GrpoError {
 
 impl GrpoError {
     /// Shorthand for [`GrpoError::InvalidInput`].
-    pub fn invalid_input(what: impl Into<String>, rule: impl Into<String>, value: impl ToString) -> Self {
+    pub fn invalid_input(
+        what: impl Into<String>,
+        rule: impl Into<String>,
+        value: impl ToString,
+    ) -> Self {
         Self::InvalidInput { what: what.into(), rule: rule.into(), value: value.to_string() }
     }
 

@@ -245,7 +245,8 @@ pub fn reference_loss(
         for s in sequences {
             let mut row = Vec::with_capacity(s.logp.len());
             for t in 0..s.logp.len() {
-                let tok = clipped_surrogate(s.logp[t], s.old_logp[t], s.advantages[t], eps_low, eps_high);
+                let tok =
+                    clipped_surrogate(s.logp[t], s.old_logp[t], s.advantages[t], eps_low, eps_high);
                 row.push(tok.loss);
                 if s.mask[t] {
                     low += usize::from(tok.clipped_low);
@@ -272,7 +273,11 @@ pub fn reference_loss(
     })
 }
 
-fn check_sequence(i: usize, s: &SequenceLogProbs, settings: &LossSettings) -> Result<(), GrpoError> {
+fn check_sequence(
+    i: usize,
+    s: &SequenceLogProbs,
+    settings: &LossSettings,
+) -> Result<(), GrpoError> {
     let n = s.logp.len();
     let lengths = [
         ("old_logp", s.old_logp.len()),
@@ -297,7 +302,11 @@ fn check_sequence(i: usize, s: &SequenceLogProbs, settings: &LossSettings) -> Re
     ];
     for (name, values) in columns {
         if let Some((t, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(GrpoError::invalid_input(format!("sequences[{i}].{name}[{t}]"), "must be finite", v));
+            return Err(GrpoError::invalid_input(
+                format!("sequences[{i}].{name}[{t}]"),
+                "must be finite",
+                v,
+            ));
         }
     }
     if settings.beta > 0.0 && s.ref_logp.is_none() {

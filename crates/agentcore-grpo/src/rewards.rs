@@ -104,10 +104,9 @@ impl RewardShaping {
     pub fn violations(&self, prefix: &str) -> Vec<FieldError> {
         let mut out = Vec::new();
         let field = |name: &str| format!("{prefix}.{name}");
-        for (name, value) in [
-            ("success_reward", self.success_reward),
-            ("failure_reward", self.failure_reward),
-        ] {
+        for (name, value) in
+            [("success_reward", self.success_reward), ("failure_reward", self.failure_reward)]
+        {
             if !value.is_finite() {
                 out.push(FieldError::new(field(name), "must be a finite number", value));
             }
@@ -181,8 +180,12 @@ mod tests {
             verification_bonus: 0.0,
             step_penalty: 0.25,
         };
-        let facts =
-            TrajectoryFacts { success: false, steps: 2, successful_tool_calls: 2, verification_steps: 4 };
+        let facts = TrajectoryFacts {
+            success: false,
+            steps: 2,
+            successful_tool_calls: 2,
+            verification_steps: 4,
+        };
         // -1 + 2 * 0.5 + 0 - 2 * 0.25 = -0.5
         assert!((custom.reward(&facts).total - -0.5).abs() < 1e-15);
     }

@@ -146,7 +146,13 @@ fn t_test_from(diff: f64, se: f64, df: f64, level: f64) -> Result<TTest, GrpoErr
     if se <= 0.0 {
         let (statistic, p_value) =
             if diff.abs() <= 0.0 { (0.0, 1.0) } else { (diff.signum() * f64::INFINITY, 0.0) };
-        return Ok(TTest { statistic, df, p_value, mean_difference: diff, confidence_interval: interval(0.0) });
+        return Ok(TTest {
+            statistic,
+            df,
+            p_value,
+            mean_difference: diff,
+            confidence_interval: interval(0.0),
+        });
     }
     let dist = StudentsT::new(0.0, 1.0, df).map_err(|e| {
         GrpoError::invalid_input("degrees of freedom", format!("must be > 0 ({e})"), df)
@@ -154,7 +160,13 @@ fn t_test_from(diff: f64, se: f64, df: f64, level: f64) -> Result<TTest, GrpoErr
     let statistic = diff / se;
     let p_value = (2.0 * dist.sf(statistic.abs())).min(1.0);
     let critical = dist.inverse_cdf(0.5 + level / 2.0);
-    Ok(TTest { statistic, df, p_value, mean_difference: diff, confidence_interval: interval(critical * se) })
+    Ok(TTest {
+        statistic,
+        df,
+        p_value,
+        mean_difference: diff,
+        confidence_interval: interval(critical * se),
+    })
 }
 
 /// Wilson score interval for a success rate (scipy's

@@ -1,0 +1,6 @@
+//! Integration tests of `agentcore-grpo`: one binary, one module per concern.
+
+mod config;
+mod math_vectors;
+mod properties;
+mod scipy;
