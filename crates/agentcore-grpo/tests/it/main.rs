@@ -4,3 +4,4 @@ mod config;
 mod math_vectors;
 mod properties;
 mod scipy;
+mod stats_behaviour;

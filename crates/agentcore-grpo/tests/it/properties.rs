@@ -195,3 +195,39 @@ proptest! {
         prop_assert!((p - mcnemar_exact_p_value(c, b)).abs() < 1e-15);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The config parser reads untrusted text (files, API calls): it must answer Ok or Err,
+    /// never panic, whatever it is given.
+    #[test]
+    fn config_parser_never_panics(text in "\\PC{0,200}") {
+        for format in [agentcore_grpo::ConfigFormat::Json, agentcore_grpo::ConfigFormat::Yaml, agentcore_grpo::ConfigFormat::Toml] {
+            let _ = agentcore_grpo::GRPOConfig::from_str_format(&text, format);
+        }
+    }
+
+    /// Near-valid documents: known keys with arbitrary scalar values.
+    #[test]
+    fn config_parser_handles_any_value_for_a_known_key(
+        key in prop::sample::select(agentcore_grpo::config::KNOWN_FIELDS),
+        value in prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            "\"[a-z_]{0,10}\"",
+            Just("null".to_string()),
+            Just("true".to_string()),
+        ],
+    ) {
+        let doc = if let Some((outer, inner)) = key.split_once('.') {
+            format!("{{\"{outer}\": {{\"{inner}\": {value}}}}}")
+        } else {
+            format!("{{\"{key}\": {value}}}")
+        };
+        if let Ok(config) = agentcore_grpo::GRPOConfig::from_json_str(&doc) {
+            // Whatever parses is valid.
+            prop_assert!(config.violations().is_empty());
+        }
+    }
+}
