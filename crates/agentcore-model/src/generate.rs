@@ -1,0 +1,274 @@
+//! Batched generation with a KV cache, and per-token log-probs of given sequences.
+//!
+//! Prompts of different lengths are left-padded so that they end at the same position; each
+//! row has its own rotary positions (starting at 0 at its first real token) and its own key
+//! mask, so a padded row computes exactly what it would compute alone. Sampling uses the
+//! caller's seeded RNG (candle's CPU RNG cannot be seeded): same seed, same tokens.
+//!
+//! The log-prob reported for a sampled token is under the temperature-scaled distribution
+//! before top-k/top-p truncation, which is what [`token_logprobs`] computes at the same
+//! temperature; at temperature 0 (greedy) it is under the unscaled distribution.
+
+use candle_core::{D, Device, Tensor};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::tiny::{KvCache, TinyModel, padded_causal_mask};
+
+/// How to sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy (argmax).
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 disables it.
+    pub top_p: f64,
+    /// Keep only the k most likely tokens; `None` disables it.
+    pub top_k: Option<usize>,
+    /// Most tokens generated per sequence.
+    pub max_new_tokens: usize,
+    /// Generation of a row stops after any of these token sequences (e.g. `[</call>]`,
+    /// `[<eos>]`); the stop tokens are included in the output.
+    pub stop_sequences: Vec<Vec<u32>>,
+    /// Token fed to finished rows and used for left padding (never attended to).
+    pub pad_token: u32,
+}
+
+impl SamplingParams {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(ModelError::invalid(
+                "temperature",
+                "must be >= 0 and finite",
+                self.temperature,
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ModelError::invalid("top_p", "must be > 0 and <= 1", self.top_p));
+        }
+        if self.top_k == Some(0) {
+            return Err(ModelError::invalid("top_k", "must be >= 1 when given", 0));
+        }
+        if self.stop_sequences.iter().any(Vec::is_empty) {
+            return Err(ModelError::invalid(
+                "stop_sequences",
+                "must not contain an empty sequence",
+                "[]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It produced a stop sequence.
+    Stop,
+    /// It reached `max_new_tokens` (or the model's longest sequence).
+    Length,
+}
+
+/// What one row generated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The sampled token ids, exactly as sampled.
+    pub tokens: Vec<u32>,
+    /// Log-prob of each sampled token.
+    pub logprobs: Vec<f32>,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+}
+
+/// Generates a continuation of every prompt, all rows at once.
+pub fn generate<R: Rng + ?Sized>(
+    model: &TinyModel,
+    prompts: &[Vec<u32>],
+    params: &SamplingParams,
+    rng: &mut R,
+) -> Result<Vec<Generation>> {
+    params.validate()?;
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = prompts.iter().position(Vec::is_empty) {
+        return Err(ModelError::invalid(
+            format!("prompts[{i}]"),
+            "must have at least one token",
+            "[]",
+        ));
+    }
+    let vocab = model.config().vocab_size as u32;
+    for (i, p) in prompts.iter().enumerate() {
+        if let Some(&bad) = p.iter().find(|&&id| id >= vocab) {
+            return Err(ModelError::invalid(
+                format!("prompts[{i}]"),
+                format!("token ids must be < vocab_size ({vocab})"),
+                bad,
+            ));
+        }
+    }
+    let device = model.device();
+    let b = prompts.len();
+    let width = prompts.iter().map(Vec::len).max().expect("non-empty");
+    let max_total = model.config().max_seq_len;
+    model.check_length(width)?;
+    let max_new = params.max_new_tokens.min(max_total - width);
+
+    // Prefill: left-padded prompts.
+    let mut ids = Vec::with_capacity(b * width);
+    let mut positions = Vec::with_capacity(b * width);
+    let mut key_valid: Vec<Vec<bool>> = Vec::with_capacity(b);
+    let mut next_position = Vec::with_capacity(b);
+    for p in prompts {
+        let pad = width - p.len();
+        ids.extend(std::iter::repeat_n(params.pad_token, pad).chain(p.iter().copied()));
+        positions.extend((0..width).map(|t| t.saturating_sub(pad) as u32));
+        key_valid.push((0..width).map(|t| t >= pad).collect());
+        next_position.push(p.len() as u32);
+    }
+    let mut cache = KvCache::new();
+    let ids_t = Tensor::from_vec(ids, (b, width), device)?;
+    let pos_t = Tensor::from_vec(positions, (b, width), device)?;
+    let mask = padded_causal_mask(&key_valid, 0, width, device)?;
+    let mut logits = model.forward(&ids_t, &pos_t, &mask, Some(&mut cache))?;
+
+    let mut out: Vec<Generation> = (0..b)
+        .map(|_| Generation {
+            tokens: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: FinishReason::Length,
+        })
+        .collect();
+    let mut done = vec![false; b];
+    for step in 0..max_new {
+        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?.to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(b);
+        for (row, row_logits) in last.iter().enumerate() {
+            if done[row] {
+                next.push(params.pad_token);
+                continue;
+            }
+            let (token, logprob) = sample(row_logits, params, rng);
+            let g = &mut out[row];
+            g.tokens.push(token);
+            g.logprobs.push(logprob);
+            if params.stop_sequences.iter().any(|s| g.tokens.ends_with(s)) {
+                g.finish_reason = FinishReason::Stop;
+                done[row] = true;
+            }
+            next.push(token);
+        }
+        if done.iter().all(|d| *d) || step + 1 == max_new {
+            break;
+        }
+        for row in &mut key_valid {
+            row.push(true);
+        }
+        let pos: Vec<u32> = next_position.iter().map(|p| p + step as u32).collect();
+        let ids_t = Tensor::from_vec(next, (b, 1), device)?;
+        let pos_t = Tensor::from_vec(pos, (b, 1), device)?;
+        let mask = padded_causal_mask(&key_valid, width + step, 1, device)?;
+        logits = model.forward(&ids_t, &pos_t, &mask, Some(&mut cache))?;
+    }
+    Ok(out)
+}
+
+/// Samples one token from a row of logits; returns it with its log-prob.
+fn sample<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R) -> (u32, f32) {
+    let greedy = params.temperature <= 0.0;
+    let temperature = if greedy { 1.0 } else { params.temperature };
+    let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l) / temperature).collect();
+    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let log_z = max + scaled.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
+    let logprob = |i: usize| (scaled[i] - log_z) as f32;
+    if greedy {
+        let best =
+            (0..scaled.len()).fold(0, |best, i| if scaled[i] > scaled[best] { i } else { best });
+        return (best as u32, logprob(best));
+    }
+    // Candidates by decreasing probability (ties by id, for determinism).
+    let mut order: Vec<usize> = (0..scaled.len()).collect();
+    order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
+    if let Some(k) = params.top_k {
+        order.truncate(k.max(1));
+    }
+    let probs: Vec<f64> = order.iter().map(|&i| (scaled[i] - log_z).exp()).collect();
+    let mut keep = probs.len();
+    if params.top_p < 1.0 {
+        let mut cumulative = 0.0;
+        for (n, p) in probs.iter().enumerate() {
+            cumulative += p;
+            if cumulative >= params.top_p {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    let total: f64 = probs[..keep].iter().sum();
+    let mut u = rng.random::<f64>() * total;
+    for (n, p) in probs[..keep].iter().enumerate() {
+        if u < *p {
+            return (order[n] as u32, logprob(order[n]));
+        }
+        u -= p;
+    }
+    let last = order[keep - 1];
+    (last as u32, logprob(last))
+}
+
+/// Per-token log-probs of whole sequences (prompt and completion), batched: row r, column t is
+/// log p(seq[r][t] | seq[r][..t]) under the temperature-scaled model, for 1 <= t < len(r); column
+/// 0 and padding are 0. Differentiable: the training loss is built on it. Shape (batch, longest).
+pub fn token_logprobs(
+    model: &TinyModel,
+    sequences: &[Vec<u32>],
+    temperature: f64,
+    pad_token: u32,
+) -> Result<Tensor> {
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(ModelError::invalid("temperature", "must be > 0 for scoring", temperature));
+    }
+    let b = sequences.len();
+    let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
+    if b == 0 || width < 2 {
+        return Err(ModelError::invalid(
+            "sequences",
+            "need at least one sequence of 2 or more tokens",
+            width,
+        ));
+    }
+    model.check_length(width)?;
+    let device = model.device();
+    let mut ids = Vec::with_capacity(b * width);
+    for s in sequences {
+        ids.extend(s.iter().copied().chain(std::iter::repeat_n(pad_token, width - s.len())));
+    }
+    let ids = Tensor::from_vec(ids, (b, width), device)?;
+    let inputs = ids.narrow(1, 0, width - 1)?;
+    let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
+    let logits = (model.forward_full(&inputs)? / temperature)?;
+    let logp = log_softmax_last(&logits)?.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
+    let valid =
+        padding_mask(sequences, width, device)?.narrow(1, 1, width - 1)?.to_dtype(logp.dtype())?;
+    let logp = (logp * valid)?;
+    Ok(Tensor::cat(&[&Tensor::zeros((b, 1), logp.dtype(), device)?, &logp], 1)?)
+}
+
+/// 1.0 for real tokens, 0.0 for right padding: (batch, width).
+pub fn padding_mask(sequences: &[Vec<u32>], width: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = sequences
+        .iter()
+        .flat_map(|s| (0..width).map(move |t| if t < s.len() { 1.0 } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(data, (sequences.len(), width), device)?)
+}
+
+fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&log_z)?)
+}

@@ -1,0 +1,23 @@
+//! Language models for agentcore, in our own candle code.
+//!
+//! What the trainer needs from a model: the built-in tiny decoder ([`tiny`]) and its byte
+//! tokenizer ([`tokenizer`]); batched generation with a KV cache and seeded sampling, and
+//! per-token log-probs of given sequences ([`generate`]); the GRPO loss on tensors, the
+//! differentiable twin of `agentcore_grpo::loss` ([`loss`]); AdamW with gradient clipping
+//! ([`optim`]); atomic checkpoints with exact resume ([`checkpoint`]).
+//!
+//! Everything runs on candle's CPU backend in f32. candle's fused ops (`softmax_last_dim`,
+//! `rms_norm`, `rope`) have no backward and silently drop gradients, so the training path uses
+//! composed ops only; a test checks that every parameter receives a gradient.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+mod error;
+pub mod generate;
+pub mod loss;
+pub mod optim;
+pub mod params;
+pub mod tiny;
+pub mod tokenizer;
+
+pub use error::{ModelError, Result};

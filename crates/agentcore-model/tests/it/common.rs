@@ -1,0 +1,41 @@
+//! Small models and helpers shared by the tests.
+
+use agentcore_model::tiny::{TinyConfig, TinyModel};
+use candle_core::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// A model small enough for debug-build tests: 2 layers, d_model 32, 4 heads (head size 8).
+pub fn small_config(vocab_size: usize) -> TinyConfig {
+    TinyConfig {
+        vocab_size,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 4,
+        d_ff: 64,
+        max_seq_len: 64,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+    }
+}
+
+pub fn small_model(seed: u64) -> TinyModel {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    TinyModel::new(small_config(40), &mut rng, &Device::Cpu).expect("valid config")
+}
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Random token sequences of the given lengths, ids in 3..vocab (0..3 reserved for pad etc.).
+pub fn random_sequences(lengths: &[usize], vocab: u32, seed: u64) -> Vec<Vec<u32>> {
+    use rand::Rng;
+    let mut r = rng(seed);
+    lengths.iter().map(|&n| (0..n).map(|_| r.random_range(3..vocab)).collect()).collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

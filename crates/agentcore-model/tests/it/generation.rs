@@ -1,0 +1,127 @@
+//! Generation and scoring: padding and batching do not change results, the KV cache equals
+//! recomputation, sampling is reproducible from the seed.
+
+use agentcore_model::generate::{FinishReason, SamplingParams, generate, token_logprobs};
+use agentcore_model::tiny::TinyModel;
+use candle_core::{Device, Tensor};
+
+use crate::common::{max_abs_diff, random_sequences, rng, small_model};
+
+fn greedy(max_new_tokens: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: None,
+        max_new_tokens,
+        stop_sequences: vec![],
+        pad_token: 0,
+    }
+}
+
+fn row(t: &Tensor, r: usize, len: usize) -> Vec<f32> {
+    t.get(r).and_then(|x| x.narrow(0, 0, len)).and_then(|x| x.to_vec1::<f32>()).expect("row")
+}
+
+#[test]
+fn batch_of_8_scores_like_8_single_runs() {
+    let model = small_model(5);
+    let lengths = [5, 17, 9, 2, 30, 11, 23, 8];
+    let sequences = random_sequences(&lengths, 40, 6);
+    let batched = token_logprobs(&model, &sequences, 1.0, 0).expect("scores");
+    assert_eq!(batched.dims(), &[8, 30]);
+    for (i, s) in sequences.iter().enumerate() {
+        let single = token_logprobs(&model, std::slice::from_ref(s), 1.0, 0).expect("scores");
+        let diff = max_abs_diff(&row(&batched, i, s.len()), &row(&single, 0, s.len()));
+        assert!(diff < 1e-5, "sequence {i}: max diff {diff}");
+        // Padding positions score 0.
+        let full = batched.get(i).and_then(|x| x.to_vec1::<f32>()).expect("row");
+        assert!(full[s.len()..].iter().all(|v| *v == 0.0));
+        assert!(full[0] == 0.0 && full[1..s.len()].iter().all(|v| *v < 0.0));
+    }
+}
+
+/// Greedy decoding by recomputing the whole sequence each step (no cache, no padding).
+fn naive_greedy(model: &TinyModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    for _ in 0..n {
+        let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu).expect("ids");
+        let logits = model.forward_full(&ids).expect("forward");
+        let last = TinyModel::last_logits(&logits, 0).expect("logits");
+        let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
+        seq.push(best as u32);
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+#[test]
+fn cached_left_padded_generation_equals_naive_recomputation() {
+    let model = small_model(7);
+    let prompts = random_sequences(&[3, 11, 6, 1], 40, 8);
+    let out = generate(&model, &prompts, &greedy(12), &mut rng(0)).expect("generate");
+    for (i, p) in prompts.iter().enumerate() {
+        assert_eq!(out[i].tokens, naive_greedy(&model, p, 12), "prompt {i}");
+        assert_eq!(out[i].finish_reason, FinishReason::Length);
+    }
+}
+
+#[test]
+fn sampled_logprobs_equal_scoring_logprobs() {
+    let model = small_model(9);
+    let prompts = random_sequences(&[4, 9, 2], 40, 10);
+    let params = SamplingParams { temperature: 0.8, top_p: 0.95, top_k: Some(20), ..greedy(10) };
+    let out = generate(&model, &prompts, &params, &mut rng(1)).expect("generate");
+    let full: Vec<Vec<u32>> =
+        prompts.iter().zip(&out).map(|(p, g)| [p.clone(), g.tokens.clone()].concat()).collect();
+    let scored = token_logprobs(&model, &full, 0.8, 0).expect("scores");
+    for (i, (p, g)) in prompts.iter().zip(&out).enumerate() {
+        let r = row(&scored, i, full[i].len());
+        let diff = max_abs_diff(&r[p.len()..], &g.logprobs);
+        assert!(diff < 1e-4, "row {i}: sampled vs scored log-probs differ by {diff}");
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_from_the_seed() {
+    let model = small_model(11);
+    let prompts = random_sequences(&[5, 5, 5, 5], 40, 12);
+    let params = SamplingParams { temperature: 1.0, ..greedy(16) };
+    let a = generate(&model, &prompts, &params, &mut rng(42)).expect("generate");
+    let b = generate(&model, &prompts, &params, &mut rng(42)).expect("generate");
+    let c = generate(&model, &prompts, &params, &mut rng(43)).expect("generate");
+    assert_eq!(a, b);
+    assert_ne!(
+        a.iter().map(|g| &g.tokens).collect::<Vec<_>>(),
+        c.iter().map(|g| &g.tokens).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn top_k_1_is_greedy_and_stop_sequences_stop() {
+    let model = small_model(13);
+    let prompts = random_sequences(&[6, 3], 40, 14);
+    let greedy_out = generate(&model, &prompts, &greedy(8), &mut rng(0)).expect("generate");
+    let top1 = SamplingParams { temperature: 1.3, top_k: Some(1), ..greedy(8) };
+    let sampled = generate(&model, &prompts, &top1, &mut rng(5)).expect("generate");
+    for (g, s) in greedy_out.iter().zip(&sampled) {
+        assert_eq!(g.tokens, s.tokens);
+    }
+    // Stop on the third greedy token of row 0: row 0 stops there, inclusive.
+    let stop = greedy_out[0].tokens[..3].to_vec();
+    let params = SamplingParams { stop_sequences: vec![stop.clone()], ..greedy(8) };
+    let out = generate(&model, &prompts, &params, &mut rng(0)).expect("generate");
+    assert_eq!(out[0].finish_reason, FinishReason::Stop);
+    assert!(out[0].tokens.ends_with(&stop) && out[0].tokens.len() <= 3);
+}
+
+#[test]
+fn bad_inputs_are_refused_with_the_rule() {
+    let model = small_model(15);
+    let err = generate(&model, &[vec![1, 2], vec![]], &greedy(4), &mut rng(0)).unwrap_err();
+    assert!(err.to_string().contains("prompts[1]"), "{err}");
+    let err = generate(&model, &[vec![1, 99]], &greedy(4), &mut rng(0)).unwrap_err();
+    assert!(err.to_string().contains("token ids must be < vocab_size (40), got 99"), "{err}");
+    let params = SamplingParams { top_p: 0.0, ..greedy(4) };
+    assert!(generate(&model, &[vec![1]], &params, &mut rng(0)).is_err());
+    let err = token_logprobs(&model, &[vec![1; 65]], 1.0, 0).unwrap_err();
+    assert!(err.to_string().contains("max_seq_len (64)"), "{err}");
+}

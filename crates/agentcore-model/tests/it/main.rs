@@ -1,0 +1,7 @@
+//! Integration tests of `agentcore-model`.
+
+mod common;
+mod generation;
+mod gradients;
+mod loss;
+mod training;
