@@ -220,7 +220,7 @@ fn sample<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R)
 }
 
 /// Per-token log-probs of whole sequences (prompt and completion), batched: row r, column t is
-/// log p(seq[r][t] | seq[r][..t]) under the temperature-scaled model, for 1 <= t < len(r); column
+/// `log p(seq[r][t] | seq[r][..t])` under the temperature-scaled model, for 1 <= t < len(r); column
 /// 0 and padding are 0. Differentiable: the training loss is built on it. Shape (batch, longest).
 pub fn token_logprobs(
     model: &TinyModel,
