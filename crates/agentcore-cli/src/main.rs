@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agentcore_grpo::{ConfigFormat, GRPOConfig, GrpoError};
+use agentcore_model::bench::{BenchSettings, ModelBenchReport, run_model_bench};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -25,6 +26,26 @@ enum Command {
     /// Inspect and validate GRPO training configs.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Measure throughput (build with --release for meaningful numbers).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Training and generation tokens/s of the model engine on the reference architecture of
+    /// the PyTorch anchor (shared/anchors/torch_tiny_bench.py).
+    Model {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Timed training and forward steps.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Timed generation runs per batch size.
+        #[arg(long, default_value_t = 10)]
+        gen_reps: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,8 +125,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(stderr, "{}: valid", file.display())?;
             write_stdout(&config.to_string_format(format.into()))?;
         }
+        Command::Bench(BenchCommand::Model { json, steps, gen_reps }) => {
+            let settings = BenchSettings { steps, gen_reps, ..BenchSettings::default() };
+            let mut stderr = std::io::stderr();
+            let report = run_model_bench(&settings, |stage| {
+                let _ = writeln!(stderr, "bench: {stage}...");
+            })?;
+            if json {
+                write_stdout(&serde_json::to_string(&report)?)?;
+            } else {
+                write_stdout(&bench_table(&report))?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn bench_table(r: &ModelBenchReport) -> String {
+    let d = &r.detail;
+    let row = |name: &str, rate: &agentcore_model::bench::Rate| {
+        format!("{name:<28} {:>10.0} {:>10.0} {:>10.0}\n", rate.median, rate.min, rate.max)
+    };
+    let gemma = |v: Option<f64>| {
+        v.map_or("not measured (no Gemma 3 model yet)".to_string(), |x| format!("{x:.1}"))
+    };
+    let mut out = format!(
+        "model: {} weights, {} threads, {} timed steps, {} timed generation runs\n\n",
+        d.params, d.threads, d.settings.steps, d.settings.gen_reps
+    );
+    out += &format!("{:<28} {:>10} {:>10} {:>10}\n", "tokens/s", "median", "min", "max");
+    out += &row("train (16 x 64, AdamW)", &d.train);
+    out += &row("forward (16 x 64)", &d.forward);
+    out += &row("generate batch 1 (16+48)", &d.gen_batch1);
+    out += &row("generate batch 64 (16+48)", &d.gen_batch64);
+    out += &format!("gemma 3 270M batch 1: {}\n", gemma(r.gemma_gen_tokens_per_s_batch1));
+    out += &format!("gemma 3 270M batch 8: {}\n", gemma(r.gemma_gen_tokens_per_s_batch8));
+    out += &format!("training loss: {:.3} -> {:.3}\n", d.loss_first_last.0, d.loss_first_last.1);
+    out
 }
 
 /// Reads and validates a config file; the format comes from the extension.

@@ -11,6 +11,7 @@
 //! composed ops only; a test checks that every parameter receives a gradient.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod checkpoint;
 mod error;
 pub mod generate;

@@ -1,0 +1,207 @@
+//! `agentcore bench model`: throughput of the model engine on the reference architecture of the
+//! PyTorch anchor (`shared/anchors/torch_tiny_bench.py`: vocab 512, 4 layers, d_model 256,
+//! 4 heads, SwiGLU 768, untied head, f32, 3,672,320 weights), measured the same way:
+//! - training: forward + cross-entropy + backward + AdamW(lr 1e-3, wd 0.01) on 16 x 64 tokens;
+//! - forward: logits + loss on the same batch;
+//! - generation: KV-cached sampling at temperature 1, 16-token prompt, 48 new tokens, batch 1
+//!   and 64, tokens/s = batch x 48 / wall time (prefill included).
+//!
+//! Each figure is the median over the timed repetitions, with the min and max rate.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::generate::{SamplingParams, generate, token_logprobs};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::tiny::{TinyConfig, TinyModel};
+
+/// How many repetitions to time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchSettings {
+    /// Untimed training/forward steps first.
+    pub warmup: usize,
+    /// Timed training/forward steps.
+    pub steps: usize,
+    /// Untimed generation runs first.
+    pub gen_warmup: usize,
+    /// Timed generation runs.
+    pub gen_reps: usize,
+}
+
+impl Default for BenchSettings {
+    fn default() -> Self {
+        // The anchor's defaults.
+        Self { warmup: 5, steps: 30, gen_warmup: 2, gen_reps: 10 }
+    }
+}
+
+/// A rate: median over repetitions, with the range.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Rate {
+    /// Work / median time.
+    pub median: f64,
+    /// Slowest repetition.
+    pub min: f64,
+    /// Fastest repetition.
+    pub max: f64,
+}
+
+impl Rate {
+    fn from_times(work: f64, times: &[f64]) -> Self {
+        let mut sorted = times.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median =
+            if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+        Self { median: work / median, min: work / sorted[n - 1], max: work / sorted[0] }
+    }
+}
+
+/// The report; the top-level keys are the ones the issue names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelBenchReport {
+    /// Training tokens/s (median).
+    pub train_tokens_per_s: f64,
+    /// Forward-only tokens/s (median).
+    pub forward_tokens_per_s: f64,
+    /// Generated tokens/s at batch 1 (median).
+    pub gen_tokens_per_s_batch1: f64,
+    /// Generated tokens/s at batch 64 (median).
+    pub gen_tokens_per_s_batch64: f64,
+    /// Gemma 3 270M generation at batch 1: `null` until the Gemma 3 model exists.
+    pub gemma_gen_tokens_per_s_batch1: Option<f64>,
+    /// Gemma 3 270M generation at batch 8: `null` until the Gemma 3 model exists.
+    pub gemma_gen_tokens_per_s_batch8: Option<f64>,
+    /// Ranges of each rate.
+    pub detail: BenchDetail,
+}
+
+/// Medians with ranges and the setup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchDetail {
+    /// Weights in the model.
+    pub params: usize,
+    /// Threads candle's CPU backend uses.
+    pub threads: usize,
+    /// Repetitions.
+    pub settings: BenchSettings,
+    /// Training rate.
+    pub train: Rate,
+    /// Forward rate.
+    pub forward: Rate,
+    /// Generation at batch 1.
+    pub gen_batch1: Rate,
+    /// Generation at batch 64.
+    pub gen_batch64: Rate,
+    /// Training loss at the first and last step (it must fall on the fixed batch).
+    pub loss_first_last: (f64, f64),
+}
+
+/// Runs the benchmark.
+pub fn run_model_bench(
+    settings: &BenchSettings,
+    mut progress: impl FnMut(&str),
+) -> Result<ModelBenchReport> {
+    let device = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let config = TinyConfig { max_seq_len: 128, ..TinyConfig::bench_reference() };
+    let model = TinyModel::new(config.clone(), &mut rng, &device)?;
+    let (batch, seq) = (16, 64);
+    let data: Vec<Vec<u32>> = (0..batch)
+        .map(|_| (0..=seq).map(|_| rng.random_range(0..config.vocab_size as u32)).collect())
+        .collect();
+    let tokens = (batch * seq) as f64;
+
+    progress("training steps");
+    let adamw = AdamWConfig {
+        learning_rate: 1e-3,
+        weight_decay: 0.01,
+        max_grad_norm: None,
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(model.params(), adamw)?;
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for i in 0..settings.warmup + settings.steps {
+        let start = Instant::now();
+        let loss = nll(&model, &data)?;
+        opt.step(&loss.backward()?)?;
+        let dt = start.elapsed().as_secs_f64();
+        losses.push(f64::from(loss.to_scalar::<f32>()?));
+        if i >= settings.warmup {
+            times.push(dt);
+        }
+    }
+    let train = Rate::from_times(tokens, &times);
+
+    progress("forward passes");
+    let mut times = Vec::new();
+    for i in 0..settings.warmup + settings.steps {
+        let start = Instant::now();
+        let loss = nll(&model, &data)?;
+        loss.to_scalar::<f32>()?;
+        if i >= settings.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let forward = Rate::from_times(tokens, &times);
+
+    let mut gen_rate = |b: usize| -> Result<Rate> {
+        progress(&format!("generation, batch {b}"));
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|_| (0..16).map(|_| rng.random_range(0..config.vocab_size as u32)).collect())
+            .collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            max_new_tokens: 48,
+            stop_sequences: vec![],
+            pad_token: 0,
+        };
+        let mut times = Vec::new();
+        for i in 0..settings.gen_warmup + settings.gen_reps {
+            let start = Instant::now();
+            let out = generate(&model, &prompts, &params, &mut rng)?;
+            let dt = start.elapsed().as_secs_f64();
+            debug_assert!(out.iter().all(|g| g.tokens.len() == 48));
+            if i >= settings.gen_warmup {
+                times.push(dt);
+            }
+        }
+        Ok(Rate::from_times((b * 48) as f64, &times))
+    };
+    let gen_batch1 = gen_rate(1)?;
+    let gen_batch64 = gen_rate(64)?;
+
+    Ok(ModelBenchReport {
+        train_tokens_per_s: train.median,
+        forward_tokens_per_s: forward.median,
+        gen_tokens_per_s_batch1: gen_batch1.median,
+        gen_tokens_per_s_batch64: gen_batch64.median,
+        gemma_gen_tokens_per_s_batch1: None,
+        gemma_gen_tokens_per_s_batch8: None,
+        detail: BenchDetail {
+            params: model.params().num_weights(),
+            threads: candle_core::utils::get_num_threads(),
+            settings: settings.clone(),
+            train,
+            forward,
+            gen_batch1,
+            gen_batch64,
+            loss_first_last: (losses[0], *losses.last().unwrap_or(&losses[0])),
+        },
+    })
+}
+
+/// Mean next-token cross-entropy of the sequences.
+fn nll(model: &TinyModel, data: &[Vec<u32>]) -> Result<Tensor> {
+    let logp = token_logprobs(model, data, 1.0, 0)?;
+    let predicted = (data[0].len() - 1) * data.len();
+    Ok((logp.sum_all()?.neg()? / predicted as f64)?)
+}
