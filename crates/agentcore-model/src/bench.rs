@@ -15,10 +15,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::decoder::{Decoder, DecoderConfig};
 use crate::error::Result;
 use crate::generate::{SamplingParams, generate, token_logprobs};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::tiny::{TinyConfig, TinyModel};
 
 /// How many repetitions to time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,8 +109,8 @@ pub fn run_model_bench(
 ) -> Result<ModelBenchReport> {
     let device = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let config = TinyConfig { max_seq_len: 128, ..TinyConfig::bench_reference() };
-    let model = TinyModel::new(config.clone(), &mut rng, &device)?;
+    let config = DecoderConfig { max_seq_len: 128, ..DecoderConfig::bench_reference() };
+    let model = Decoder::new(config.clone(), &mut rng, &device)?;
     let (batch, seq) = (16, 64);
     let data: Vec<Vec<u32>> = (0..batch)
         .map(|_| (0..=seq).map(|_| rng.random_range(0..config.vocab_size as u32)).collect())
@@ -200,7 +200,7 @@ pub fn run_model_bench(
 }
 
 /// Mean next-token cross-entropy of the sequences.
-fn nll(model: &TinyModel, data: &[Vec<u32>]) -> Result<Tensor> {
+fn nll(model: &Decoder, data: &[Vec<u32>]) -> Result<Tensor> {
     let logp = token_logprobs(model, data, 1.0, 0)?;
     let predicted = (data[0].len() - 1) * data.len();
     Ok((logp.sum_all()?.neg()? / predicted as f64)?)

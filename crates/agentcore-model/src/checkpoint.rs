@@ -17,9 +17,9 @@ use candle_core::Device;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::decoder::{Decoder, DecoderConfig};
 use crate::error::{ModelError, Result};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::tiny::{TinyConfig, TinyModel};
 
 /// Version of the checkpoint layout.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
@@ -36,7 +36,7 @@ pub struct TrainerState {
     /// Optimizer steps taken.
     pub step: u64,
     /// Model sizes.
-    pub model: TinyConfig,
+    pub model: DecoderConfig,
     /// Optimizer settings.
     pub optimizer: AdamWConfig,
     /// The job RNG, exactly where it was.
@@ -46,7 +46,7 @@ pub struct TrainerState {
 /// A loaded checkpoint, ready to continue training.
 pub struct Checkpoint {
     /// The model with the saved weights.
-    pub model: TinyModel,
+    pub model: Decoder,
     /// The optimizer with the saved moments and step count.
     pub optimizer: AdamW,
     /// The job RNG.
@@ -58,7 +58,7 @@ pub struct Checkpoint {
 /// Writes a checkpoint directory at `dir` (replacing one that is there).
 pub fn save_checkpoint(
     dir: &Path,
-    model: &TinyModel,
+    model: &Decoder,
     optimizer: &AdamW,
     rng: &ChaCha8Rng,
 ) -> Result<()> {
@@ -106,7 +106,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint> {
     }
     // Build a model of the right shape (its initial values are overwritten), then load.
     let mut scratch = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let model = TinyModel::new(state.model.clone(), &mut scratch, device)?;
+    let model = Decoder::new(state.model.clone(), &mut scratch, device)?;
     let weights = candle_core::safetensors::load_buffer(&read(MODEL_FILE)?, device)?;
     model.params().load_values(&weights, &dir.join(MODEL_FILE).display().to_string())?;
     let mut optimizer = AdamW::new(model.params(), state.optimizer.clone())?;

@@ -13,8 +13,8 @@ use candle_core::{D, Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::decoder::{Decoder, KvCache, padded_causal_mask};
 use crate::error::{ModelError, Result};
-use crate::tiny::{KvCache, TinyModel, padded_causal_mask};
 
 /// How to sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +84,7 @@ pub struct Generation {
 
 /// Generates a continuation of every prompt, all rows at once.
 pub fn generate<R: Rng + ?Sized>(
-    model: &TinyModel,
+    model: &Decoder,
     prompts: &[Vec<u32>],
     params: &SamplingParams,
     rng: &mut R,
@@ -223,7 +223,7 @@ fn sample<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R)
 /// `log p(seq[r][t] | seq[r][..t])` under the temperature-scaled model, for 1 <= t < len(r); column
 /// 0 and padding are 0. Differentiable: the training loss is built on it. Shape (batch, longest).
 pub fn token_logprobs(
-    model: &TinyModel,
+    model: &Decoder,
     sequences: &[Vec<u32>],
     temperature: f64,
     pad_token: u32,

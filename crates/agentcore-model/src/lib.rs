@@ -1,7 +1,8 @@
 //! Language models for agentcore, in our own candle code.
 //!
-//! What the trainer needs from a model: the built-in tiny decoder ([`tiny`]) and its byte
-//! tokenizer ([`tokenizer`]); batched generation with a KV cache and seeded sampling, and
+//! What the trainer needs from a model: one decoder for the built-in tiny model, the Llama /
+//! Qwen2 family and Gemma 3, with LoRA ([`decoder`]); loading from Hugging Face directories and
+//! GGUF files ([`hub`]); tokenizers, the built-in byte one and Hugging Face ones ([`tokenizer`]); batched generation with a KV cache and seeded sampling, and
 //! per-token log-probs of given sequences ([`generate`]); the GRPO loss on tensors, the
 //! differentiable twin of `agentcore_grpo::loss` ([`loss`]); AdamW with gradient clipping
 //! ([`optim`]); atomic checkpoints with exact resume ([`checkpoint`]).
@@ -13,12 +14,12 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod decoder;
 mod error;
 pub mod generate;
 pub mod loss;
 pub mod optim;
 pub mod params;
-pub mod tiny;
 pub mod tokenizer;
 
 pub use error::{ModelError, Result};

@@ -1,27 +1,25 @@
 //! Small models and helpers shared by the tests.
 
-use agentcore_model::tiny::{TinyConfig, TinyModel};
+use agentcore_model::decoder::{Decoder, DecoderConfig};
 use candle_core::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// A model small enough for debug-build tests: 2 layers, d_model 32, 4 heads (head size 8).
-pub fn small_config(vocab_size: usize) -> TinyConfig {
-    TinyConfig {
-        vocab_size,
+pub fn small_config(vocab_size: usize) -> DecoderConfig {
+    DecoderConfig {
         d_model: 32,
         n_layers: 2,
         n_heads: 4,
         d_ff: 64,
         max_seq_len: 64,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-5,
+        ..DecoderConfig::tiny(vocab_size)
     }
 }
 
-pub fn small_model(seed: u64) -> TinyModel {
+pub fn small_model(seed: u64) -> Decoder {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    TinyModel::new(small_config(40), &mut rng, &Device::Cpu).expect("valid config")
+    Decoder::new(small_config(40), &mut rng, &Device::Cpu).expect("valid config")
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {

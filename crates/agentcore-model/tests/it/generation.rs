@@ -1,8 +1,8 @@
 //! Generation and scoring: padding and batching do not change results, the KV cache equals
 //! recomputation, sampling is reproducible from the seed.
 
+use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::{FinishReason, SamplingParams, generate, token_logprobs};
-use agentcore_model::tiny::TinyModel;
 use candle_core::{Device, Tensor};
 
 use crate::common::{max_abs_diff, random_sequences, rng, small_model};
@@ -41,12 +41,12 @@ fn batch_of_8_scores_like_8_single_runs() {
 }
 
 /// Greedy decoding by recomputing the whole sequence each step (no cache, no padding).
-fn naive_greedy(model: &TinyModel, prompt: &[u32], n: usize) -> Vec<u32> {
+fn naive_greedy(model: &Decoder, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut seq = prompt.to_vec();
     for _ in 0..n {
         let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu).expect("ids");
         let logits = model.forward_full(&ids).expect("forward");
-        let last = TinyModel::last_logits(&logits, 0).expect("logits");
+        let last = Decoder::last_logits(&logits, 0).expect("logits");
         let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
         seq.push(best as u32);
     }

@@ -1,13 +1,13 @@
 //! Gradients: every parameter receives one (catches candle's fused ops, which drop them), and
 //! they match finite differences.
 
+use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::token_logprobs;
-use agentcore_model::tiny::TinyModel;
 use candle_core::{DType, Tensor};
 
 use crate::common::{random_sequences, small_model};
 
-fn loss_of(model: &TinyModel, sequences: &[Vec<u32>]) -> Tensor {
+fn loss_of(model: &Decoder, sequences: &[Vec<u32>]) -> Tensor {
     // Sum of the log-probs of all real tokens: a scalar every weight influences.
     let logp = token_logprobs(model, sequences, 1.0, 0).expect("scores");
     logp.sum_all().expect("sum")
@@ -37,7 +37,7 @@ fn gradients_match_finite_differences() {
     let model = small_model(3).to_dtype(DType::F64).expect("f64 copy");
     let sequences = random_sequences(&[6, 4], 40, 4);
     let grads = loss_of(&model, &sequences).backward().expect("backward");
-    let loss_value = |m: &TinyModel| loss_of(m, &sequences).to_scalar::<f64>().expect("scalar");
+    let loss_value = |m: &Decoder| loss_of(m, &sequences).to_scalar::<f64>().expect("scalar");
     let h = 1e-5;
     let mut compared = 0;
     for (name, var) in model.params().iter() {

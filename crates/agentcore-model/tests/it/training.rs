@@ -3,11 +3,11 @@
 use agentcore_grpo::advantages::{AdvantageEstimator, ScaleRewards, group_advantages};
 use agentcore_grpo::loss::{LossSettings, LossType};
 use agentcore_model::checkpoint::{load_checkpoint, save_checkpoint};
+use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::{SamplingParams, generate, token_logprobs};
 use agentcore_model::loss::{LossBatch, grpo_loss};
 use agentcore_model::optim::{AdamW, AdamWConfig};
 use agentcore_model::params::ParamStore;
-use agentcore_model::tiny::TinyModel;
 use candle_core::{Device, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -41,7 +41,7 @@ fn adamw_first_step_and_clipping() {
 /// One GRPO update on the small model: sample 2 groups of 4 completions, reward = fraction of
 /// generated tokens with id < 20, group advantages, dapo loss, AdamW step. Returns mean reward.
 fn grpo_step(
-    model: &TinyModel,
+    model: &Decoder,
     opt: &mut AdamW,
     rng: &mut ChaCha8Rng,
     groups: usize,
@@ -100,7 +100,7 @@ fn grpo_step(
     rewards.iter().sum::<f64>() / rewards.len() as f64
 }
 
-fn weights(model: &TinyModel) -> Vec<(String, Vec<f32>)> {
+fn weights(model: &Decoder) -> Vec<(String, Vec<f32>)> {
     model
         .params()
         .iter()

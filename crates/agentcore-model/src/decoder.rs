@@ -1,0 +1,821 @@
+//! One decoder-only transformer for every model we train: the built-in tiny model of the
+//! embedded default, the Llama / Qwen2 family (Hugging Face directories) and Gemma 3 (GGUF).
+//!
+//! The architectures differ in a few switches, all in [`DecoderConfig`]: grouped-query attention
+//! (`n_kv_heads`), biases on q/k/v (Qwen2), tied embeddings, the MLP activation (SwiGLU or
+//! GELU-tanh), and for Gemma 3 the q/k RMSNorms, the "sandwich" norms after attention and MLP,
+//! the sqrt(d_model) embedding scale, the attention scale from `query_pre_attn_scalar`, and
+//! sliding-window layers with their own rotary base.
+//!
+//! Every op on the training path has a backward pass in candle: softmax is composed from
+//! `max`/`exp`/`sum` (not `softmax_last_dim`), RMSNorm from `sqr`/`mean`/`sqrt` (not the fused
+//! `rms_norm`), rotary embeddings from `mul`/`cat` (not the fused `rope`). A test asserts that
+//! every trainable tensor receives a non-zero gradient, which catches a fused op slipping back in.
+//!
+//! Weights use Hugging Face names (`model.layers.0.self_attn.q_proj.weight`). Trainable weights
+//! live in a [`ParamStore`]: all of them for full fine-tuning, only the LoRA matrices after
+//! [`Decoder::enable_lora`] (the base weights are then constants that backward skips).
+//!
+//! Attention masks use a large finite negative number rather than -inf, so that a padded query
+//! row whose keys are all masked gives a uniform (finite) distribution instead of NaN.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{D, DType, Device, IndexOp, Tensor};
+use rand::Rng;
+use rand_distr::{Distribution, Uniform};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::params::ParamStore;
+
+/// Added to masked attention scores: exp() of it underflows to exactly 0 in f32.
+const MASKED: f32 = -1e9;
+
+/// Which family a model belongs to: decides the block structure and the weight names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// Llama (and the built-in tiny model): pre-norm blocks, SwiGLU.
+    #[default]
+    Llama,
+    /// Qwen2: Llama with biases on the q/k/v projections.
+    Qwen2,
+    /// Gemma 3: q/k norms, norms before and after attention and MLP, scaled embeddings,
+    /// sliding-window layers.
+    Gemma3,
+}
+
+/// The gate activation of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// x * sigmoid(x) (SwiGLU; Llama, Qwen2).
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluPytorchTanh,
+}
+
+/// Sizes and switches of a decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderConfig {
+    /// The family.
+    #[serde(default)]
+    pub architecture: Architecture,
+    /// Vocabulary size (the tokenizer's, or more).
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention); `None` means `n_heads`.
+    #[serde(default)]
+    pub n_kv_heads: Option<usize>,
+    /// Head size; `None` means `d_model / n_heads`. Must be even (rotary pairs).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// MLP inner size.
+    pub d_ff: usize,
+    /// Longest sequence (prompt + generation) the rotary tables cover.
+    pub max_seq_len: usize,
+    /// Rotary base (of the global-attention layers).
+    pub rope_theta: f64,
+    /// Rotary base of the sliding-window layers (Gemma 3: 10,000).
+    #[serde(default)]
+    pub rope_local_theta: Option<f64>,
+    /// Window of the sliding-window layers: a query sees keys less than this many positions back.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Every this-many-th layer attends globally, the others use the window (Gemma 3: 6).
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// The output head is the embedding matrix.
+    #[serde(default)]
+    pub tie_embeddings: bool,
+    /// Biases on the q/k/v projections (Qwen2).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// The MLP gate activation.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Attention scores are scaled by this^-0.5; `None` means `head_dim` (Gemma 3 sets it).
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+}
+
+impl DecoderConfig {
+    /// The embedded default's model: Llama-style, 4 layers, d_model 256, 4 heads, SwiGLU 768,
+    /// untied head.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self {
+            architecture: Architecture::Llama,
+            vocab_size,
+            d_model: 256,
+            n_layers: 4,
+            n_heads: 4,
+            n_kv_heads: None,
+            head_dim: None,
+            d_ff: 768,
+            max_seq_len: 512,
+            rope_theta: 10_000.0,
+            rope_local_theta: None,
+            sliding_window: None,
+            sliding_window_pattern: None,
+            rms_norm_eps: 1e-5,
+            tie_embeddings: false,
+            attention_bias: false,
+            activation: Activation::Silu,
+            query_pre_attn_scalar: None,
+        }
+    }
+
+    /// The reference architecture of the PyTorch benchmark anchor (vocab 512).
+    pub fn bench_reference() -> Self {
+        Self::tiny(512)
+    }
+
+    /// Head size.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.d_model / self.n_heads.max(1))
+    }
+
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_heads.unwrap_or(self.n_heads)
+    }
+
+    /// Whether layer `i` uses the sliding window.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        match (self.sliding_window, self.sliding_window_pattern) {
+            (Some(_), Some(p)) if p > 0 => !(layer + 1).is_multiple_of(p),
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// Checks the sizes fit together.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("d_ff", self.d_ff),
+            ("max_seq_len", self.max_seq_len),
+            ("n_kv_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ModelError::invalid(format!("model.{name}"), "must be >= 1", v));
+            }
+        }
+        if self.head_dim.is_none() && !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(ModelError::invalid(
+                "model.n_heads",
+                format!("must divide d_model ({})", self.d_model),
+                self.n_heads,
+            ));
+        }
+        if !self.n_heads.is_multiple_of(self.kv_heads()) {
+            return Err(ModelError::invalid(
+                "model.n_kv_heads",
+                format!("must divide n_heads ({})", self.n_heads),
+                self.kv_heads(),
+            ));
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(ModelError::invalid(
+                "model.head_dim",
+                "must be even (rotary embeddings rotate pairs)",
+                self.head_dim(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Names and shapes of every weight, in Hugging Face naming.
+    pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, f, v) = (self.d_model, self.d_ff, self.vocab_size);
+        let (q_out, kv_out, hd) =
+            (self.n_heads * self.head_dim(), self.kv_heads() * self.head_dim(), self.head_dim());
+        let gemma = self.architecture == Architecture::Gemma3;
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
+        for i in 0..self.n_layers {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![q_out, d]));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv_out, d]));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv_out, d]));
+            if self.attention_bias {
+                out.push((format!("{p}.self_attn.q_proj.bias"), vec![q_out]));
+                out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv_out]));
+                out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv_out]));
+            }
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q_out]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+            if gemma {
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+                out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![d]));
+                out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![d]));
+            }
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
+        }
+        out.push(("model.norm.weight".to_string(), vec![d]));
+        if !self.tie_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, d]));
+        }
+        out
+    }
+}
+
+/// LoRA settings (PEFT's names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank r of the update B A.
+    pub r: usize,
+    /// The update is scaled by `lora_alpha / r`.
+    pub lora_alpha: f64,
+    /// Linear layers to adapt, by their last name (`q_proj`, `k_proj`, `v_proj`, `o_proj`,
+    /// `gate_proj`, `up_proj`, `down_proj`).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            lora_alpha: 16.0,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+        }
+    }
+}
+
+/// The linear layers LoRA can adapt.
+pub const LORA_MODULES: [&str; 7] =
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+impl LoraConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(ModelError::invalid("lora.r", "must be >= 1", 0));
+        }
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+            return Err(ModelError::invalid("lora.lora_alpha", "must be > 0", self.lora_alpha));
+        }
+        if self.target_modules.is_empty() {
+            return Err(ModelError::invalid("lora.target_modules", "must not be empty", "[]"));
+        }
+        if let Some(bad) = self.target_modules.iter().find(|m| !LORA_MODULES.contains(&m.as_str()))
+        {
+            return Err(ModelError::invalid(
+                "lora.target_modules",
+                format!("must be among {LORA_MODULES:?}"),
+                bad,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// x @ W^T (+ b) (+ scale * x @ A^T @ B^T).
+#[derive(Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    lora: Option<(Tensor, Tensor, f64)>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.broadcast_matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some((a, b, scale)) = &self.lora {
+            let delta = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+            y = (y + (delta * *scale)?)?;
+        }
+        Ok(y)
+    }
+}
+
+struct Block {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    /// Gemma 3: norm of the attention output before the residual add.
+    post_attn_norm: Option<Tensor>,
+    pre_mlp_norm: Tensor,
+    /// Gemma 3: norm of the MLP output before the residual add.
+    post_mlp_norm: Option<Tensor>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    sliding: bool,
+}
+
+/// A decoder. Its weights are held by name; the trainable ones are variables of its
+/// [`ParamStore`], sharing storage with the tensors used here, so optimizer updates are seen by
+/// the next forward pass.
+pub struct Decoder {
+    config: DecoderConfig,
+    weights: BTreeMap<String, Tensor>,
+    params: ParamStore,
+    lora: Option<LoraConfig>,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    final_norm: Tensor,
+    lm_head: Tensor,
+    rotary_global: (Tensor, Tensor),
+    rotary_local: (Tensor, Tensor),
+    device: Device,
+}
+
+/// Keys and values of earlier positions, per layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Decoder {
+    /// A freshly initialised model, every weight trainable: weights N(0, 0.02) from `rng`
+    /// (output projections of each block scaled by 1/sqrt(2 n_layers)), norms 1, biases 0.
+    pub fn new<R: Rng + ?Sized>(
+        config: DecoderConfig,
+        rng: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let mut params = ParamStore::new();
+        let std = 0.02;
+        let out_std = std / (2.0 * config.n_layers as f64).sqrt();
+        for (name, shape) in config.weight_shapes() {
+            if name.ends_with("norm.weight") {
+                params.constant(&name, &shape, 1.0, device)?;
+            } else if name.ends_with(".bias") {
+                params.constant(&name, &shape, 0.0, device)?;
+            } else {
+                let is_out = name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight");
+                params.normal(&name, &shape, if is_out { out_std } else { std }, rng, device)?;
+            }
+        }
+        Self::from_params(config, params, device)
+    }
+
+    /// A model whose every weight is a trainable variable of `params`.
+    pub fn from_params(config: DecoderConfig, params: ParamStore, device: &Device) -> Result<Self> {
+        let weights = params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        Self::build(config, weights, params, None, device)
+    }
+
+    /// A model over the given weights (e.g. loaded from safetensors or GGUF). With `trainable`
+    /// every weight becomes a variable (full fine-tuning); without, they are constants (inference,
+    /// or a base for [`Decoder::enable_lora`]). Every weight the config needs must be present
+    /// with its shape; unexpected extra weights are an error.
+    pub fn from_weights(
+        config: DecoderConfig,
+        mut weights: HashMap<String, Tensor>,
+        trainable: bool,
+        source: &str,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let mut ordered = BTreeMap::new();
+        for (name, shape) in config.weight_shapes() {
+            let w = weights.remove(&name).ok_or_else(|| ModelError::File {
+                path: source.to_string(),
+                message: format!("missing tensor `{name}`"),
+            })?;
+            if w.dims() != shape.as_slice() {
+                return Err(ModelError::File {
+                    path: source.to_string(),
+                    message: format!(
+                        "tensor `{name}` has shape {:?}, the config implies {shape:?}",
+                        w.dims()
+                    ),
+                });
+            }
+            ordered.insert(name, w.to_device(device)?);
+        }
+        if let Some(extra) = weights.keys().next() {
+            return Err(ModelError::File {
+                path: source.to_string(),
+                message: format!("unexpected tensor `{extra}` for this config"),
+            });
+        }
+        if trainable {
+            let mut params = ParamStore::new();
+            for (name, w) in ordered {
+                params.insert(&name, w)?;
+            }
+            Self::from_params(config, params, device)
+        } else {
+            Self::build(config, ordered, ParamStore::new(), None, device)
+        }
+    }
+
+    fn build(
+        config: DecoderConfig,
+        weights: BTreeMap<String, Tensor>,
+        params: ParamStore,
+        lora: Option<(&LoraConfig, &ParamStore)>,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        let t = |name: &str| -> Result<Tensor> {
+            weights
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ModelError::invalid("weight name", "must exist in the model", name))
+        };
+        let linear = |prefix: &str, module: &str, bias: bool| -> Result<Linear> {
+            let adapter = match lora {
+                Some((cfg, store)) if cfg.target_modules.iter().any(|m| m == module) => {
+                    let a = store.get(&format!("{prefix}.lora_A.weight"))?.as_tensor().clone();
+                    let b = store.get(&format!("{prefix}.lora_B.weight"))?.as_tensor().clone();
+                    Some((a, b, cfg.lora_alpha / cfg.r as f64))
+                }
+                _ => None,
+            };
+            Ok(Linear {
+                weight: t(&format!("{prefix}.weight"))?,
+                bias: if bias { Some(t(&format!("{prefix}.bias"))?) } else { None },
+                lora: adapter,
+            })
+        };
+        let gemma = config.architecture == Architecture::Gemma3;
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("model.layers.{i}");
+            let attn = |m: &str, bias: bool| linear(&format!("{p}.self_attn.{m}"), m, bias);
+            let mlp = |m: &str| linear(&format!("{p}.mlp.{m}"), m, false);
+            let opt = |name: &str| -> Result<Option<Tensor>> {
+                if gemma { Ok(Some(t(&format!("{p}.{name}"))?)) } else { Ok(None) }
+            };
+            blocks.push(Block {
+                input_norm: t(&format!("{p}.input_layernorm.weight"))?,
+                q: attn("q_proj", config.attention_bias)?,
+                k: attn("k_proj", config.attention_bias)?,
+                v: attn("v_proj", config.attention_bias)?,
+                o: attn("o_proj", false)?,
+                q_norm: opt("self_attn.q_norm.weight")?,
+                k_norm: opt("self_attn.k_norm.weight")?,
+                post_attn_norm: opt("post_attention_layernorm.weight")?,
+                pre_mlp_norm: if gemma {
+                    t(&format!("{p}.pre_feedforward_layernorm.weight"))?
+                } else {
+                    t(&format!("{p}.post_attention_layernorm.weight"))?
+                },
+                post_mlp_norm: opt("post_feedforward_layernorm.weight")?,
+                gate: mlp("gate_proj")?,
+                up: mlp("up_proj")?,
+                down: mlp("down_proj")?,
+                sliding: config.is_sliding(i),
+            });
+        }
+        let embed = t("model.embed_tokens.weight")?;
+        let dtype = embed.dtype();
+        let lm_head = if config.tie_embeddings { embed.clone() } else { t("lm_head.weight")? };
+        let rotary_global = rotary_tables(&config, config.rope_theta, dtype, device)?;
+        let rotary_local = match config.rope_local_theta {
+            Some(theta) => rotary_tables(&config, theta, dtype, device)?,
+            None => rotary_global.clone(),
+        };
+        Ok(Self {
+            final_norm: t("model.norm.weight")?,
+            embed,
+            lm_head,
+            blocks,
+            rotary_global,
+            rotary_local,
+            lora: lora.map(|(c, _)| c.clone()),
+            config,
+            weights,
+            params,
+            device: device.clone(),
+        })
+    }
+
+    /// Freezes the current weights and adds LoRA adapters to the target modules: A (r, in)
+    /// uniform in +-1/sqrt(in) (PEFT's Kaiming-uniform init) from `rng`, B (out, r) zero, so the
+    /// model computes exactly what it did before. Afterwards only the adapters are trainable.
+    pub fn enable_lora<R: Rng + ?Sized>(&mut self, config: &LoraConfig, rng: &mut R) -> Result<()> {
+        config.validate()?;
+        if self.lora.is_some() {
+            return Err(ModelError::invalid("lora", "must not be enabled twice", "enabled"));
+        }
+        let frozen: BTreeMap<String, Tensor> =
+            self.weights.iter().map(|(n, w)| (n.clone(), w.detach())).collect();
+        let mut adapters = ParamStore::new();
+        for (name, w) in &frozen {
+            let Some(prefix) = name.strip_suffix(".weight") else { continue };
+            let module = prefix.rsplit('.').next().unwrap_or_default();
+            if !config.target_modules.iter().any(|m| m == module) {
+                continue;
+            }
+            let (out_dim, in_dim) = w.dims2()?;
+            let bound = 1.0 / (in_dim as f64).sqrt();
+            let dist = Uniform::new(-bound, bound)
+                .map_err(|e| ModelError::invalid("lora init", e.to_string(), bound))?;
+            let a: Vec<f32> = (0..config.r * in_dim).map(|_| dist.sample(rng) as f32).collect();
+            let a = Tensor::from_vec(a, (config.r, in_dim), &self.device)?.to_dtype(w.dtype())?;
+            adapters.insert(&format!("{prefix}.lora_A.weight"), a)?;
+            adapters.insert(
+                &format!("{prefix}.lora_B.weight"),
+                Tensor::zeros((out_dim, config.r), w.dtype(), &self.device)?,
+            )?;
+        }
+        *self = Self::build(
+            self.config.clone(),
+            frozen,
+            adapters.clone(),
+            Some((config, &adapters)),
+            &self.device,
+        )?;
+        Ok(())
+    }
+
+    /// The sizes.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// The trainable parameters (every weight, or only the LoRA adapters).
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// The LoRA settings, when adapters are enabled.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    /// Every weight of the base model, by name (the adapters are in [`Decoder::params`]).
+    pub fn weights(&self) -> &BTreeMap<String, Tensor> {
+        &self.weights
+    }
+
+    /// A copy of this model with its weights in `dtype` (e.g. f64 for gradient checks); the
+    /// copy's weights are all trainable.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let mut params = ParamStore::new();
+        for (name, w) in &self.weights {
+            params.insert(name, w.to_dtype(dtype)?)?;
+        }
+        Self::from_params(self.config.clone(), params, &self.device)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits for `ids` (batch, time) at `positions` (batch, time; rotary positions) under an
+    /// additive attention `mask` broadcastable to (batch, 1, time, cached + time). With a
+    /// cache, the keys and values of these positions are appended to it.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.config;
+        let (h, kvh, hd) = (cfg.n_heads, cfg.kv_heads(), cfg.head_dim());
+        let dtype = self.embed.dtype();
+        let mask = &mask.to_dtype(dtype)?;
+        let cached = cache.as_deref().map_or(0, KvCache::len);
+        let keys = cached + t;
+        // Sliding-window layers also hide keys `window` or more positions back. Rows advance in
+        // lockstep (left padding), so key-index distance is position distance.
+        let window_mask = match cfg.sliding_window {
+            Some(w) if keys > w && self.blocks.iter().any(|bl| bl.sliding) => {
+                let data: Vec<f32> = (0..t)
+                    .flat_map(|qi| {
+                        let qk = cached + qi;
+                        (0..keys).map(move |j| if qk >= j + w { MASKED } else { 0.0 })
+                    })
+                    .collect();
+                Some(Tensor::from_vec(data, (1, 1, t, keys), &self.device)?.to_dtype(dtype)?)
+            }
+            _ => None,
+        };
+        let local_mask = match &window_mask {
+            Some(w) => mask.broadcast_add(w)?,
+            None => mask.clone(),
+        };
+        let rotary = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+            let flat_pos = positions.flatten_all()?;
+            let cos = cos.index_select(&flat_pos, 0)?.reshape((b, 1, t, hd / 2))?;
+            let sin = sin.index_select(&flat_pos, 0)?.reshape((b, 1, t, hd / 2))?;
+            Ok((Tensor::cat(&[&cos, &cos], D::Minus1)?, Tensor::cat(&[&sin, &sin], D::Minus1)?))
+        };
+        let global = rotary(&self.rotary_global)?;
+        let local = if cfg.rope_local_theta.is_some() {
+            rotary(&self.rotary_local)?
+        } else {
+            global.clone()
+        };
+
+        let gemma = cfg.architecture == Architecture::Gemma3;
+        let mut x =
+            self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, cfg.d_model))?;
+        if gemma {
+            x = (x * (cfg.d_model as f64).sqrt())?;
+        }
+        if let Some(cache) = cache.as_deref_mut()
+            && cache.layers.len() != self.blocks.len()
+        {
+            cache.layers = vec![None; self.blocks.len()];
+        }
+        let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt();
+        let eps = cfg.rms_norm_eps;
+        for (li, block) in self.blocks.iter().enumerate() {
+            let (cos, sin) = if block.sliding { &local } else { &global };
+            let mask = if block.sliding { &local_mask } else { mask };
+            let normed = rms_norm(&x, &block.input_norm, eps)?;
+            let heads = |l: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
+                let y =
+                    l.forward(&normed)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
+                match norm {
+                    Some(w) => rms_norm(&y, w, eps),
+                    None => Ok(y),
+                }
+            };
+            let q = rotate(&heads(&block.q, h, &block.q_norm)?, cos, sin)?;
+            let mut k = rotate(&heads(&block.k, kvh, &block.k_norm)?, cos, sin)?;
+            let mut v = heads(&block.v, kvh, &None)?;
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &cache.layers[li] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                cache.layers[li] = Some((k.clone(), v.clone()));
+            }
+            let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+            let attn = softmax_last(&scores)?;
+            let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            let mut out = block.o.forward(&out)?;
+            if let Some(w) = &block.post_attn_norm {
+                out = rms_norm(&out, w, eps)?;
+            }
+            x = (x + out)?;
+            let normed = rms_norm(&x, &block.pre_mlp_norm, eps)?;
+            let gate = block.gate.forward(&normed)?;
+            let gate = match cfg.activation {
+                Activation::Silu => gate.silu()?,
+                Activation::GeluPytorchTanh => gate.gelu()?,
+            };
+            let mut out = block.down.forward(&(gate * block.up.forward(&normed)?)?)?;
+            if let Some(w) = &block.post_mlp_norm {
+                out = rms_norm(&out, w, eps)?;
+            }
+            x = (x + out)?;
+        }
+        let x = rms_norm(&x, &self.final_norm, eps)?;
+        Ok(x.broadcast_matmul(&self.lm_head.t()?)?)
+    }
+
+    /// Logits of right-padded sequences from position 0, causal mask, no cache: the
+    /// training/scoring path. `ids` is (batch, time).
+    pub fn forward_full(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let positions =
+            Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.repeat((b, 1))?;
+        let mask = causal_mask(t, &self.device)?;
+        self.forward(ids, &positions, &mask, None)
+    }
+
+    /// Checks that a sequence of `len` tokens fits the rotary tables.
+    pub fn check_length(&self, len: usize) -> Result<()> {
+        if len > self.config.max_seq_len {
+            return Err(ModelError::invalid(
+                "sequence length",
+                format!("must be <= model.max_seq_len ({})", self.config.max_seq_len),
+                len,
+            ));
+        }
+        Ok(())
+    }
+
+    /// One row of logits as plain numbers (for tests and sampling).
+    pub fn last_logits(logits: &Tensor, row: usize) -> Result<Vec<f32>> {
+        let t = logits.dim(1)?;
+        Ok(logits.i((row, t - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+}
+
+/// (b, kv_heads, t, hd) -> (b, kv_heads * n_rep, t, hd), each key/value head repeated for the
+/// query heads of its group.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, t, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, kvh, n_rep, t, hd))?.reshape((b, kvh * n_rep, t, hd))?)
+}
+
+/// RMSNorm from differentiable ops (candle's fused `rms_norm` has no backward).
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?.broadcast_mul(weight)?)
+}
+
+/// Softmax over the last dimension from differentiable ops.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Rotary embedding in the Hugging Face "rotate half" layout; `cos`/`sin` are (b, 1, t, hd).
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+fn rotary_tables(
+    config: &DecoderConfig,
+    theta: f64,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let hd = config.head_dim();
+    let inv_freq: Vec<f32> =
+        (0..hd / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64) as f32).collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
+    let positions = Tensor::arange(0u32, config.max_seq_len as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((config.max_seq_len, 1))?;
+    let angles = positions.broadcast_mul(&inv_freq)?;
+    Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
+}
+
+/// Additive causal mask (1, 1, t, t): 0 on and below the diagonal, a large negative above.
+pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { MASKED })).collect();
+    Ok(Tensor::from_vec(data, (1, 1, t, t), device)?)
+}
+
+/// Additive mask (b, 1, q, k) for queries at key offsets `first_query..first_query + q` where
+/// key j of row r is visible when `key_valid[r][j]` and j <= the query's key index. Every query
+/// may always see its own key, so no row is fully masked.
+pub fn padded_causal_mask(
+    key_valid: &[Vec<bool>],
+    first_query: usize,
+    queries: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let b = key_valid.len();
+    let k = key_valid.first().map_or(0, Vec::len);
+    let mut data = Vec::with_capacity(b * queries * k);
+    for row in key_valid {
+        for qi in 0..queries {
+            let qk = first_query + qi;
+            data.extend((0..k).map(|j| if j == qk || (j < qk && row[j]) { 0.0 } else { MASKED }));
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, 1, queries, k), device)?)
+}
