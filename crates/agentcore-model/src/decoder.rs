@@ -591,6 +591,31 @@ impl Decoder {
         &self.weights
     }
 
+    /// Every base weight with the LoRA updates merged in (W + alpha/r * B A): what an exported
+    /// model holds. Without adapters, the weights as they are.
+    pub fn merged_weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (name, w) in &self.weights {
+            let merged = match (&self.lora, name.strip_suffix(".weight")) {
+                (Some(cfg), Some(prefix)) => {
+                    match (
+                        self.params.get(&format!("{prefix}.lora_A.weight")),
+                        self.params.get(&format!("{prefix}.lora_B.weight")),
+                    ) {
+                        (Ok(a), Ok(b)) => {
+                            let delta = b.as_tensor().matmul(a.as_tensor())?;
+                            (w + (delta * (cfg.lora_alpha / cfg.r as f64))?)?
+                        }
+                        _ => w.copy()?,
+                    }
+                }
+                _ => w.copy()?,
+            };
+            out.insert(name.clone(), merged);
+        }
+        Ok(out)
+    }
+
     /// A copy of this model with its weights in `dtype` (e.g. f64 for gradient checks); the
     /// copy's weights are all trainable.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {

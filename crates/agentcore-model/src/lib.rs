@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod decoder;
 mod error;
 pub mod generate;
+pub mod hub;
 pub mod loss;
 pub mod optim;
 pub mod params;

@@ -1,5 +1,8 @@
-//! The built-in byte-level tokenizer of the embedded default.
+//! Tokenizers: the built-in byte-level one of the embedded default ([`ByteTokenizer`]), and
+//! Hugging Face ones (`tokenizer.json`, or built from a GGUF file's metadata) behind one type,
+//! [`TextTokenizer`], which is what the agent loop sees.
 //!
+//! The byte tokenizer:
 //! Ids 0..=255 are the bytes of UTF-8 text, so any text round-trips. The agent transcript tags
 //! (`<call>`, `</call>`, `<out>`, `</out>`, `<ans>`, `</ans>`) and the control tokens (`<pad>`,
 //! `<bos>`, `<eos>`) are single special tokens above 255: the model learns one token per tag,
@@ -133,6 +136,156 @@ impl ByteTokenizer {
         flush(&mut bytes, &mut out);
         out
     }
+}
+
+/// A tokenizer of any kind the engine loads.
+#[derive(Clone)]
+pub enum TextTokenizer {
+    /// The built-in byte tokenizer.
+    Byte(ByteTokenizer),
+    /// A Hugging Face tokenizer (`tokenizer.json`, or converted from GGUF metadata).
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Byte(_) => f.write_str("TextTokenizer::Byte"),
+            Self::Hf(t) => write!(f, "TextTokenizer::Hf({} tokens)", t.get_vocab_size(true)),
+        }
+    }
+}
+
+impl TextTokenizer {
+    /// Encodes text. Special tokens written in the text (`<start_of_turn>`, `<call>`) become
+    /// their ids; no BOS is added (chat templates write it themselves).
+    pub fn encode(&self, text: &str) -> crate::Result<Vec<u32>> {
+        match self {
+            Self::Byte(t) => Ok(t.encode(text)),
+            Self::Hf(t) => Ok(t
+                .encode(text, false)
+                .map_err(|e| crate::ModelError::invalid("text to encode", e.to_string(), text))?
+                .get_ids()
+                .to_vec()),
+        }
+    }
+
+    /// Decodes ids to text, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> crate::Result<String> {
+        match self {
+            Self::Byte(t) => Ok(t.decode(ids)),
+            Self::Hf(t) => t
+                .decode(ids, false)
+                .map_err(|e| crate::ModelError::invalid("ids to decode", e.to_string(), ids.len())),
+        }
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Byte(t) => t.vocab_size(),
+            Self::Hf(t) => t.get_vocab_size(true),
+        }
+    }
+
+    /// The id of a token given by its text form (`<eos>`, `<end_of_turn>`), if it is one token.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Self::Byte(t) => SpecialToken::ALL
+                .iter()
+                .find(|s| s.text() == token)
+                .map(|s| t.special(*s))
+                .or_else(|| (token.len() == 1).then(|| u32::from(token.as_bytes()[0]))),
+            Self::Hf(t) => t.token_to_id(token),
+        }
+    }
+}
+
+/// Builds a Hugging Face tokenizer from the metadata of a GGUF file whose
+/// `tokenizer.ggml.model` is `llama` (SentencePiece, as in Gemma and Llama 2): a Unigram model
+/// over the token scores with byte fallback, spaces written as `▁`, and the control and
+/// user-defined tokens (token types 3 and 4) as special tokens so they encode as one id.
+/// `gpt2` (byte-level BPE) models go through candle's converter.
+pub fn tokenizer_from_gguf(
+    content: &candle_core::quantized::gguf_file::Content,
+    source: &str,
+) -> crate::Result<tokenizers::Tokenizer> {
+    use candle_core::quantized::gguf_file::Value;
+    use tokenizers::decoders::DecoderWrapper;
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::models::unigram::Unigram;
+    use tokenizers::normalizers::{Prepend, Replace};
+    let err = |message: String| crate::ModelError::File { path: source.to_string(), message };
+    let get = |key: &str| content.metadata.get(key);
+    let kind = get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .ok_or_else(|| err("missing `tokenizer.ggml.model`".into()))?
+        .clone();
+    if kind == "gpt2" {
+        use candle_core::quantized::tokenizer::TokenizerFromGguf;
+        return tokenizers::Tokenizer::from_gguf(content).map_err(|e| err(e.to_string()));
+    }
+    if kind != "llama" {
+        return Err(err(format!(
+            "tokenizer model `{kind}` is not supported (supported: llama, gpt2)"
+        )));
+    }
+    let array = |key: &str| -> crate::Result<&Vec<Value>> {
+        get(key).and_then(|v| v.to_vec().ok()).ok_or_else(|| err(format!("missing array `{key}`")))
+    };
+    let tokens: Vec<String> = array("tokenizer.ggml.tokens")?
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(|e| err(e.to_string())))
+        .collect::<crate::Result<_>>()?;
+    let scores: Vec<f64> = array("tokenizer.ggml.scores")?
+        .iter()
+        .map(|v| v.to_f32().map(f64::from).map_err(|e| err(e.to_string())))
+        .collect::<crate::Result<_>>()?;
+    let types: Vec<i64> = match array("tokenizer.ggml.token_type") {
+        Ok(a) => a.iter().map(|v| v.to_i32().map(i64::from).unwrap_or(1)).collect(),
+        Err(_) => vec![1; tokens.len()],
+    };
+    if scores.len() != tokens.len() {
+        return Err(err(format!("{} scores for {} tokens", scores.len(), tokens.len())));
+    }
+    let id_of = |key: &str| get(key).and_then(|v| v.to_u32().ok());
+    let unk = id_of("tokenizer.ggml.unknown_token_id").map(|i| i as usize);
+    let vocab: Vec<(String, f64)> = tokens.iter().cloned().zip(scores).collect();
+    let model = Unigram::from(vocab, unk, true).map_err(|e| err(e.to_string()))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    let add_space_prefix =
+        get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);
+    let replace = Replace::new(" ", "\u{2581}").map_err(|e| err(e.to_string()))?;
+    let normalizer: tokenizers::NormalizerWrapper = if add_space_prefix {
+        tokenizers::normalizers::Sequence::new(vec![
+            Prepend::new("\u{2581}".into()).into(),
+            replace.into(),
+        ])
+        .into()
+    } else {
+        replace.into()
+    };
+    tokenizer.with_normalizer(Some(normalizer)).map_err(|e| err(e.to_string()))?;
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("\u{2581}", " ").map_err(|e| err(e.to_string()))?.into(),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ];
+    if add_space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    tokenizer.with_decoder(Some(Sequence::new(decoders)));
+    let specials: Vec<tokenizers::AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, t)| matches!(t, 3 | 4))
+        .map(|(tok, _)| tokenizers::AddedToken::from(tok.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(specials).map_err(|e| err(e.to_string()))?;
+    Ok(tokenizer)
 }
 
 #[cfg(test)]

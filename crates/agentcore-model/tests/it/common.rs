@@ -37,3 +37,29 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// The Gemma 3 270M GGUF fetched by `scripts/fetch_gemma3.sh`: `AGENTCORE_GEMMA_GGUF`, else the
+/// script's cache path. `None` when absent; with `AGENTCORE_REQUIRE_GEMMA=1` (set by `.ci/run`,
+/// which runs the fetch script first) a missing file fails the test instead.
+pub fn gemma_gguf() -> Option<std::path::PathBuf> {
+    let path =
+        std::env::var_os("AGENTCORE_GEMMA_GGUF").map(std::path::PathBuf::from).or_else(|| {
+            let cache = std::env::var_os("AGENTCORE_CACHE").map(std::path::PathBuf::from).or_else(
+                || {
+                    std::env::var_os("HOME")
+                        .map(|h| std::path::Path::new(&h).join(".cache/agentcore"))
+                },
+            )?;
+            Some(cache.join("models/gemma-3-270m-q4_k_m.gguf"))
+        })?;
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("AGENTCORE_REQUIRE_GEMMA").as_deref() != Ok("1"),
+        "{} is missing: run scripts/fetch_gemma3.sh",
+        path.display()
+    );
+    eprintln!("skipped: {} is missing (run scripts/fetch_gemma3.sh)", path.display());
+    None
+}
