@@ -162,7 +162,14 @@ pub fn config_from_hf(config: &Value, source: &Path) -> Result<DecoderConfig> {
         n_layers: usize_of("num_hidden_layers")?,
         n_heads: usize_of("num_attention_heads")?,
         n_kv_heads: opt_usize("num_key_value_heads"),
-        head_dim: opt_usize("head_dim"),
+        // Recorded only where it differs from d_model / n_heads, as in our own configs.
+        head_dim: opt_usize("head_dim").filter(|&h| {
+            Some(h)
+                != usize_of("hidden_size")
+                    .ok()
+                    .zip(usize_of("num_attention_heads").ok())
+                    .map(|(d, n)| d / n.max(1))
+        }),
         d_ff: usize_of("intermediate_size")?,
         max_seq_len: opt_usize("max_position_embeddings")
             .unwrap_or(MAX_LOADED_SEQ_LEN)

@@ -164,11 +164,15 @@ fn gemma3_differential_in_child() {
         eprintln!("{prompt:?}: max |logit diff| {diff:.4} (max |logit| {scale:.1})");
         // Same f32 weights, same function; the sums run in a different order.
         assert!(diff < 1e-3, "{prompt:?}: logits differ by {diff}");
-        let ours_tokens =
-            generate(&silu, &[ids.clone()], &greedy(NEW_TOKENS), &mut crate::common::rng(0))
-                .expect("generate")
-                .remove(0)
-                .tokens;
+        let ours_tokens = generate(
+            &silu,
+            std::slice::from_ref(&ids),
+            &greedy(NEW_TOKENS),
+            &mut crate::common::rng(0),
+        )
+        .expect("generate")
+        .remove(0)
+        .tokens;
         assert_eq!(ours_tokens, ref_tokens, "{prompt:?}: greedy continuations differ");
         eprintln!("  silu: {:?}", loaded.tokenizer.decode(&ours_tokens).expect("decode"));
     }

@@ -1,8 +1,11 @@
 //! Integration tests of `agentcore-model`.
+#![expect(clippy::print_stderr, reason = "tests report measured differences and skips on stderr")]
 
 mod common;
 mod gemma;
 mod generation;
 mod gradients;
+mod hub;
+mod lora;
 mod loss;
 mod training;

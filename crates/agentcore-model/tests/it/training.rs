@@ -40,7 +40,7 @@ fn adamw_first_step_and_clipping() {
 
 /// One GRPO update on the small model: sample 2 groups of 4 completions, reward = fraction of
 /// generated tokens with id < 20, group advantages, dapo loss, AdamW step. Returns mean reward.
-fn grpo_step(
+pub(crate) fn grpo_step(
     model: &Decoder,
     opt: &mut AdamW,
     rng: &mut ChaCha8Rng,
@@ -100,7 +100,7 @@ fn grpo_step(
     rewards.iter().sum::<f64>() / rewards.len() as f64
 }
 
-fn weights(model: &Decoder) -> Vec<(String, Vec<f32>)> {
+pub(crate) fn weights(model: &Decoder) -> Vec<(String, Vec<f32>)> {
     model
         .params()
         .iter()
