@@ -298,16 +298,23 @@ struct Linear {
 }
 
 impl Linear {
+    /// On (..., in): flattened to one 2-D matmul, whose backward is two plain matmuls (a
+    /// broadcast batched matmul would materialise one weight-sized gradient per batch row).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.broadcast_matmul(&self.weight.t()?)?;
+        let dims = x.dims().to_vec();
+        let (lead, input) = dims.split_at(dims.len() - 1);
+        let x2 = x.reshape((lead.iter().product::<usize>(), input[0]))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         if let Some((a, b, scale)) = &self.lora {
-            let delta = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+            let delta = x2.matmul(&a.t()?)?.matmul(&b.t()?)?;
             y = (y + (delta * *scale)?)?;
         }
-        Ok(y)
+        let mut out_dims = lead.to_vec();
+        out_dims.push(y.dim(1)?);
+        Ok(y.reshape(out_dims)?)
     }
 }
 
@@ -347,22 +354,37 @@ pub struct Decoder {
     device: Device,
 }
 
-/// Keys and values of earlier positions, per layer, for incremental decoding.
+/// Keys and values of earlier positions, per layer, for incremental decoding. The buffers are
+/// allocated once for `capacity` positions (grown by doubling if exceeded) and written in
+/// place, so a decoding step neither copies nor reallocates the cache.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    capacity: usize,
+    layers: Vec<Option<LayerCache>>,
+}
+
+#[derive(Debug, Clone)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
 }
 
 impl KvCache {
-    /// An empty cache.
+    /// An empty cache that grows as needed.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache with room for `capacity` positions.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self { capacity, layers: Vec::new() }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
         match self.layers.first() {
-            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            Some(Some(layer)) => layer.len,
             _ => 0,
         }
     }
@@ -370,6 +392,35 @@ impl KvCache {
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Appends keys and values (b, kv_heads, t, hd) of layer `li`; returns views of every cached
+    /// position (b, kv_heads, len, hd).
+    fn append(&mut self, li: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kvh, t, hd) = k.dims4()?;
+        let layer = &mut self.layers[li];
+        let len = layer.as_ref().map_or(0, |l| l.len);
+        let capacity = layer.as_ref().map_or(self.capacity, |l| l.k.dim(2).unwrap_or(0));
+        if layer.is_none() || len + t > capacity {
+            let new_capacity = (len + t).max(2 * capacity).max(self.capacity);
+            let alloc = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, kvh, new_capacity, hd), k.dtype(), k.device())?;
+                if let Some(old) = old
+                    && len > 0
+                {
+                    buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            let (nk, nv) =
+                (alloc(layer.as_ref().map(|l| &l.k))?, alloc(layer.as_ref().map(|l| &l.v))?);
+            *layer = Some(LayerCache { k: nk, v: nv, len });
+        }
+        let layer = layer.as_mut().expect("allocated above");
+        layer.k.slice_set(&k.contiguous()?, 2, len)?;
+        layer.v.slice_set(&v.contiguous()?, 2, len)?;
+        layer.len = len + t;
+        Ok((layer.k.narrow(2, 0, layer.len)?, layer.v.narrow(2, 0, layer.len)?))
     }
 }
 
@@ -708,16 +759,21 @@ impl Decoder {
             let mut k = rotate(&heads(&block.k, kvh, &block.k_norm)?, cos, sin)?;
             let mut v = heads(&block.v, kvh, &None)?;
             if let Some(cache) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &cache.layers[li] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                cache.layers[li] = Some((k.clone(), v.clone()));
+                (k, v) = cache.append(li, &k, &v)?;
             }
-            let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
-            let attn = softmax_last(&scores)?;
-            let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+            // Grouped-query attention without copying keys and values per query head: the
+            // `rep` query heads of a group are stacked along time, (b, kvh, rep * t, hd).
+            let rep = h / kvh;
+            let n_keys = k.dim(2)?;
+            let q = q.reshape((b, kvh, rep * t, hd))?;
+            let scores =
+                (q.matmul(&k.t()?)? * scale)?.reshape((b, h, t, n_keys))?.broadcast_add(mask)?;
+            let attn = softmax_last(&scores)?.reshape((b, kvh, rep * t, n_keys))?;
+            let out = attn.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((
+                b,
+                t,
+                h * hd,
+            ))?;
             let mut out = block.o.forward(&out)?;
             if let Some(w) = &block.post_attn_norm {
                 out = rms_norm(&out, w, eps)?;
@@ -735,8 +791,8 @@ impl Decoder {
             }
             x = (x + out)?;
         }
-        let x = rms_norm(&x, &self.final_norm, eps)?;
-        Ok(x.broadcast_matmul(&self.lm_head.t()?)?)
+        let x = rms_norm(&x, &self.final_norm, eps)?.reshape((b * t, cfg.d_model))?;
+        Ok(x.matmul(&self.lm_head.t()?)?.reshape((b, t, cfg.vocab_size))?)
     }
 
     /// Logits of right-padded sequences from position 0, causal mask, no cache: the
@@ -766,16 +822,6 @@ impl Decoder {
         let t = logits.dim(1)?;
         Ok(logits.i((row, t - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
-}
-
-/// (b, kv_heads, t, hd) -> (b, kv_heads * n_rep, t, hd), each key/value head repeated for the
-/// query heads of its group.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kvh, t, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, kvh, n_rep, t, hd))?.reshape((b, kvh * n_rep, t, hd))?)
 }
 
 /// RMSNorm from differentiable ops (candle's fused `rms_norm` has no backward).

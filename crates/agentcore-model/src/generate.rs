@@ -129,7 +129,7 @@ pub fn generate<R: Rng + ?Sized>(
         key_valid.push((0..width).map(|t| t >= pad).collect());
         next_position.push(p.len() as u32);
     }
-    let mut cache = KvCache::new();
+    let mut cache = KvCache::with_capacity(width + max_new);
     let ids_t = Tensor::from_vec(ids, (b, width), device)?;
     let pos_t = Tensor::from_vec(positions, (b, width), device)?;
     let mask = padded_causal_mask(&key_valid, 0, width, device)?;
@@ -188,6 +188,22 @@ fn sample<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R)
         let best =
             (0..scaled.len()).fold(0, |best, i| if scaled[i] > scaled[best] { i } else { best });
         return (best as u32, logprob(best));
+    }
+    if params.top_k.is_none() && params.top_p >= 1.0 {
+        // Untruncated: inverse CDF over the ids, no sort.
+        let mut u = rng.random::<f64>();
+        let mut last = 0;
+        for (i, s) in scaled.iter().enumerate() {
+            let p = (s - log_z).exp();
+            if p > 0.0 {
+                last = i;
+            }
+            if u < p {
+                return (i as u32, logprob(i));
+            }
+            u -= p;
+        }
+        return (last as u32, logprob(last));
     }
     // Candidates by decreasing probability (ties by id, for determinism).
     let mut order: Vec<usize> = (0..scaled.len()).collect();
