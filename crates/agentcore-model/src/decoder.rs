@@ -7,10 +7,11 @@
 //! the sqrt(d_model) embedding scale, the attention scale from `query_pre_attn_scalar`, and
 //! sliding-window layers with their own rotary base.
 //!
-//! Every op on the training path has a backward pass in candle: softmax is composed from
-//! `max`/`exp`/`sum` (not `softmax_last_dim`), RMSNorm from `sqr`/`mean`/`sqrt` (not the fused
-//! `rms_norm`), rotary embeddings from `mul`/`cat` (not the fused `rope`). A test asserts that
-//! every trainable tensor receives a non-zero gradient, which catches a fused op slipping back in.
+//! Every op on the training path has a backward pass: RMSNorm, softmax and SwiGLU are our fused
+//! kernels with their own backward ([`crate::fused`]; never candle's `rms_norm` or
+//! `softmax_last_dim`, which have none), rotary embeddings are composed from `mul`/`cat` (not the
+//! fused `rope`). A test asserts that every trainable tensor receives a non-zero gradient, which
+//! catches an op without a backward slipping in.
 //!
 //! Weights use Hugging Face names (`model.layers.0.self_attn.q_proj.weight`). Trainable weights
 //! live in a [`ParamStore`]: all of them for full fine-tuning, only the LoRA matrices after
@@ -27,6 +28,7 @@ use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::fused::{rms_norm, softmax_last, swiglu};
 use crate::params::ParamStore;
 
 /// Added to masked attention scores: exp() of it underflows to exactly 0 in f32.
@@ -766,14 +768,17 @@ impl Decoder {
             let rep = h / kvh;
             let n_keys = k.dim(2)?;
             let q = q.reshape((b, kvh, rep * t, hd))?;
-            let scores =
-                (q.matmul(&k.t()?)? * scale)?.reshape((b, h, t, n_keys))?.broadcast_add(mask)?;
-            let attn = softmax_last(&scores)?.reshape((b, kvh, rep * t, n_keys))?;
-            let out = attn.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((
-                b,
-                t,
-                h * hd,
-            ))?;
+            let out = if cache.is_some() {
+                // Decoding never needs gradients: one fused pass over the cache.
+                crate::fused::decode_attention(&q, &k, &v, mask, t, scale)?
+            } else {
+                let scores = (q.matmul(&k.t()?)? * scale)?
+                    .reshape((b, h, t, n_keys))?
+                    .broadcast_add(mask)?;
+                let attn = softmax_last(&scores)?.reshape((b, kvh, rep * t, n_keys))?;
+                attn.matmul(&v)?
+            };
+            let out = out.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
             let mut out = block.o.forward(&out)?;
             if let Some(w) = &block.post_attn_norm {
                 out = rms_norm(&out, w, eps)?;
@@ -781,11 +786,12 @@ impl Decoder {
             x = (x + out)?;
             let normed = rms_norm(&x, &block.pre_mlp_norm, eps)?;
             let gate = block.gate.forward(&normed)?;
-            let gate = match cfg.activation {
-                Activation::Silu => gate.silu()?,
-                Activation::GeluPytorchTanh => gate.gelu()?,
+            let up = block.up.forward(&normed)?;
+            let gated = match cfg.activation {
+                Activation::Silu => swiglu(&gate, &up)?,
+                Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
             };
-            let mut out = block.down.forward(&(gate * block.up.forward(&normed)?)?)?;
+            let mut out = block.down.forward(&gated)?;
             if let Some(w) = &block.post_mlp_norm {
                 out = rms_norm(&out, w, eps)?;
             }
@@ -822,19 +828,6 @@ impl Decoder {
         let t = logits.dim(1)?;
         Ok(logits.i((row, t - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
-}
-
-/// RMSNorm from differentiable ops (candle's fused `rms_norm` has no backward).
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?.broadcast_mul(weight)?)
-}
-
-/// Softmax over the last dimension from differentiable ops.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
 }
 
 /// Rotary embedding in the Hugging Face "rotate half" layout; `cos`/`sin` are (b, 1, t, hd).

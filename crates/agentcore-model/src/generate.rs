@@ -9,7 +9,7 @@
 //! before top-k/top-p truncation, which is what [`token_logprobs`] computes at the same
 //! temperature; at temperature 0 (greedy) it is under the unscaled distribution.
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -265,8 +265,11 @@ pub fn token_logprobs(
     let ids = Tensor::from_vec(ids, (b, width), device)?;
     let inputs = ids.narrow(1, 0, width - 1)?;
     let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
-    let logits = (model.forward_full(&inputs)? / temperature)?;
-    let logp = log_softmax_last(&logits)?.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
+    let logits = model.forward_full(&inputs)?;
+    // Dividing by exactly 1 would only cost a pass over the logits.
+    #[expect(clippy::float_cmp, reason = "exactly 1.0 is the identity")]
+    let logits = if temperature == 1.0 { logits } else { (logits / temperature)? };
+    let logp = crate::fused::target_logprobs(&logits, &targets)?;
     let valid =
         padding_mask(sequences, width, device)?.narrow(1, 1, width - 1)?.to_dtype(logp.dtype())?;
     let logp = (logp * valid)?;
@@ -280,11 +283,4 @@ pub fn padding_mask(sequences: &[Vec<u32>], width: usize, device: &Device) -> Re
         .flat_map(|s| (0..width).map(move |t| if t < s.len() { 1.0 } else { 0.0 }))
         .collect();
     Ok(Tensor::from_vec(data, (sequences.len(), width), device)?)
-}
-
-fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&log_z)?)
 }

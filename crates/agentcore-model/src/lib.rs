@@ -16,6 +16,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod decoder;
 mod error;
+pub mod fused;
 pub mod generate;
 pub mod hub;
 pub mod loss;

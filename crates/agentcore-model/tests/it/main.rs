@@ -2,6 +2,7 @@
 #![expect(clippy::print_stderr, reason = "tests report measured differences and skips on stderr")]
 
 mod common;
+mod fused;
 mod gemma;
 mod generation;
 mod gradients;

@@ -1,0 +1,595 @@
+//! Fused CPU kernels with a backward pass, for the hot ops of training: RMSNorm, softmax over
+//! the last dimension, SwiGLU (`silu(gate) * up`), and the log-prob of target tokens
+//! (log-softmax + gather).
+//!
+//! candle's own fused ops (`rms_norm`, `softmax_last_dim`) have no backward; the composed
+//! versions (the reference implementations in `decoder.rs` and `generate.rs`) are correct but
+//! run 5-15 tensor ops, each a pass over memory with an allocation, forward and again backward.
+//! These run one pass each way, row-parallel on rayon, for f32 and f64 (the gradient checks
+//! run in f64). Each is checked against its composed twin, values and gradients (tests in
+//! `tests/it/fused.rs`), and the finite-difference check of the whole model runs through them.
+#![expect(
+    clippy::needless_range_loop,
+    reason = "the kernels index several slices of one row by the same column"
+)]
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType,
+};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Rows below this size are not worth a task each.
+const MIN_PARALLEL_ELEMS: usize = 16 * 1024;
+
+trait Elem: WithDType + Float + num_traits::NumAssignOps + Send + Sync + std::iter::Sum {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+fn contiguous_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    if !l.is_contiguous() {
+        candle_core::bail!("fused op: input must be contiguous")
+    }
+    let data = s.as_slice::<T>()?;
+    Ok(&data[l.start_offset()..l.start_offset() + l.shape().elem_count()])
+}
+
+/// Runs `f` on the contiguous data of `t` (CPU only).
+fn with_data<T: WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(contiguous_slice(cpu, layout)?),
+        _ => candle_core::bail!("fused ops run on the CPU"),
+    }
+}
+
+fn from_vec<T: WithDType>(
+    data: Vec<T>,
+    shape: &Shape,
+    like: &Tensor,
+) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(data, shape.clone(), like.device())
+}
+
+/// Splits `out` into rows of `cols` and runs `f(row_index, row)` on each, in parallel when big.
+fn for_rows<T: Send>(out: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if out.len() >= MIN_PARALLEL_ELEMS {
+        let rows_per_task = (MIN_PARALLEL_ELEMS / cols.max(1)).max(1);
+        out.par_chunks_mut(rows_per_task * cols).enumerate().for_each(|(task, chunk)| {
+            for (i, row) in chunk.chunks_mut(cols).enumerate() {
+                f(task * rows_per_task + i, row);
+            }
+        });
+    } else {
+        for (i, row) in out.chunks_mut(cols).enumerate() {
+            f(i, row);
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($dtype:expr, $name:literal, $f:ident ( $($arg:expr),* )) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F64 => $f::<f64>($($arg),*),
+            other => candle_core::bail!(concat!($name, ": f32 or f64 only, got {:?}"), other),
+        }
+    };
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+struct RmsNorm {
+    eps: f64,
+}
+
+fn rms_fwd<T: Elem>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
+    let cols = w.len();
+    let mut out = vec![T::zero(); x.len()];
+    let eps = T::from(eps).unwrap_or_else(T::zero);
+    let n = T::from(cols).unwrap_or_else(T::one);
+    for_rows(&mut out, cols, |r, y| {
+        let xr = &x[r * cols..(r + 1) * cols];
+        let ms = xr.iter().map(|&v| v * v).sum::<T>() / n;
+        let s = (ms + eps).sqrt().recip();
+        for ((y, &xv), &wv) in y.iter_mut().zip(xr).zip(w) {
+            *y = xv * s * wv;
+        }
+    });
+    out
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "agentcore-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn go<T: Elem>(
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            eps: f64,
+        ) -> candle_core::Result<CpuStorage> {
+            let (x, w) = (contiguous_slice::<T>(s1, l1)?, contiguous_slice::<T>(s2, l2)?);
+            Ok(T::to_cpu_storage_owned(rms_fwd(x, w, eps)))
+        }
+        let storage = dispatch!(s1.dtype(), "rms_norm", go(s1, l1, s2, l2, self.eps))?;
+        Ok((storage, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        fn go<T: Elem>(
+            x: &Tensor,
+            w: &Tensor,
+            grad: &Tensor,
+            eps: f64,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let cols = w.elem_count();
+            let (gx, gw) = with_data::<T, _>(x, |xs| {
+                with_data::<T, _>(w, |ws| {
+                    with_data::<T, _>(grad, |gs| {
+                        let rows = xs.len() / cols;
+                        let n = T::from(cols).unwrap_or_else(T::one);
+                        let eps = T::from(eps).unwrap_or_else(T::zero);
+                        // Per row: s = rstd, dot = sum_j g_j w_j x_j.
+                        let stats: Vec<(T, T)> = (0..rows)
+                            .map(|r| {
+                                let xr = &xs[r * cols..(r + 1) * cols];
+                                let gr = &gs[r * cols..(r + 1) * cols];
+                                let ms = xr.iter().map(|&v| v * v).sum::<T>() / n;
+                                let s = (ms + eps).sqrt().recip();
+                                let dot = xr
+                                    .iter()
+                                    .zip(gr)
+                                    .zip(ws)
+                                    .map(|((&xv, &gv), &wv)| xv * gv * wv)
+                                    .sum::<T>();
+                                (s, dot)
+                            })
+                            .collect();
+                        let mut gx = vec![T::zero(); xs.len()];
+                        for_rows(&mut gx, cols, |r, out| {
+                            let (s, dot) = stats[r];
+                            let c = s * s * s * dot / n;
+                            let xr = &xs[r * cols..(r + 1) * cols];
+                            let gr = &gs[r * cols..(r + 1) * cols];
+                            for j in 0..cols {
+                                out[j] = s * gr[j] * ws[j] - c * xr[j];
+                            }
+                        });
+                        let mut gw = vec![T::zero(); cols];
+                        for r in 0..rows {
+                            let s = stats[r].0;
+                            let xr = &xs[r * cols..(r + 1) * cols];
+                            let gr = &gs[r * cols..(r + 1) * cols];
+                            for j in 0..cols {
+                                gw[j] += gr[j] * xr[j] * s;
+                            }
+                        }
+                        Ok((gx, gw))
+                    })
+                })
+            })?;
+            Ok((Some(from_vec(gx, x.shape(), x)?), Some(from_vec(gw, w.shape(), w)?)))
+        }
+        dispatch!(x.dtype(), "rms_norm backward", go(x, w, grad, self.eps))
+    }
+}
+
+/// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, with a backward pass.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps })?)
+}
+
+// ---------------------------------------------------------------- softmax
+
+struct Softmax;
+
+fn softmax_row<T: Elem>(x: &[T], y: &mut [T]) {
+    let max = x.iter().copied().fold(T::neg_infinity(), Float::max);
+    let mut sum = T::zero();
+    for (y, &v) in y.iter_mut().zip(x) {
+        *y = (v - max).exp();
+        sum += *y;
+    }
+    let inv = sum.recip();
+    for y in y.iter_mut() {
+        *y *= inv;
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "agentcore-softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn go<T: Elem>(s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+            let x = contiguous_slice::<T>(s, l)?;
+            let cols = l.dims().last().copied().unwrap_or(1);
+            let mut out = vec![T::zero(); x.len()];
+            for_rows(&mut out, cols, |r, y| softmax_row(&x[r * cols..(r + 1) * cols], y));
+            Ok(T::to_cpu_storage_owned(out))
+        }
+        Ok((dispatch!(s.dtype(), "softmax", go(s, l))?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        fn go<T: Elem>(y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+            let cols = y.dims().last().copied().unwrap_or(1);
+            let gx = with_data::<T, _>(y, |ys| {
+                with_data::<T, _>(grad, |gs| {
+                    let mut out = vec![T::zero(); ys.len()];
+                    for_rows(&mut out, cols, |r, o| {
+                        let yr = &ys[r * cols..(r + 1) * cols];
+                        let gr = &gs[r * cols..(r + 1) * cols];
+                        let dot = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum::<T>();
+                        for j in 0..cols {
+                            o[j] = yr[j] * (gr[j] - dot);
+                        }
+                    });
+                    Ok(out)
+                })
+            })?;
+            Ok(Some(from_vec(gx, y.shape(), y)?))
+        }
+        dispatch!(y.dtype(), "softmax backward", go(y, grad))
+    }
+}
+
+/// Softmax over the last dimension, with a backward pass.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Softmax)?)
+}
+
+// ---------------------------------------------------------------- SwiGLU
+
+struct SwiGlu;
+
+fn sigmoid<T: Elem>(x: T) -> T {
+    (T::one() + (-x).exp()).recip()
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "agentcore-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn go<T: Elem>(
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<CpuStorage> {
+            let (g, u) = (contiguous_slice::<T>(s1, l1)?, contiguous_slice::<T>(s2, l2)?);
+            let cols = l1.dims().last().copied().unwrap_or(1);
+            let mut out = vec![T::zero(); g.len()];
+            for_rows(&mut out, cols, |r, y| {
+                let (gr, ur) = (&g[r * cols..(r + 1) * cols], &u[r * cols..(r + 1) * cols]);
+                for j in 0..cols {
+                    y[j] = gr[j] * sigmoid(gr[j]) * ur[j];
+                }
+            });
+            Ok(T::to_cpu_storage_owned(out))
+        }
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.shape(), l2.shape())
+        }
+        Ok((dispatch!(s1.dtype(), "swiglu", go(s1, l1, s2, l2))?, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        fn go<T: Elem>(
+            gate: &Tensor,
+            up: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let cols = gate.dims().last().copied().unwrap_or(1);
+            let (d_gate, d_up) = with_data::<T, _>(gate, |gs| {
+                with_data::<T, _>(up, |us| {
+                    with_data::<T, _>(grad, |os| {
+                        let mut d_gate = vec![T::zero(); gs.len()];
+                        let mut d_up = vec![T::zero(); gs.len()];
+                        for_rows(&mut d_gate, cols, |r, out| {
+                            for j in 0..cols {
+                                let i = r * cols + j;
+                                let s = sigmoid(gs[i]);
+                                out[j] = os[i] * us[i] * s * (T::one() + gs[i] * (T::one() - s));
+                            }
+                        });
+                        for_rows(&mut d_up, cols, |r, out| {
+                            for j in 0..cols {
+                                let i = r * cols + j;
+                                out[j] = os[i] * gs[i] * sigmoid(gs[i]);
+                            }
+                        });
+                        Ok((d_gate, d_up))
+                    })
+                })
+            })?;
+            Ok((Some(from_vec(d_gate, gate.shape(), gate)?), Some(from_vec(d_up, up.shape(), up)?)))
+        }
+        dispatch!(gate.dtype(), "swiglu backward", go(gate, up, grad))
+    }
+}
+
+/// `silu(gate) * up`, with a backward pass.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
+}
+
+// ---------------------------------------------------------------- target log-probs
+
+struct TargetLogProbs;
+
+impl CustomOp2 for TargetLogProbs {
+    fn name(&self) -> &'static str {
+        "agentcore-target-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn go<T: Elem>(
+            s1: &CpuStorage,
+            l1: &Layout,
+            targets: &[u32],
+        ) -> candle_core::Result<CpuStorage> {
+            let logits = contiguous_slice::<T>(s1, l1)?;
+            let cols = l1.dims().last().copied().unwrap_or(1);
+            let mut out = vec![T::zero(); targets.len()];
+            let compute = |r: usize| -> T {
+                let row = &logits[r * cols..(r + 1) * cols];
+                let max = row.iter().copied().fold(T::neg_infinity(), Float::max);
+                let log_z = max + row.iter().map(|&v| (v - max).exp()).sum::<T>().ln();
+                row[targets[r] as usize] - log_z
+            };
+            if logits.len() >= MIN_PARALLEL_ELEMS {
+                out.par_iter_mut().enumerate().for_each(|(r, o)| *o = compute(r));
+            } else {
+                out.iter_mut().enumerate().for_each(|(r, o)| *o = compute(r));
+            }
+            Ok(T::to_cpu_storage_owned(out))
+        }
+        let targets = contiguous_slice::<u32>(s2, l2)?;
+        let cols = l1.dims().last().copied().unwrap_or(1);
+        let rows = l1.shape().elem_count() / cols.max(1);
+        if targets.len() != rows {
+            candle_core::bail!("target_logprobs: {} targets for {rows} rows", targets.len())
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= cols) {
+            candle_core::bail!("target_logprobs: target {bad} >= vocabulary {cols}")
+        }
+        let storage = dispatch!(s1.dtype(), "target_logprobs", go(s1, l1, targets))?;
+        Ok((storage, l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        fn go<T: Elem>(
+            logits: &Tensor,
+            targets: &Tensor,
+            grad: &Tensor,
+        ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+            let cols = logits.dims().last().copied().unwrap_or(1);
+            let gl = with_data::<T, _>(logits, |ls| {
+                with_data::<u32, _>(targets, |ts| {
+                    with_data::<T, _>(grad, |gs| {
+                        let mut out = vec![T::zero(); ls.len()];
+                        // d logp[t] / d logit_j = 1{j = t} - softmax_j.
+                        for_rows(&mut out, cols, |r, o| {
+                            let g = gs[r];
+                            if g == T::zero() {
+                                return;
+                            }
+                            softmax_row(&ls[r * cols..(r + 1) * cols], o);
+                            for v in o.iter_mut() {
+                                *v = -g * *v;
+                            }
+                            o[ts[r] as usize] += g;
+                        });
+                        Ok(out)
+                    })
+                })
+            })?;
+            Ok((Some(from_vec(gl, logits.shape(), logits)?), None))
+        }
+        dispatch!(logits.dtype(), "target_logprobs backward", go(logits, targets, grad))
+    }
+}
+
+/// `log_softmax(logits)[..., target]`: logits (..., vocab), targets (...) u32; the result has
+/// the targets' shape. Differentiable in the logits.
+pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, TargetLogProbs)?)
+}
+
+/// The same functions composed from candle's differentiable tensor ops: the reference the
+/// fused kernels are tested against.
+pub mod composed {
+    use candle_core::{D, Tensor};
+
+    use crate::error::Result;
+
+    /// RMSNorm from `sqr`/`mean`/`sqrt`.
+    pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+        Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?.broadcast_mul(weight)?)
+    }
+
+    /// Softmax from `max`/`exp`/`sum`.
+    pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    }
+
+    /// `silu(gate) * up`.
+    pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        Ok((gate.silu()? * up)?)
+    }
+
+    /// Log-softmax and gather.
+    pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let max = logits.max_keepdim(D::Minus1)?.detach();
+        let shifted = logits.broadcast_sub(&max)?;
+        let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let logp = shifted.broadcast_sub(&log_z)?;
+        Ok(logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?)
+    }
+}
+
+// ---------------------------------------------------------------- attention (inference)
+
+/// Attention for decoding, without gradients: one pass over the cached keys and values per
+/// query row, instead of two batched matmuls of (batch x heads) tiny matrices.
+struct DecodeAttention {
+    /// Additive mask, (batch, t, keys) row-major (broadcast over heads).
+    mask: Vec<f32>,
+    /// Queries per head.
+    t: usize,
+    scale: f64,
+}
+
+impl candle_core::CustomOp3 for DecodeAttention {
+    fn name(&self) -> &'static str {
+        "agentcore-decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn go<T: Elem>(
+            op: &DecodeAttention,
+            sq: &CpuStorage,
+            lq: &Layout,
+            sk: &CpuStorage,
+            lk: &Layout,
+            sv: &CpuStorage,
+            lv: &Layout,
+        ) -> candle_core::Result<CpuStorage> {
+            let q = contiguous_slice::<T>(sq, lq)?;
+            let (k, v) = (sk.as_slice::<T>()?, sv.as_slice::<T>()?);
+            let (b, g, rows, hd) = lq.shape().dims4()?;
+            let n_keys = lk.dims()[2];
+            let (ks, vs) = (lk.stride(), lv.stride());
+            if ks[3] != 1 || vs[3] != 1 {
+                candle_core::bail!(
+                    "decode attention: keys and values need unit stride in the head dim"
+                )
+            }
+            let scale = T::from(op.scale).unwrap_or_else(T::one);
+            let mut out = vec![T::zero(); q.len()];
+            let work = |index: usize, o: &mut [T]| {
+                let (bg, row) = (index / rows, index % rows);
+                let (bi, gi) = (bg / g, bg % g);
+                let qi = &q[index * hd..(index + 1) * hd];
+                let mask = &op.mask[(bi * op.t + row % op.t) * n_keys..][..n_keys];
+                let k0 = lk.start_offset() + bi * ks[0] + gi * ks[1];
+                let v0 = lv.start_offset() + bi * vs[0] + gi * vs[1];
+                let mut scores: Vec<T> = (0..n_keys)
+                    .map(|j| {
+                        let kj = &k[k0 + j * ks[2]..][..hd];
+                        let dot = qi.iter().zip(kj).map(|(&a, &c)| a * c).sum::<T>();
+                        dot * scale + T::from(mask[j]).unwrap_or_else(T::zero)
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(T::neg_infinity(), Float::max);
+                let mut sum = T::zero();
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = sum.recip();
+                for (j, &p) in scores.iter().enumerate() {
+                    let p = p * inv;
+                    let vj = &v[v0 + j * vs[2]..][..hd];
+                    for (o, &x) in o.iter_mut().zip(vj) {
+                        *o += p * x;
+                    }
+                }
+            };
+            if q.len() * n_keys >= MIN_PARALLEL_ELEMS * 4 {
+                out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| work(i, o));
+            } else {
+                out.chunks_mut(hd).enumerate().for_each(|(i, o)| work(i, o));
+            }
+            let _ = b;
+            Ok(T::to_cpu_storage_owned(out))
+        }
+        let storage = dispatch!(sq.dtype(), "decode attention", go(self, sq, lq, sk, lk, sv, lv))?;
+        Ok((storage, lq.shape().clone()))
+    }
+}
+
+/// softmax(q k^T * scale + mask) v without gradients. `q` is (b, groups, rows, hd) where row r
+/// is query `r % t` of its head; `k`, `v` are (b, groups, keys, hd), any batch/head/key strides
+/// (views into a KV cache); `mask` is additive, (b, 1, t, keys).
+pub fn decode_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    t: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, _, _, n_keys) = mask.dims4()?;
+    let mask = mask
+        .broadcast_as((b, 1, t, n_keys))?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(q.contiguous()?.apply_op3_no_bwd(k, v, &DecodeAttention { mask, t, scale })?)
+}

@@ -1,0 +1,110 @@
+//! The fused kernels equal their composed twins, in value and in gradient, on random inputs
+//! (f32), including rows large enough to take the parallel path.
+
+use agentcore_model::fused::{self, composed};
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::common::max_abs_diff;
+
+fn randn(shape: &[usize], seed: u64) -> Var {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let d = Normal::new(0.0f32, 1.5).expect("normal");
+    let data: Vec<f32> = (0..n).map(|_| d.sample(&mut r)).collect();
+    Var::from_tensor(&Tensor::from_vec(data, shape, &Device::Cpu).expect("t")).expect("var")
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .expect("vec")
+}
+
+/// Value and gradients (w.r.t. every input) of `sum(f(inputs) * probe)` for both versions.
+fn compare(
+    inputs: &[&Var],
+    probe: &Tensor,
+    fused_f: impl Fn() -> Tensor,
+    composed_f: impl Fn() -> Tensor,
+    tol: f32,
+) {
+    let (a, b) = (fused_f(), composed_f());
+    let diff = max_abs_diff(&flat(&a), &flat(&b));
+    assert!(diff < tol, "values differ by {diff}");
+    let ga = (a * probe).and_then(|x| x.sum_all()).and_then(|x| x.backward()).expect("bwd");
+    let gb = (b * probe).and_then(|x| x.sum_all()).and_then(|x| x.backward()).expect("bwd");
+    for (i, v) in inputs.iter().enumerate() {
+        let (x, y) = (ga.get(v.as_tensor()).expect("grad"), gb.get(v.as_tensor()).expect("grad"));
+        let diff = max_abs_diff(&flat(x), &flat(y));
+        let scale = flat(y).iter().fold(1f32, |m, v| m.max(v.abs()));
+        assert!(diff < tol * scale, "input {i}: gradients differ by {diff} (scale {scale})");
+    }
+}
+
+#[test]
+fn fused_kernels_equal_composed_ops_in_value_and_gradient() {
+    for (rows, cols) in [(3, 8), (256, 96)] {
+        let x = randn(&[rows, cols], 1);
+        let w = randn(&[cols], 2);
+        let probe = randn(&[rows, cols], 3).as_tensor().clone();
+        compare(
+            &[&x, &w],
+            &probe,
+            || fused::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).expect("fused"),
+            || composed::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).expect("composed"),
+            1e-4,
+        );
+        compare(
+            &[&x],
+            &probe,
+            || fused::softmax_last(x.as_tensor()).expect("fused"),
+            || composed::softmax_last(x.as_tensor()).expect("composed"),
+            1e-5,
+        );
+        let up = randn(&[rows, cols], 4);
+        compare(
+            &[&x, &up],
+            &probe,
+            || fused::swiglu(x.as_tensor(), up.as_tensor()).expect("fused"),
+            || composed::swiglu(x.as_tensor(), up.as_tensor()).expect("composed"),
+            1e-4,
+        );
+        let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 7 + 3) % cols as u32).collect();
+        let targets = Tensor::new(targets.as_slice(), &Device::Cpu).expect("targets");
+        let row_probe = randn(&[rows], 5).as_tensor().clone();
+        compare(
+            &[&x],
+            &row_probe,
+            || fused::target_logprobs(x.as_tensor(), &targets).expect("fused"),
+            || composed::target_logprobs(x.as_tensor(), &targets).expect("composed"),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn decode_attention_equals_matmul_softmax_matmul_on_cache_views() {
+    // (b=2, groups=2, rows=3 (rep 3 x t 1), hd=8) against 5 keys taken as a view of a bigger cache.
+    let (b, g, rep, t, hd, keys) = (2, 2, 3, 1, 8, 5);
+    let q = randn(&[b, g, rep * t, hd], 1).as_tensor().clone();
+    let cache_k = randn(&[b, g, 9, hd], 2).as_tensor().clone();
+    let cache_v = randn(&[b, g, 9, hd], 3).as_tensor().clone();
+    let (k, v) = (cache_k.narrow(2, 0, keys).expect("k"), cache_v.narrow(2, 0, keys).expect("v"));
+    // Row 1 may not see its key 0.
+    let mut mask = vec![0f32; b * t * keys];
+    mask[keys] = -1e9;
+    let mask = Tensor::from_vec(mask, (b, 1, t, keys), &Device::Cpu).expect("mask");
+    let scale = 0.3;
+    let ours = fused::decode_attention(&q, &k, &v, &mask, t, scale).expect("fused");
+    let scores = (q.matmul(&k.t().expect("t")).expect("mm") * scale)
+        .and_then(|s| s.reshape((b, g * rep, t, keys)))
+        .and_then(|s| s.broadcast_add(&mask))
+        .and_then(|s| s.reshape((b, g, rep * t, keys)))
+        .expect("scores");
+    let reference = composed::softmax_last(&scores).expect("softmax").matmul(&v).expect("mm");
+    let diff = max_abs_diff(&flat(&ours), &flat(&reference));
+    assert!(diff < 1e-5, "differs by {diff}");
+}
