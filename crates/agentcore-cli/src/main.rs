@@ -45,6 +45,13 @@ enum BenchCommand {
         /// Timed generation runs per batch size.
         #[arg(long, default_value_t = 10)]
         gen_reps: usize,
+        /// The Gemma 3 270M GGUF [default: the file scripts/fetch_gemma3.sh fetches, when
+        /// present].
+        #[arg(long)]
+        gemma: Option<PathBuf>,
+        /// Skip the Gemma 3 part.
+        #[arg(long, conflicts_with = "gemma")]
+        no_gemma: bool,
     },
 }
 
@@ -141,8 +148,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(stderr, "{}: valid", file.display())?;
             write_stdout(&config.to_string_format(format.into()))?;
         }
-        Command::Bench(BenchCommand::Model { json, steps, gen_reps }) => {
-            let settings = BenchSettings { steps, gen_reps, ..BenchSettings::default() };
+        Command::Bench(BenchCommand::Model { json, steps, gen_reps, gemma, no_gemma }) => {
+            let gemma = match (gemma, no_gemma) {
+                (_, true) => None,
+                (Some(path), false) => {
+                    if !path.is_file() {
+                        return Err(InputError(format!(
+                            "--gemma {}: no such file (scripts/fetch_gemma3.sh fetches it)",
+                            path.display()
+                        ))
+                        .into());
+                    }
+                    Some(path)
+                }
+                (None, false) => default_gemma_path().filter(|p| p.is_file()),
+            };
+            let settings = BenchSettings { steps, gen_reps, gemma, ..BenchSettings::default() };
             let mut stderr = std::io::stderr();
             let report = run_model_bench(&settings, |stage| {
                 let _ = writeln!(stderr, "bench: {stage}...");
@@ -163,7 +184,9 @@ fn bench_table(r: &ModelBenchReport) -> String {
         format!("{name:<28} {:>10.0} {:>10.0} {:>10.0}\n", rate.median, rate.min, rate.max)
     };
     let gemma = |v: Option<f64>| {
-        v.map_or("not measured (no Gemma 3 model yet)".to_string(), |x| format!("{x:.1}"))
+        v.map_or("not measured (no GGUF: run scripts/fetch_gemma3.sh)".to_string(), |x| {
+            format!("{x:.1}")
+        })
     };
     let mut out = format!(
         "model: {} weights, {} threads, {} timed steps, {} timed generation runs\n\n",
@@ -178,6 +201,14 @@ fn bench_table(r: &ModelBenchReport) -> String {
     out += &format!("gemma 3 270M batch 8: {}\n", gemma(r.gemma_gen_tokens_per_s_batch8));
     out += &format!("training loss: {:.3} -> {:.3}\n", d.loss_first_last.0, d.loss_first_last.1);
     out
+}
+
+/// Where `scripts/fetch_gemma3.sh` puts the Gemma 3 270M GGUF.
+fn default_gemma_path() -> Option<PathBuf> {
+    let cache = std::env::var_os("AGENTCORE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agentcore")))?;
+    Some(cache.join("models/gemma-3-270m-q4_k_m.gguf"))
 }
 
 /// Reads and validates a config file; the format comes from the extension.

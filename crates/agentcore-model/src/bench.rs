@@ -6,6 +6,11 @@
 //! - generation: KV-cached sampling at temperature 1, 16-token prompt, 48 new tokens, batch 1
 //!   and 64, tokens/s = batch x 48 / wall time (prefill included).
 //!
+//! - Gemma 3 270M (the GGUF of `scripts/fetch_gemma3.sh`, loaded frozen, decoding on its
+//!   quantized matrices): 64-token prompt, 64 new tokens at temperature 1, batch 1 and 8,
+//!   tokens/s = batch x 64 / wall time, prefill included (llama.cpp's anchor times the 64 new
+//!   tokens after an untimed prompt, so this is the stricter measure).
+//!
 //! Each figure is the median over the timed repetitions, with the min and max rate.
 
 use std::time::Instant;
@@ -31,12 +36,14 @@ pub struct BenchSettings {
     pub gen_warmup: usize,
     /// Timed generation runs.
     pub gen_reps: usize,
+    /// The Gemma 3 270M GGUF; `None` skips that part.
+    pub gemma: Option<std::path::PathBuf>,
 }
 
 impl Default for BenchSettings {
     fn default() -> Self {
         // The anchor's defaults.
-        Self { warmup: 5, steps: 30, gen_warmup: 2, gen_reps: 10 }
+        Self { warmup: 5, steps: 30, gen_warmup: 2, gen_reps: 10, gemma: None }
     }
 }
 
@@ -73,9 +80,9 @@ pub struct ModelBenchReport {
     pub gen_tokens_per_s_batch1: f64,
     /// Generated tokens/s at batch 64 (median).
     pub gen_tokens_per_s_batch64: f64,
-    /// Gemma 3 270M generation at batch 1: `null` until the Gemma 3 model exists.
+    /// Gemma 3 270M generation at batch 1 (median); `null` when no GGUF was given.
     pub gemma_gen_tokens_per_s_batch1: Option<f64>,
-    /// Gemma 3 270M generation at batch 8: `null` until the Gemma 3 model exists.
+    /// Gemma 3 270M generation at batch 8, all rows together (median); `null` without GGUF.
     pub gemma_gen_tokens_per_s_batch8: Option<f64>,
     /// Ranges of each rate.
     pub detail: BenchDetail,
@@ -100,6 +107,8 @@ pub struct BenchDetail {
     pub gen_batch64: Rate,
     /// Training loss at the first and last step (it must fall on the fixed batch).
     pub loss_first_last: (f64, f64),
+    /// Gemma 3 270M at batch 1 and 8, when measured.
+    pub gemma: Option<(Rate, Rate)>,
 }
 
 /// Runs the benchmark.
@@ -178,14 +187,18 @@ pub fn run_model_bench(
     };
     let gen_batch1 = gen_rate(1)?;
     let gen_batch64 = gen_rate(64)?;
+    let gemma = match &settings.gemma {
+        Some(path) => Some(gemma_rates(path, settings, &mut rng, &mut progress)?),
+        None => None,
+    };
 
     Ok(ModelBenchReport {
         train_tokens_per_s: train.median,
         forward_tokens_per_s: forward.median,
         gen_tokens_per_s_batch1: gen_batch1.median,
         gen_tokens_per_s_batch64: gen_batch64.median,
-        gemma_gen_tokens_per_s_batch1: None,
-        gemma_gen_tokens_per_s_batch8: None,
+        gemma_gen_tokens_per_s_batch1: gemma.map(|(b1, _)| b1.median),
+        gemma_gen_tokens_per_s_batch8: gemma.map(|(_, b8)| b8.median),
         detail: BenchDetail {
             params: model.params().num_weights(),
             threads: candle_core::utils::get_num_threads(),
@@ -195,8 +208,50 @@ pub fn run_model_bench(
             gen_batch1,
             gen_batch64,
             loss_first_last: (losses[0], *losses.last().unwrap_or(&losses[0])),
+            gemma,
         },
     })
+}
+
+/// The anchor's prompt text (`llamacpp_bench.py`), repeated and cut to 64 tokens.
+const GEMMA_TEXT: &str = "The quick brown fox jumps over the lazy dog. Reinforcement learning from \
+verifiable rewards trains a policy by sampling several completions per prompt, scoring them, and \
+pushing probability mass toward the better ones. ";
+
+fn gemma_rates(
+    path: &std::path::Path,
+    settings: &BenchSettings,
+    rng: &mut ChaCha8Rng,
+    progress: &mut impl FnMut(&str),
+) -> Result<(Rate, Rate)> {
+    progress("loading Gemma 3 270M");
+    let loaded = crate::hub::load_gguf(path, false, &Device::Cpu)?;
+    let bos = loaded.tokenizer.token_id("<bos>").unwrap_or(2);
+    let mut prompt = vec![bos];
+    prompt.extend(loaded.tokenizer.encode(&GEMMA_TEXT.repeat(8))?);
+    prompt.truncate(64);
+    let params = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: None,
+        max_new_tokens: 64,
+        stop_sequences: vec![],
+        pad_token: 0,
+    };
+    let mut rate = |b: usize| -> Result<Rate> {
+        progress(&format!("Gemma 3 270M generation, batch {b}"));
+        let prompts = vec![prompt.clone(); b];
+        let mut times = Vec::new();
+        for i in 0..settings.gen_warmup.min(1) + settings.gen_reps.min(5) {
+            let start = Instant::now();
+            generate(&loaded.model, &prompts, &params, rng)?;
+            if i >= settings.gen_warmup.min(1) {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(Rate::from_times((b * 64) as f64, &times))
+    };
+    Ok((rate(1)?, rate(8)?))
 }
 
 /// Mean next-token cross-entropy of the sequences.

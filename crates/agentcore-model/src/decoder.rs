@@ -22,7 +22,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use rand::Rng;
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::fused::{rms_norm, softmax_last, swiglu};
 use crate::params::ParamStore;
+
+/// Most rows a quantized matmul takes; more go through the f32 weights.
+const MAX_QUANTIZED_ROWS: usize = 16;
 
 /// Added to masked attention scores: exp() of it underflows to exactly 0 in f32.
 const MASKED: f32 = -1e9;
@@ -297,16 +301,70 @@ struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     lora: Option<(Tensor, Tensor, f64)>,
+    /// The same frozen W, quantized (from a GGUF file): used when decoding, where no gradient
+    /// is needed and reading 4-8x fewer bytes per token is what sets the speed.
+    quantized: Option<SplitQMatMul>,
+}
+
+/// A quantized matrix cut into row blocks, one per rayon thread, multiplied in parallel.
+/// candle's quantized matmul parallelises on its own spinning worker pool, which the CLI turns
+/// off (it slows training); this keeps decoding on all cores without it.
+#[derive(Clone)]
+struct SplitQMatMul {
+    parts: Vec<QMatMul>,
+}
+
+impl SplitQMatMul {
+    fn new(q: &std::sync::Arc<QTensor>) -> Result<Self> {
+        let (rows, cols) = q.shape().dims2()?;
+        let dtype = q.dtype();
+        let n_parts = rayon::current_num_threads().clamp(1, rows.max(1));
+        if n_parts == 1 || !cols.is_multiple_of(dtype.block_size()) {
+            return Ok(Self { parts: vec![QMatMul::from_arc(q.clone())?] });
+        }
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let data = q.data()?;
+        let per_part = rows.div_ceil(n_parts);
+        let mut parts = Vec::with_capacity(n_parts);
+        for start in (0..rows).step_by(per_part) {
+            let n = per_part.min(rows - start);
+            let bytes = &data[start * row_bytes..(start + n) * row_bytes];
+            let storage = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(bytes),
+                &Device::Cpu,
+                dtype,
+            )?;
+            parts.push(QMatMul::from_qtensor(QTensor::new(storage, (n, cols))?)?);
+        }
+        Ok(Self { parts })
+    }
+
+    /// x is (m, cols).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        use rayon::prelude::*;
+        if self.parts.len() == 1 {
+            return Ok(self.parts[0].forward(x)?);
+        }
+        let outs =
+            self.parts.par_iter().map(|p| p.forward(x)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&outs, D::Minus1)?)
+    }
 }
 
 impl Linear {
     /// On (..., in): flattened to one 2-D matmul, whose backward is two plain matmuls (a
     /// broadcast batched matmul would materialise one weight-sized gradient per batch row).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, decoding: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (lead, input) = dims.split_at(dims.len() - 1);
         let x2 = x.reshape((lead.iter().product::<usize>(), input[0]))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        // Quantized for decoding steps (a few rows: reading the weights is the cost); the f32
+        // weights for prompts (many rows: the arithmetic is the cost, and f32 gemm is fastest).
+        let rows = x2.dim(0)?;
+        let mut y = match &self.quantized {
+            Some(q) if decoding && rows <= MAX_QUANTIZED_ROWS => q.forward(&x2)?,
+            _ => x2.matmul(&self.weight.t()?)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -350,7 +408,8 @@ pub struct Decoder {
     embed: Tensor,
     blocks: Vec<Block>,
     final_norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
+    quantized: BTreeMap<String, std::sync::Arc<QTensor>>,
     rotary_global: (Tensor, Tensor),
     rotary_local: (Tensor, Tensor),
     device: Device,
@@ -454,7 +513,7 @@ impl Decoder {
     /// A model whose every weight is a trainable variable of `params`.
     pub fn from_params(config: DecoderConfig, params: ParamStore, device: &Device) -> Result<Self> {
         let weights = params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-        Self::build(config, weights, params, None, device)
+        Self::build(config, weights, params, None, BTreeMap::new(), device)
     }
 
     /// A model over the given weights (e.g. loaded from safetensors or GGUF). With `trainable`
@@ -499,7 +558,7 @@ impl Decoder {
             }
             Self::from_params(config, params, device)
         } else {
-            Self::build(config, ordered, ParamStore::new(), None, device)
+            Self::build(config, ordered, ParamStore::new(), None, BTreeMap::new(), device)
         }
     }
 
@@ -508,9 +567,13 @@ impl Decoder {
         weights: BTreeMap<String, Tensor>,
         params: ParamStore,
         lora: Option<(&LoraConfig, &ParamStore)>,
+        quantized: BTreeMap<String, std::sync::Arc<QTensor>>,
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
+        let q = |name: &str| -> Result<Option<SplitQMatMul>> {
+            quantized.get(name).map(SplitQMatMul::new).transpose()
+        };
         let t = |name: &str| -> Result<Tensor> {
             weights
                 .get(name)
@@ -530,6 +593,7 @@ impl Decoder {
                 weight: t(&format!("{prefix}.weight"))?,
                 bias: if bias { Some(t(&format!("{prefix}.bias"))?) } else { None },
                 lora: adapter,
+                quantized: q(&format!("{prefix}.weight"))?,
             })
         };
         let gemma = config.architecture == Architecture::Gemma3;
@@ -564,7 +628,10 @@ impl Decoder {
         }
         let embed = t("model.embed_tokens.weight")?;
         let dtype = embed.dtype();
-        let lm_head = if config.tie_embeddings { embed.clone() } else { t("lm_head.weight")? };
+        let head_name =
+            if config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let lm_head =
+            Linear { weight: t(head_name)?, bias: None, lora: None, quantized: q(head_name)? };
         let rotary_global = rotary_tables(&config, config.rope_theta, dtype, device)?;
         let rotary_local = match config.rope_local_theta {
             Some(theta) => rotary_tables(&config, theta, dtype, device)?,
@@ -578,6 +645,7 @@ impl Decoder {
             rotary_global,
             rotary_local,
             lora: lora.map(|(c, _)| c.clone()),
+            quantized,
             config,
             weights,
             params,
@@ -619,6 +687,46 @@ impl Decoder {
             frozen,
             adapters.clone(),
             Some((config, &adapters)),
+            std::mem::take(&mut self.quantized),
+            &self.device,
+        )?;
+        Ok(())
+    }
+
+    /// Gives the frozen base weights quantized twins (e.g. the GGUF tensors they were
+    /// dequantized from), used by the decoding path only: training and scoring keep the f32
+    /// weights. Refused when the base weights are trainable (the twins would go stale).
+    pub fn set_quantized_weights(
+        &mut self,
+        quantized: BTreeMap<String, std::sync::Arc<QTensor>>,
+    ) -> Result<()> {
+        for (name, q) in &quantized {
+            let w = self.weights.get(name).ok_or_else(|| {
+                ModelError::invalid("quantized weight", "must name a weight of the model", name)
+            })?;
+            if self.params.get(name).is_ok() {
+                return Err(ModelError::invalid(
+                    "quantized weights",
+                    "need frozen base weights (load without `trainable`, or use LoRA)",
+                    name,
+                ));
+            }
+            if q.shape().dims() != w.dims() {
+                return Err(ModelError::invalid(
+                    format!("quantized `{name}`"),
+                    format!("must have the weight's shape {:?}", w.dims()),
+                    format!("{:?}", q.shape().dims()),
+                ));
+            }
+        }
+        let lora_store = self.params.clone();
+        let lora = self.lora.clone();
+        *self = Self::build(
+            self.config.clone(),
+            std::mem::take(&mut self.weights),
+            lora_store.clone(),
+            lora.as_ref().map(|c| (c, &lora_store)),
+            quantized,
             &self.device,
         )?;
         Ok(())
@@ -692,7 +800,30 @@ impl Decoder {
         ids: &Tensor,
         positions: &Tensor,
         mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.forward_positions(ids, positions, mask, cache, false)
+    }
+
+    /// Like [`Decoder::forward`], but the logits of the last position only, (batch, 1, vocab):
+    /// what decoding needs, without the output projection of every prompt position.
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.forward_positions(ids, positions, mask, cache, true)
+    }
+
+    fn forward_positions(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
         mut cache: Option<&mut KvCache>,
+        last_only: bool,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
@@ -700,6 +831,8 @@ impl Decoder {
         let dtype = self.embed.dtype();
         let mask = &mask.to_dtype(dtype)?;
         let cached = cache.as_deref().map_or(0, KvCache::len);
+        // With a cache we are decoding: no gradient flows, quantized twins may be used.
+        let decoding = cache.is_some();
         let keys = cached + t;
         // Sliding-window layers also hide keys `window` or more positions back. Rows advance in
         // lockstep (left padding), so key-index distance is position distance.
@@ -750,8 +883,11 @@ impl Decoder {
             let mask = if block.sliding { &local_mask } else { mask };
             let normed = rms_norm(&x, &block.input_norm, eps)?;
             let heads = |l: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
-                let y =
-                    l.forward(&normed)?.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
+                let y = l
+                    .forward(&normed, decoding)?
+                    .reshape((b, t, n, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
                 match norm {
                     Some(w) => rms_norm(&y, w, eps),
                     None => Ok(y),
@@ -779,26 +915,27 @@ impl Decoder {
                 attn.matmul(&v)?
             };
             let out = out.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
-            let mut out = block.o.forward(&out)?;
+            let mut out = block.o.forward(&out, decoding)?;
             if let Some(w) = &block.post_attn_norm {
                 out = rms_norm(&out, w, eps)?;
             }
             x = (x + out)?;
             let normed = rms_norm(&x, &block.pre_mlp_norm, eps)?;
-            let gate = block.gate.forward(&normed)?;
-            let up = block.up.forward(&normed)?;
+            let gate = block.gate.forward(&normed, decoding)?;
+            let up = block.up.forward(&normed, decoding)?;
             let gated = match cfg.activation {
                 Activation::Silu => swiglu(&gate, &up)?,
                 Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
             };
-            let mut out = block.down.forward(&gated)?;
+            let mut out = block.down.forward(&gated, decoding)?;
             if let Some(w) = &block.post_mlp_norm {
                 out = rms_norm(&out, w, eps)?;
             }
             x = (x + out)?;
         }
+        let (x, t) = if last_only { (x.narrow(1, t - 1, 1)?, 1) } else { (x, t) };
         let x = rms_norm(&x, &self.final_norm, eps)?.reshape((b * t, cfg.d_model))?;
-        Ok(x.matmul(&self.lm_head.t()?)?.reshape((b, t, cfg.vocab_size))?)
+        Ok(self.lm_head.forward(&x, decoding)?.reshape((b, t, cfg.vocab_size))?)
     }
 
     /// Logits of right-padded sequences from position 0, causal mask, no cache: the

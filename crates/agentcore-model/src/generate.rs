@@ -11,6 +11,7 @@
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::decoder::{Decoder, KvCache, padded_causal_mask};
@@ -133,7 +134,7 @@ pub fn generate<R: Rng + ?Sized>(
     let ids_t = Tensor::from_vec(ids, (b, width), device)?;
     let pos_t = Tensor::from_vec(positions, (b, width), device)?;
     let mask = padded_causal_mask(&key_valid, 0, width, device)?;
-    let mut logits = model.forward(&ids_t, &pos_t, &mask, Some(&mut cache))?;
+    let mut logits = model.forward_last(&ids_t, &pos_t, &mask, Some(&mut cache))?;
 
     let mut out: Vec<Generation> = (0..b)
         .map(|_| Generation {
@@ -145,13 +146,25 @@ pub fn generate<R: Rng + ?Sized>(
     let mut done = vec![false; b];
     for step in 0..max_new {
         let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?.to_vec2::<f32>()?;
+        // One uniform draw per live row, in row order, from the job's RNG; the rows are then
+        // sampled in parallel (a 262k vocabulary makes that worth it).
+        let greedy = params.temperature <= 0.0;
+        let draws: Vec<Option<f64>> =
+            done.iter().map(|&d| (!d && !greedy).then(|| rng.random::<f64>())).collect();
+        let sampled: Vec<Option<(u32, f32)>> = last
+            .par_iter()
+            .zip(&done)
+            .zip(&draws)
+            .map(|((row_logits, &d), &u)| {
+                (!d).then(|| sample(row_logits, params, u.unwrap_or(0.0)))
+            })
+            .collect();
         let mut next = Vec::with_capacity(b);
-        for (row, row_logits) in last.iter().enumerate() {
-            if done[row] {
+        for (row, choice) in sampled.into_iter().enumerate() {
+            let Some((token, logprob)) = choice else {
                 next.push(params.pad_token);
                 continue;
-            }
-            let (token, logprob) = sample(row_logits, params, rng);
+            };
             let g = &mut out[row];
             g.tokens.push(token);
             g.logprobs.push(logprob);
@@ -171,30 +184,33 @@ pub fn generate<R: Rng + ?Sized>(
         let ids_t = Tensor::from_vec(next, (b, 1), device)?;
         let pos_t = Tensor::from_vec(pos, (b, 1), device)?;
         let mask = padded_causal_mask(&key_valid, width + step, 1, device)?;
-        logits = model.forward(&ids_t, &pos_t, &mask, Some(&mut cache))?;
+        logits = model.forward_last(&ids_t, &pos_t, &mask, Some(&mut cache))?;
     }
     Ok(out)
 }
 
-/// Samples one token from a row of logits; returns it with its log-prob.
-fn sample<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R) -> (u32, f32) {
+/// Samples one token from a row of logits with the uniform draw `u` in [0, 1); returns it with
+/// its log-prob (under the temperature-scaled distribution, before truncation).
+fn sample(logits: &[f32], params: &SamplingParams, u: f64) -> (u32, f32) {
     let greedy = params.temperature <= 0.0;
     let temperature = if greedy { 1.0 } else { params.temperature };
-    let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l) / temperature).collect();
-    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let log_z = max + scaled.iter().map(|s| (s - max).exp()).sum::<f64>().ln();
-    let logprob = |i: usize| (scaled[i] - log_z) as f32;
+    let scaled = |i: usize| f64::from(logits[i]) / temperature;
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = f64::from(max) / temperature;
+    let log_z = max + (0..logits.len()).map(|i| (scaled(i) - max).exp()).sum::<f64>().ln();
+    let logprob = |i: usize| (scaled(i) - log_z) as f32;
+    let prob = |i: usize| (scaled(i) - log_z).exp();
     if greedy {
         let best =
-            (0..scaled.len()).fold(0, |best, i| if scaled[i] > scaled[best] { i } else { best });
+            (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best });
         return (best as u32, logprob(best));
     }
     if params.top_k.is_none() && params.top_p >= 1.0 {
         // Untruncated: inverse CDF over the ids, no sort.
-        let mut u = rng.random::<f64>();
+        let mut u = u;
         let mut last = 0;
-        for (i, s) in scaled.iter().enumerate() {
-            let p = (s - log_z).exp();
+        for i in 0..logits.len() {
+            let p = prob(i);
             if p > 0.0 {
                 last = i;
             }
@@ -205,13 +221,22 @@ fn sample<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R)
         }
         return (last as u32, logprob(last));
     }
-    // Candidates by decreasing probability (ties by id, for determinism).
-    let mut order: Vec<usize> = (0..scaled.len()).collect();
-    order.sort_by(|&a, &b| scaled[b].total_cmp(&scaled[a]).then(a.cmp(&b)));
+    // Candidates by decreasing probability (ties by id, for determinism). Only tokens above a
+    // tiny probability are sorted when that set alone reaches the nucleus and the top-k; else
+    // every token is (the result is the same either way).
+    let by_prob = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    let mut order: Vec<usize> = (0..logits.len()).filter(|&i| prob(i) > 1e-9).collect();
+    let enough_mass =
+        params.top_p >= 1.0 || order.iter().map(|&i| prob(i)).sum::<f64>() >= params.top_p;
+    let enough_count = params.top_k.is_none_or(|k| order.len() >= k);
+    if !(enough_mass && enough_count) {
+        order = (0..logits.len()).collect();
+    }
+    order.sort_by(by_prob);
     if let Some(k) = params.top_k {
         order.truncate(k.max(1));
     }
-    let probs: Vec<f64> = order.iter().map(|&i| (scaled[i] - log_z).exp()).collect();
+    let probs: Vec<f64> = order.iter().map(|&i| prob(i)).collect();
     let mut keep = probs.len();
     if params.top_p < 1.0 {
         let mut cumulative = 0.0;
@@ -224,7 +249,7 @@ fn sample<R: Rng + ?Sized>(logits: &[f32], params: &SamplingParams, rng: &mut R)
         }
     }
     let total: f64 = probs[..keep].iter().sum();
-    let mut u = rng.random::<f64>() * total;
+    let mut u = u * total;
     for (n, p) in probs[..keep].iter().enumerate() {
         if u < *p {
             return (order[n] as u32, logprob(order[n]));

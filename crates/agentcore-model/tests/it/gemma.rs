@@ -188,3 +188,25 @@ fn gemma3_differential_in_child() {
     assert!(texts[1].contains("if n == 0:"), "{:?}", texts[1]);
     assert!(texts[2].contains("Thursday"), "{:?}", texts[2]);
 }
+
+#[test]
+fn gemma3_quantized_decoding_picks_the_f32_models_tokens() {
+    let Some(path) = gemma_gguf() else { return };
+    let device = Device::Cpu;
+    let loaded = load_gguf(&path, false, &device).expect("load");
+    // Decoding runs on the quantized twins of the matrices (Q8_0 / Q4_K / Q6_K); the same
+    // model on its f32 weights alone picks the same greedy tokens.
+    let weights: HashMap<String, Tensor> =
+        loaded.model.weights().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let dense =
+        Decoder::from_weights(loaded.model.config().clone(), weights, false, "f32", &device)
+            .expect("model");
+    let ids: Vec<Vec<u32>> = PROMPTS.iter().map(|p| encode_with_bos(&loaded, p)).collect();
+    let quantized =
+        generate(&loaded.model, &ids, &greedy(NEW_TOKENS), &mut crate::common::rng(0)).expect("q");
+    let f32_only =
+        generate(&dense, &ids, &greedy(NEW_TOKENS), &mut crate::common::rng(0)).expect("f32");
+    for (q, d) in quantized.iter().zip(&f32_only) {
+        assert_eq!(q.tokens, d.tokens, "quantized and f32 decoding differ");
+    }
+}
