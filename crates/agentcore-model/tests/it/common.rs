@@ -63,3 +63,38 @@ pub fn gemma_gguf() -> Option<std::path::PathBuf> {
     eprintln!("skipped: {} is missing (run scripts/fetch_gemma3.sh)", path.display());
     None
 }
+
+/// The small model in each architecture: Llama (the tiny default), Qwen2 (q/k/v biases,
+/// grouped-query attention, tied head) and Gemma 3 (q/k norms, sandwich norms, GELU-tanh,
+/// scaled embeddings, explicit head size, sliding-window layers with their own rotary base; the
+/// window of 6 is shorter than the test sequences, so it matters).
+pub fn small_models(seed: u64) -> Vec<(&'static str, Decoder)> {
+    use agentcore_model::decoder::{Activation, Architecture};
+    let llama = small_config(40);
+    let qwen2 = DecoderConfig {
+        architecture: Architecture::Qwen2,
+        n_kv_heads: Some(2),
+        attention_bias: true,
+        tie_embeddings: true,
+        ..small_config(40)
+    };
+    let gemma = DecoderConfig {
+        architecture: Architecture::Gemma3,
+        n_kv_heads: Some(1),
+        head_dim: Some(12),
+        tie_embeddings: true,
+        activation: Activation::GeluPytorchTanh,
+        rope_local_theta: Some(100.0),
+        sliding_window: Some(6),
+        sliding_window_pattern: Some(2),
+        query_pre_attn_scalar: Some(16.0),
+        ..small_config(40)
+    };
+    [("llama", llama), ("qwen2", qwen2), ("gemma3", gemma)]
+        .into_iter()
+        .map(|(name, config)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (name, Decoder::new(config, &mut rng, &Device::Cpu).expect("valid config"))
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@ use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::{FinishReason, SamplingParams, generate, token_logprobs};
 use candle_core::{Device, Tensor};
 
-use crate::common::{max_abs_diff, random_sequences, rng, small_model};
+use crate::common::{max_abs_diff, random_sequences, rng, small_model, small_models};
 
 fn greedy(max_new_tokens: usize) -> SamplingParams {
     SamplingParams {
@@ -24,7 +24,12 @@ fn row(t: &Tensor, r: usize, len: usize) -> Vec<f32> {
 
 #[test]
 fn batch_of_8_scores_like_8_single_runs() {
-    let model = small_model(5);
+    for (arch, model) in small_models(5) {
+        batch_of_8_scores_like_8_single_runs_for(arch, &model);
+    }
+}
+
+fn batch_of_8_scores_like_8_single_runs_for(arch: &str, model: &Decoder) {
     let lengths = [5, 17, 9, 2, 30, 11, 23, 8];
     let sequences = random_sequences(&lengths, 40, 6);
     let batched = token_logprobs(&model, &sequences, 1.0, 0).expect("scores");
@@ -32,7 +37,7 @@ fn batch_of_8_scores_like_8_single_runs() {
     for (i, s) in sequences.iter().enumerate() {
         let single = token_logprobs(&model, std::slice::from_ref(s), 1.0, 0).expect("scores");
         let diff = max_abs_diff(&row(&batched, i, s.len()), &row(&single, 0, s.len()));
-        assert!(diff < 1e-5, "sequence {i}: max diff {diff}");
+        assert!(diff < 1e-5, "{arch} sequence {i}: max diff {diff}");
         // Padding positions score 0.
         let full = batched.get(i).and_then(|x| x.to_vec1::<f32>()).expect("row");
         assert!(full[s.len()..].iter().all(|v| *v == 0.0));
@@ -55,12 +60,13 @@ fn naive_greedy(model: &Decoder, prompt: &[u32], n: usize) -> Vec<u32> {
 
 #[test]
 fn cached_left_padded_generation_equals_naive_recomputation() {
-    let model = small_model(7);
-    let prompts = random_sequences(&[3, 11, 6, 1], 40, 8);
-    let out = generate(&model, &prompts, &greedy(12), &mut rng(0)).expect("generate");
-    for (i, p) in prompts.iter().enumerate() {
-        assert_eq!(out[i].tokens, naive_greedy(&model, p, 12), "prompt {i}");
-        assert_eq!(out[i].finish_reason, FinishReason::Length);
+    for (arch, model) in small_models(7) {
+        let prompts = random_sequences(&[3, 11, 6, 1], 40, 8);
+        let out = generate(&model, &prompts, &greedy(12), &mut rng(0)).expect("generate");
+        for (i, p) in prompts.iter().enumerate() {
+            assert_eq!(out[i].tokens, naive_greedy(&model, p, 12), "{arch} prompt {i}");
+            assert_eq!(out[i].finish_reason, FinishReason::Length);
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::token_logprobs;
 use candle_core::{DType, Tensor};
 
-use crate::common::{random_sequences, small_model};
+use crate::common::{random_sequences, small_model, small_models};
 
 fn loss_of(model: &Decoder, sequences: &[Vec<u32>]) -> Tensor {
     // Sum of the log-probs of all real tokens: a scalar every weight influences.
@@ -15,29 +15,39 @@ fn loss_of(model: &Decoder, sequences: &[Vec<u32>]) -> Tensor {
 
 #[test]
 fn every_parameter_receives_a_non_zero_gradient() {
-    let model = small_model(1);
-    let sequences = random_sequences(&[12, 7, 9], 40, 2);
-    let grads = loss_of(&model, &sequences).backward().expect("backward");
-    let mut checked = 0;
-    for (name, var) in model.params().iter() {
-        let g =
-            grads.get(var.as_tensor()).unwrap_or_else(|| panic!("`{name}` received no gradient"));
-        let norm =
-            g.sqr().and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>()).expect("norm");
-        assert!(norm > 0.0 && norm.is_finite(), "`{name}` has gradient norm {norm}");
-        checked += 1;
+    for (arch, model) in small_models(1) {
+        let sequences = random_sequences(&[12, 7, 9], 40, 2);
+        let grads = loss_of(&model, &sequences).backward().expect("backward");
+        let mut checked = 0;
+        for (name, var) in model.params().iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{arch}: `{name}` received no gradient"));
+            let norm =
+                g.sqr().and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>()).expect("norm");
+            assert!(norm > 0.0 && norm.is_finite(), "{arch}: `{name}` has gradient norm {norm}");
+            checked += 1;
+        }
+        assert_eq!(checked, model.config().weight_shapes().len(), "{arch}");
     }
-    // embed, 9 per layer x 2, final norm, head.
-    assert_eq!(checked, 1 + 9 * 2 + 1 + 1);
+    // The tiny model: embed, 9 per layer x 2, final norm, head.
+    assert_eq!(small_model(1).params().len(), 1 + 9 * 2 + 1 + 1);
 }
 
 #[test]
 fn gradients_match_finite_differences() {
-    // In f64, central differences with h = 1e-5 are accurate to ~1e-8 on this model.
-    let model = small_model(3).to_dtype(DType::F64).expect("f64 copy");
+    for (_, model) in small_models(3) {
+        check_finite_differences(&model.to_dtype(DType::F64).expect("f64 copy"));
+    }
+}
+
+fn check_finite_differences(model: &Decoder) {
+    // In f64, central differences with h = 1e-5 are accurate to ~1e-8 on these models.
+
     let sequences = random_sequences(&[6, 4], 40, 4);
-    let grads = loss_of(&model, &sequences).backward().expect("backward");
+    let grads = loss_of(model, &sequences).backward().expect("backward");
     let loss_value = |m: &Decoder| loss_of(m, &sequences).to_scalar::<f64>().expect("scalar");
+    let arch = format!("{:?}", model.config().architecture);
     let h = 1e-5;
     let mut compared = 0;
     for (name, var) in model.params().iter() {
@@ -58,21 +68,21 @@ fn gradients_match_finite_differences() {
                 &Tensor::from_vec(bumped.clone(), original.shape(), original.device()).expect("t"),
             )
             .expect("set");
-            let up = loss_value(&model);
+            let up = loss_value(model);
             bumped[i] -= 2.0 * h;
             var.set(&Tensor::from_vec(bumped, original.shape(), original.device()).expect("t"))
                 .expect("set");
-            let down = loss_value(&model);
+            let down = loss_value(model);
             var.set(&original).expect("restore");
             let numeric = (up - down) / (2.0 * h);
             let tolerance = 1e-6 + 1e-4 * numeric.abs().max(analytic[i].abs());
             assert!(
                 (numeric - analytic[i]).abs() <= tolerance,
-                "`{name}`[{i}]: analytic {} vs numeric {numeric}",
+                "{arch} `{name}`[{i}]: analytic {} vs numeric {numeric}",
                 analytic[i]
             );
             compared += 1;
         }
     }
-    assert_eq!(compared, 3 * 21);
+    assert_eq!(compared, 3 * model.params().len());
 }
