@@ -32,10 +32,10 @@ fn batch_of_8_scores_like_8_single_runs() {
 fn batch_of_8_scores_like_8_single_runs_for(arch: &str, model: &Decoder) {
     let lengths = [5, 17, 9, 2, 30, 11, 23, 8];
     let sequences = random_sequences(&lengths, 40, 6);
-    let batched = token_logprobs(&model, &sequences, 1.0, 0).expect("scores");
+    let batched = token_logprobs(model, &sequences, 1.0, 0).expect("scores");
     assert_eq!(batched.dims(), &[8, 30]);
     for (i, s) in sequences.iter().enumerate() {
-        let single = token_logprobs(&model, std::slice::from_ref(s), 1.0, 0).expect("scores");
+        let single = token_logprobs(model, std::slice::from_ref(s), 1.0, 0).expect("scores");
         let diff = max_abs_diff(&row(&batched, i, s.len()), &row(&single, 0, s.len()));
         assert!(diff < 1e-5, "{arch} sequence {i}: max diff {diff}");
         // Padding positions score 0.
