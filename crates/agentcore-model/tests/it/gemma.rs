@@ -210,3 +210,51 @@ fn gemma3_quantized_decoding_picks_the_f32_models_tokens() {
         assert_eq!(q.tokens, d.tokens, "quantized and f32 decoding differ");
     }
 }
+
+#[test]
+fn gemma3_lora_trains_through_the_real_model() {
+    use agentcore_model::decoder::LoraConfig;
+    use agentcore_model::generate::token_logprobs;
+    use agentcore_model::optim::{AdamW, AdamWConfig};
+    let Some(path) = gemma_gguf() else { return };
+    let device = Device::Cpu;
+    let mut loaded = load_gguf(&path, false, &device).expect("load");
+    let lora = LoraConfig {
+        r: 2,
+        lora_alpha: 4.0,
+        target_modules: vec!["q_proj".into(), "v_proj".into()],
+    };
+    loaded.model.enable_lora(&lora, &mut crate::common::rng(1)).expect("lora");
+    assert_eq!(loaded.model.params().len(), 18 * 2 * 2);
+    // Teach it an unlikely continuation.
+    let seq = encode_with_bos(&loaded, "The capital of France is Zanzibar Zanzibar");
+    let nll = |m: &Decoder| {
+        let logp = token_logprobs(m, std::slice::from_ref(&seq), 1.0, 0).expect("scores");
+        (logp.sum_all().expect("sum").neg().expect("neg") / (seq.len() - 1) as f64).expect("mean")
+    };
+    let mut opt = AdamW::new(
+        loaded.model.params(),
+        AdamWConfig { learning_rate: 1e-2, ..AdamWConfig::default() },
+    )
+    .expect("opt");
+    let mut losses = Vec::new();
+    for step in 0..4 {
+        let loss = nll(&loaded.model);
+        losses.push(loss.to_scalar::<f32>().expect("scalar"));
+        let grads = loss.backward().expect("backward");
+        if step == 1 {
+            for (name, var) in loaded.model.params().iter() {
+                let g =
+                    grads.get(var.as_tensor()).unwrap_or_else(|| panic!("`{name}`: no gradient"));
+                let norm = g
+                    .sqr()
+                    .and_then(|x| x.sum_all())
+                    .and_then(|x| x.to_scalar::<f32>())
+                    .expect("n");
+                assert!(norm > 0.0 && norm.is_finite(), "`{name}`: gradient norm {norm}");
+            }
+        }
+        opt.step(&grads).expect("step");
+    }
+    assert!(losses[3] < losses[0] - 0.5, "LoRA on Gemma 3 lowers the loss: {losses:?}");
+}
