@@ -1,0 +1,5 @@
+//! Integration tests of `agentcore-tasks`.
+
+mod data;
+mod seed;
+mod verify;
