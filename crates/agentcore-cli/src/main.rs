@@ -29,6 +29,29 @@ enum Command {
     /// Measure throughput (build with --release for meaningful numbers).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Task suites.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksCommand {
+    /// Print generated tasks as JSONL in the guide's shape, `{query, expected_outcome,
+    /// metadata: {family, difficulty}}`; the same seed gives the same lines.
+    Generate {
+        /// The suite (the built-in one is `seed`).
+        #[arg(long, default_value = "seed")]
+        suite: String,
+        /// Number of tasks.
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Only this difficulty (1-3); by default each task draws one.
+        #[arg(long)]
+        difficulty: Option<u8>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +159,14 @@ fn configure_cpu_threads() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Tasks(TasksCommand::Generate { suite, n, seed, difficulty }) => {
+            if suite != "seed" {
+                return Err(InputError(format!("--suite must be `seed`, got `{suite}`")).into());
+            }
+            let tasks = agentcore_tasks::seed::generate(n, seed, difficulty)
+                .map_err(|e| InputError(e.to_string()))?;
+            write_stdout(&agentcore_tasks::data::to_jsonl(&tasks))?;
+        }
         Command::Config(ConfigCommand::Defaults { format }) => {
             write_stdout(&GRPOConfig::default().to_string_format(format.into()))?;
         }

@@ -78,3 +78,36 @@ fn warnings_go_to_stderr() {
     assert!(text(&out.stderr).contains("warning: `n_trajectories_per_query` is 1"));
     assert!(!text(&out.stdout).contains("warning"));
 }
+
+#[test]
+fn tasks_generate_prints_the_same_jsonl_for_the_same_seed() {
+    let args = ["tasks", "generate", "--suite", "seed", "--n", "200", "--seed", "1"];
+    let out = agentcore(&args);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 200);
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        assert!(v["query"].as_str().is_some_and(|q| !q.is_empty()), "{line}");
+        assert!(v["expected_outcome"]["result"] != serde_json::Value::Null, "{line}");
+        assert!(
+            v["metadata"]["family"].is_string() && v["metadata"]["difficulty"].is_u64(),
+            "{line}"
+        );
+    }
+    assert_eq!(agentcore(&args).stdout, out.stdout, "same seed, same file");
+    let other = agentcore(&["tasks", "generate", "--n", "200", "--seed", "2"]);
+    assert_ne!(other.stdout, out.stdout);
+
+    let bad = agentcore(&["tasks", "generate", "--suite", "gsm8k"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("--suite must be `seed`, got `gsm8k`"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let bad = agentcore(&["tasks", "generate", "--difficulty", "5"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("1..=3"), "{}", text(&bad.stderr));
+}

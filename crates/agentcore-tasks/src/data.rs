@@ -30,14 +30,21 @@ pub fn task_from_value(index: usize, value: Value) -> Result<Task> {
     };
     let query = match item.remove("query") {
         Some(Value::String(q)) if !q.trim().is_empty() => q,
-        Some(Value::String(_)) => return Err(invalid("`query` must be a non-empty string, got \"\"".into())),
-        Some(other) => return Err(invalid(format!("`query` must be a string, got {}", kind(&other)))),
+        Some(Value::String(_)) => {
+            return Err(invalid("`query` must be a non-empty string, got \"\"".into()));
+        }
+        Some(other) => {
+            return Err(invalid(format!("`query` must be a string, got {}", kind(&other))));
+        }
         None => return Err(invalid("`query` is missing".into())),
     };
     let expected_outcome = match item.remove("expected_outcome") {
         Some(Value::Object(o)) => o,
         Some(other) => {
-            return Err(invalid(format!("`expected_outcome` must be an object, got {}", kind(&other))));
+            return Err(invalid(format!(
+                "`expected_outcome` must be an object, got {}",
+                kind(&other)
+            )));
         }
         None => return Err(invalid("`expected_outcome` is missing".into())),
     };
@@ -50,7 +57,11 @@ pub fn task_from_value(index: usize, value: Value) -> Result<Task> {
 
 fn kind(v: &Value) -> String {
     let s = v.to_string();
-    let s = if s.len() > 40 { format!("{}...", &s[..s.floor_char_boundary(37)]) } else { s };
+    let s = if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(37).collect::<String>())
+    } else {
+        s
+    };
     let name = match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -70,7 +81,10 @@ pub fn load_file(path: &Path) -> Result<Vec<Task>> {
         "json" => {
             let value: Value = serde_json::from_str(&text).map_err(|e| file_error(path, e))?;
             let Value::Array(items) = value else {
-                return Err(file_error(path, format!("must hold a JSON array of tasks, got {}", kind(&value))));
+                return Err(file_error(
+                    path,
+                    format!("must hold a JSON array of tasks, got {}", kind(&value)),
+                ));
             };
             items.into_iter().enumerate().map(|(i, v)| task_from_value(i, v)).collect()
         }
@@ -83,7 +97,10 @@ pub fn load_file(path: &Path) -> Result<Vec<Task>> {
                 let value: Value = serde_json::from_str(line)
                     .map_err(|e| file_error(path, format!("line {}: {e}", line_no + 1)))?;
                 let index = tasks.len();
-                tasks.push(task_from_value(index, value).map_err(|e| file_error(path, format!("line {}: {e}", line_no + 1)))?);
+                tasks.push(
+                    task_from_value(index, value)
+                        .map_err(|e| file_error(path, format!("line {}: {e}", line_no + 1)))?,
+                );
             }
             Ok(tasks)
         }
@@ -144,8 +161,5 @@ pub fn validate_training(tasks: &[Task], min_tasks: usize) -> Result<()> {
 
 /// Writes tasks as JSONL (one task per line).
 pub fn to_jsonl(tasks: &[Task]) -> String {
-    tasks
-        .iter()
-        .map(|t| serde_json::to_string(t).unwrap_or_default() + "\n")
-        .collect()
+    tasks.iter().map(|t| serde_json::to_string(t).unwrap_or_default() + "\n").collect()
 }

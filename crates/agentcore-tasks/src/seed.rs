@@ -84,10 +84,9 @@ pub fn generate_one(family: &str, difficulty: u8, rng: &mut ChaCha8Rng) -> Resul
             let reversed: Vec<i64> = xs.iter().rev().copied().collect();
             (format!("Reverse the list {}", list_text(&xs)), json!(reversed))
         }
-        "length" => (
-            format!("How many elements are in the list {}?", list_text(&xs)),
-            json!(xs.len()),
-        ),
+        "length" => {
+            (format!("How many elements are in the list {}?", list_text(&xs)), json!(xs.len()))
+        }
         "dedupe" => {
             // Repeat a few values so there is something to remove.
             for _ in 0..difficulty {
@@ -171,7 +170,9 @@ fn word_problem(rng: &mut ChaCha8Rng, difficulty: u8) -> (String, Value) {
     let b = rng.random_range(1..a);
     match rng.random_range(0..3) {
         0 => (
-            format!("{name} has {a} {item}s and buys {b} more. How many {item}s does {name} have now?"),
+            format!(
+                "{name} has {a} {item}s and buys {b} more. How many {item}s does {name} have now?"
+            ),
             json!(a + b),
         ),
         1 => (
@@ -181,7 +182,9 @@ fn word_problem(rng: &mut ChaCha8Rng, difficulty: u8) -> (String, Value) {
         _ => {
             let boxes = rng.random_range(2..=(2 + i64::from(difficulty) * 3));
             (
-                format!("{name} buys {boxes} boxes with {b} {item}s in each. How many {item}s is that?"),
+                format!(
+                    "{name} buys {boxes} boxes with {b} {item}s in each. How many {item}s is that?"
+                ),
                 json!(boxes * b),
             )
         }

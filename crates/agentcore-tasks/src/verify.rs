@@ -94,9 +94,9 @@ fn as_bool(v: &Value) -> Option<bool> {
             "false" | "no" => Some(false),
             _ => None,
         },
-        Value::Number(n) => match n.as_f64() {
-            Some(x) if x == 1.0 => Some(true),
-            Some(x) if x == 0.0 => Some(false),
+        Value::Number(n) => match n.as_u64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
             _ => None,
         },
         _ => None,
@@ -105,7 +105,11 @@ fn as_bool(v: &Value) -> Option<bool> {
 
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 60 { format!("{}...", &s[..s.floor_char_boundary(57)]) } else { s }
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
 }
 
 fn compare(got: &Value, expected: &Value, tol: Tolerance, at: &str) -> Result<(), String> {
@@ -120,7 +124,9 @@ fn compare(got: &Value, expected: &Value, tol: Tolerance, at: &str) -> Result<()
         }
         Value::String(e) => match got {
             Value::String(g) if normalise(g) == normalise(e) => Ok(()),
-            Value::Number(_) | Value::Bool(_) if normalise(&got.to_string()) == normalise(e) => Ok(()),
+            Value::Number(_) | Value::Bool(_) if normalise(&got.to_string()) == normalise(e) => {
+                Ok(())
+            }
             _ => mismatch(),
         },
         Value::Bool(e) => match as_bool(got) {
@@ -142,10 +148,12 @@ fn compare(got: &Value, expected: &Value, tol: Tolerance, at: &str) -> Result<()
             _ => mismatch(),
         },
         Value::Object(e) => match got {
-            Value::Object(g) if g.len() == e.len() => e.iter().try_for_each(|(k, ev)| match g.get(k) {
-                Some(gv) => compare(gv, ev, tol, &format!("{at}.{k}")),
-                None => Err(format!("{at}: missing key `{k}`")),
-            }),
+            Value::Object(g) if g.len() == e.len() => {
+                e.iter().try_for_each(|(k, ev)| match g.get(k) {
+                    Some(gv) => compare(gv, ev, tol, &format!("{at}.{k}")),
+                    None => Err(format!("{at}: missing key `{k}`")),
+                })
+            }
             _ => mismatch(),
         },
     }
