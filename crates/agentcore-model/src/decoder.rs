@@ -7,10 +7,9 @@
 //! the sqrt(d_model) embedding scale, the attention scale from `query_pre_attn_scalar`, and
 //! sliding-window layers with their own rotary base.
 //!
-//! Every op on the training path has a backward pass: RMSNorm, softmax and SwiGLU are our fused
-//! kernels with their own backward ([`crate::fused`]; never candle's `rms_norm` or
-//! `softmax_last_dim`, which have none), rotary embeddings are composed from `mul`/`cat` (not the
-//! fused `rope`). A test asserts that every trainable tensor receives a non-zero gradient, which
+//! Every op on the training path has a backward pass: RMSNorm, softmax, SwiGLU and the rotary
+//! embedding are our fused kernels with their own backward ([`crate::fused`]; never candle's
+//! `rms_norm`, `softmax_last_dim` or `rope`, which have none). A test asserts that every trainable tensor receives a non-zero gradient, which
 //! catches an op without a backward slipping in.
 //!
 //! Weights use Hugging Face names (`model.layers.0.self_attn.q_proj.weight`). Trainable weights
@@ -29,7 +28,7 @@ use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::fused::{rms_norm, softmax_last, swiglu};
+use crate::fused::{RotaryAngles, rms_norm, rotary, softmax_last, swiglu};
 use crate::params::ParamStore;
 
 /// Most rows a quantized matmul takes; more go through the f32 weights.
@@ -852,15 +851,10 @@ impl Decoder {
             Some(w) => mask.broadcast_add(w)?,
             None => mask.clone(),
         };
-        let rotary = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
-            let flat_pos = positions.flatten_all()?;
-            let cos = cos.index_select(&flat_pos, 0)?.reshape((b, 1, t, hd / 2))?;
-            let sin = sin.index_select(&flat_pos, 0)?.reshape((b, 1, t, hd / 2))?;
-            Ok((Tensor::cat(&[&cos, &cos], D::Minus1)?, Tensor::cat(&[&sin, &sin], D::Minus1)?))
-        };
-        let global = rotary(&self.rotary_global)?;
+        let angles = |(cos, sin): &(Tensor, Tensor)| RotaryAngles::new(cos, sin, positions);
+        let global = angles(&self.rotary_global)?;
         let local = if cfg.rope_local_theta.is_some() {
-            rotary(&self.rotary_local)?
+            angles(&self.rotary_local)?
         } else {
             global.clone()
         };
@@ -879,7 +873,7 @@ impl Decoder {
         let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt();
         let eps = cfg.rms_norm_eps;
         for (li, block) in self.blocks.iter().enumerate() {
-            let (cos, sin) = if block.sliding { &local } else { &global };
+            let angles = if block.sliding { &local } else { &global };
             let mask = if block.sliding { &local_mask } else { mask };
             let normed = rms_norm(&x, &block.input_norm, eps)?;
             let heads = |l: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
@@ -893,8 +887,8 @@ impl Decoder {
                     None => Ok(y),
                 }
             };
-            let q = rotate(&heads(&block.q, h, &block.q_norm)?, cos, sin)?;
-            let mut k = rotate(&heads(&block.k, kvh, &block.k_norm)?, cos, sin)?;
+            let q = rotary(&heads(&block.q, h, &block.q_norm)?, angles)?;
+            let mut k = rotary(&heads(&block.k, kvh, &block.k_norm)?, angles)?;
             let mut v = heads(&block.v, kvh, &None)?;
             if let Some(cache) = cache.as_deref_mut() {
                 (k, v) = cache.append(li, &k, &v)?;
@@ -965,15 +959,6 @@ impl Decoder {
         let t = logits.dim(1)?;
         Ok(logits.i((row, t - 1))?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
-}
-
-/// Rotary embedding in the Hugging Face "rotate half" layout; `cos`/`sin` are (b, 1, t, hd).
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 fn rotary_tables(

@@ -1,6 +1,6 @@
 //! Fused CPU kernels with a backward pass, for the hot ops of training: RMSNorm, softmax over
-//! the last dimension, SwiGLU (`silu(gate) * up`), and the log-prob of target tokens
-//! (log-softmax + gather).
+//! the last dimension, SwiGLU (`silu(gate) * up`), rotary position embeddings, and the log-prob
+//! of target tokens (log-softmax + gather); and decode attention over a KV cache (no gradient).
 //!
 //! candle's own fused ops (`rms_norm`, `softmax_last_dim`) have no backward; the composed
 //! versions (the reference implementations in `decoder.rs` and `generate.rs`) are correct but
@@ -475,6 +475,17 @@ pub mod composed {
         Ok((gate.silu()? * up)?)
     }
 
+    /// Rotary embedding ("rotate half") of x (b, heads, t, hd) with `cos`/`sin` (b, t, hd/2).
+    pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+        let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+
     /// Log-softmax and gather.
     pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let max = logits.max_keepdim(D::Minus1)?.detach();
@@ -592,4 +603,103 @@ pub fn decode_attention(
         .flatten_all()?
         .to_vec1::<f32>()?;
     Ok(q.contiguous()?.apply_op3_no_bwd(k, v, &DecodeAttention { mask, t, scale })?)
+}
+
+// ---------------------------------------------------------------- rotary embeddings
+
+/// Angles of one forward pass: cos and sin per (batch row, position, pair), shared by the
+/// heads. Built once per forward, used by every layer's q and k.
+#[derive(Debug, Clone)]
+pub struct RotaryAngles {
+    cos: std::sync::Arc<Vec<f64>>,
+    sin: std::sync::Arc<Vec<f64>>,
+    b: usize,
+    t: usize,
+    half: usize,
+}
+
+impl RotaryAngles {
+    /// From tables `cos`/`sin` (max_len, half) at `positions` (b, t).
+    pub fn new(cos: &Tensor, sin: &Tensor, positions: &Tensor) -> Result<Self> {
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let half = cos.dim(1)?;
+        let take = |table: &Tensor| -> Result<Vec<f64>> {
+            Ok(table
+                .index_select(&flat, 0)?
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()?)
+        };
+        Ok(Self { cos: take(cos)?.into(), sin: take(sin)?.into(), b, t, half })
+    }
+}
+
+struct Rotary {
+    angles: RotaryAngles,
+    /// Rotate by -angle (the backward pass).
+    inverse: bool,
+}
+
+fn rotate_rows<T: Elem>(x: &[T], angles: &RotaryAngles, heads: usize, inverse: bool) -> Vec<T> {
+    let (t, half) = (angles.t, angles.half);
+    let hd = 2 * half;
+    let mut out = vec![T::zero(); x.len()];
+    // Rows are (batch, head, position); the angles depend on batch and position.
+    for_rows(&mut out, hd, |row, y| {
+        let (bi, pos) = (row / (heads * t), row % t);
+        let base = (bi * t + pos) * half;
+        let xr = &x[row * hd..(row + 1) * hd];
+        for i in 0..half {
+            let c = T::from(angles.cos[base + i]).unwrap_or_else(T::one);
+            let s = T::from(angles.sin[base + i]).unwrap_or_else(T::zero);
+            let s = if inverse { -s } else { s };
+            let (a, b) = (xr[i], xr[i + half]);
+            y[i] = a * c - b * s;
+            y[i + half] = b * c + a * s;
+        }
+    });
+    out
+}
+
+impl CustomOp1 for Rotary {
+    fn name(&self) -> &'static str {
+        "agentcore-rotary"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn go<T: Elem>(op: &Rotary, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+            let (b, h, t, hd) = l.shape().dims4()?;
+            let a = &op.angles;
+            if b != a.b || t != a.t || hd != 2 * a.half {
+                candle_core::bail!(
+                    "rotary: input {:?} does not fit angles ({}, {}, {})",
+                    l.dims(),
+                    a.b,
+                    a.t,
+                    a.half
+                )
+            }
+            let x = contiguous_slice::<T>(s, l)?;
+            Ok(T::to_cpu_storage_owned(rotate_rows(x, a, h, op.inverse)))
+        }
+        Ok((dispatch!(s.dtype(), "rotary", go(self, s, l))?, l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // A rotation's transpose is the rotation by minus the angle.
+        let inverse = Rotary { angles: self.angles.clone(), inverse: !self.inverse };
+        Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
+    }
+}
+
+/// Rotary position embedding ("rotate half" layout) of `x` (b, heads, t, hd), with a backward
+/// pass.
+pub fn rotary(x: &Tensor, angles: &RotaryAngles) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Rotary { angles: angles.clone(), inverse: false })?)
 }

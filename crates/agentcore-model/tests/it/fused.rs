@@ -108,3 +108,28 @@ fn decode_attention_equals_matmul_softmax_matmul_on_cache_views() {
     let diff = max_abs_diff(&flat(&ours), &flat(&reference));
     assert!(diff < 1e-5, "differs by {diff}");
 }
+
+#[test]
+fn fused_rotary_equals_composed_rotary_in_value_and_gradient() {
+    // Tables for 10 positions, 4 pairs; rows at arbitrary positions.
+    let (b, h, t, half) = (2, 3, 5, 4);
+    let angles: Vec<f32> = (0..10 * half).map(|i| (i as f32) * 0.37).collect();
+    let table = Tensor::from_vec(angles, (10, half), &Device::Cpu).expect("t");
+    let (cos_t, sin_t) = (table.cos().expect("cos"), table.sin().expect("sin"));
+    let positions = Tensor::new(&[[0u32, 1, 2, 3, 4], [7, 8, 9, 2, 3]], &Device::Cpu).expect("pos");
+    let rot = fused::RotaryAngles::new(&cos_t, &sin_t, &positions).expect("angles");
+    let flat = positions.flatten_all().expect("flat");
+    let pick = |tab: &Tensor| {
+        tab.index_select(&flat, 0).and_then(|x| x.reshape((b, t, half))).expect("pick")
+    };
+    let (cos, sin) = (pick(&cos_t), pick(&sin_t));
+    let x = randn(&[b, h, t, 2 * half], 11);
+    let probe = randn(&[b, h, t, 2 * half], 12).as_tensor().clone();
+    compare(
+        &[&x],
+        &probe,
+        || fused::rotary(x.as_tensor(), &rot).expect("fused"),
+        || composed::rotary(x.as_tensor(), &cos, &sin).expect("composed"),
+        1e-5,
+    );
+}
