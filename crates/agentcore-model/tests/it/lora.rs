@@ -179,3 +179,33 @@ fn lora_checkpoint_resumes_exactly() {
     let err = restore_checkpoint(&path, &small_model(21)).err().expect("refused");
     assert!(err.to_string().contains("another model"), "{err}");
 }
+
+/// Writes a tiny Llama as a Hugging Face directory, a trained LoRA adapter for it in the PEFT
+/// layout, and our logits for fixed inputs, into `AGENTCORE_INTEROP_DIR`;
+/// `scripts/check_peft_interop.py` then loads both with transformers + PEFT and compares.
+/// Ignored by default (the check needs torch); run it with
+/// `AGENTCORE_INTEROP_DIR=/tmp/interop cargo test -p agentcore-model --test it -- --ignored interop`.
+#[test]
+#[ignore = "writes files for scripts/check_peft_interop.py"]
+fn interop_export_for_transformers_and_peft() {
+    let Some(out) = std::env::var_os("AGENTCORE_INTEROP_DIR").map(std::path::PathBuf::from) else {
+        panic!("set AGENTCORE_INTEROP_DIR");
+    };
+    let mut model = small_model(4);
+    agentcore_model::hub::save_hf_dir(&model, &out.join("base")).expect("base");
+    model.enable_lora(&all_modules(4), &mut rng(5)).expect("lora");
+    // Non-zero adapters: a few training steps.
+    let data = random_sequences(&[12, 12], 40, 6);
+    let mut opt =
+        AdamW::new(model.params(), AdamWConfig { learning_rate: 1e-2, ..AdamWConfig::default() })
+            .expect("opt");
+    for _ in 0..5 {
+        let grads = nll(&model, &data).backward().expect("backward");
+        opt.step(&grads).expect("step");
+    }
+    save_lora_adapter(&out.join("adapter"), &model, "base").expect("adapter");
+    agentcore_model::hub::save_hf_dir(&model, &out.join("merged")).expect("merged");
+    let ids: Vec<u32> = vec![3, 9, 14, 2, 27, 31, 5, 8];
+    let expected = serde_json::json!({ "input_ids": ids, "logits": logits(&model, &ids) });
+    std::fs::write(out.join("expected.json"), expected.to_string()).expect("write");
+}
