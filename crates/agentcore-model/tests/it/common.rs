@@ -98,3 +98,37 @@ pub fn small_models(seed: u64) -> Vec<(&'static str, Decoder)> {
         })
         .collect()
 }
+
+/// Greedy decoding of `max_new_tokens`, no stop sequences.
+pub fn greedy(max_new_tokens: usize) -> agentcore_model::generate::SamplingParams {
+    agentcore_model::generate::SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: None,
+        max_new_tokens,
+        stop_sequences: vec![],
+        pad_token: 0,
+    }
+}
+
+/// Asserts that every trainable tensor of `model` has a finite, non-zero gradient in `grads`;
+/// returns how many were checked.
+pub fn assert_every_param_has_gradient(
+    model: &Decoder,
+    grads: &candle_core::backprop::GradStore,
+    what: &str,
+) -> usize {
+    for (name, var) in model.params().iter() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{what}: `{name}` received no gradient"));
+        let norm = g
+            .sqr()
+            .and_then(|x| x.sum_all())
+            .and_then(|x| x.to_dtype(candle_core::DType::F64))
+            .and_then(|x| x.to_scalar::<f64>())
+            .expect("norm");
+        assert!(norm > 0.0 && norm.is_finite(), "{what}: `{name}` has gradient norm {norm}");
+    }
+    model.params().len()
+}

@@ -9,13 +9,13 @@
 use std::collections::HashMap;
 
 use agentcore_model::decoder::{Activation, Decoder, DecoderConfig};
-use agentcore_model::generate::{SamplingParams, generate};
+use agentcore_model::generate::generate;
 use agentcore_model::hub::{ChatMessage, LoadedModel, load_gguf};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_gemma3::ModelWeights;
 
-use crate::common::{gemma_gguf, max_abs_diff};
+use crate::common::{assert_every_param_has_gradient, gemma_gguf, greedy, max_abs_diff};
 
 const PROMPTS: [&str; 3] =
     ["The capital of France is", "def fibonacci(n):\n", "Monday, Tuesday, Wednesday,"];
@@ -25,17 +25,6 @@ fn encode_with_bos(loaded: &LoadedModel, text: &str) -> Vec<u32> {
     let mut ids = vec![loaded.tokenizer.token_id("<bos>").expect("bos")];
     ids.extend(loaded.tokenizer.encode(text).expect("encode"));
     ids
-}
-
-fn greedy(max_new_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        top_p: 1.0,
-        top_k: None,
-        max_new_tokens,
-        stop_sequences: vec![],
-        pad_token: 0,
-    }
 }
 
 /// Greedy decoding with the reference model (batch 1, its own KV cache).
@@ -243,16 +232,7 @@ fn gemma3_lora_trains_through_the_real_model() {
         losses.push(loss.to_scalar::<f32>().expect("scalar"));
         let grads = loss.backward().expect("backward");
         if step == 1 {
-            for (name, var) in loaded.model.params().iter() {
-                let g =
-                    grads.get(var.as_tensor()).unwrap_or_else(|| panic!("`{name}`: no gradient"));
-                let norm = g
-                    .sqr()
-                    .and_then(|x| x.sum_all())
-                    .and_then(|x| x.to_scalar::<f32>())
-                    .expect("n");
-                assert!(norm > 0.0 && norm.is_finite(), "`{name}`: gradient norm {norm}");
-            }
+            assert_every_param_has_gradient(&loaded.model, &grads, "gemma3 lora");
         }
         opt.step(&grads).expect("step");
     }

@@ -5,18 +5,7 @@ use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::{FinishReason, SamplingParams, generate, token_logprobs};
 use candle_core::{Device, Tensor};
 
-use crate::common::{max_abs_diff, random_sequences, rng, small_model, small_models};
-
-fn greedy(max_new_tokens: usize) -> SamplingParams {
-    SamplingParams {
-        temperature: 0.0,
-        top_p: 1.0,
-        top_k: None,
-        max_new_tokens,
-        stop_sequences: vec![],
-        pad_token: 0,
-    }
-}
+use crate::common::{greedy, max_abs_diff, random_sequences, rng, small_model, small_models};
 
 fn row(t: &Tensor, r: usize, len: usize) -> Vec<f32> {
     t.get(r).and_then(|x| x.narrow(0, 0, len)).and_then(|x| x.to_vec1::<f32>()).expect("row")

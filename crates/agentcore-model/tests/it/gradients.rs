@@ -5,7 +5,7 @@ use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::token_logprobs;
 use candle_core::{DType, Tensor};
 
-use crate::common::{random_sequences, small_model, small_models};
+use crate::common::{assert_every_param_has_gradient, random_sequences, small_model, small_models};
 
 fn loss_of(model: &Decoder, sequences: &[Vec<u32>]) -> Tensor {
     // Sum of the log-probs of all real tokens: a scalar every weight influences.
@@ -18,16 +18,7 @@ fn every_parameter_receives_a_non_zero_gradient() {
     for (arch, model) in small_models(1) {
         let sequences = random_sequences(&[12, 7, 9], 40, 2);
         let grads = loss_of(&model, &sequences).backward().expect("backward");
-        let mut checked = 0;
-        for (name, var) in model.params().iter() {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{arch}: `{name}` received no gradient"));
-            let norm =
-                g.sqr().and_then(|x| x.sum_all()).and_then(|x| x.to_scalar::<f32>()).expect("norm");
-            assert!(norm > 0.0 && norm.is_finite(), "{arch}: `{name}` has gradient norm {norm}");
-            checked += 1;
-        }
+        let checked = assert_every_param_has_gradient(&model, &grads, arch);
         assert_eq!(checked, model.config().weight_shapes().len(), "{arch}");
     }
     // The tiny model: embed, 9 per layer x 2, final norm, head.

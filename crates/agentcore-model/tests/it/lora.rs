@@ -12,7 +12,9 @@ use agentcore_model::generate::token_logprobs;
 use agentcore_model::optim::{AdamW, AdamWConfig};
 use candle_core::{Device, Tensor};
 
-use crate::common::{max_abs_diff, random_sequences, rng, small_model};
+use crate::common::{
+    assert_every_param_has_gradient, max_abs_diff, random_sequences, rng, small_model,
+};
 use crate::training::{grpo_step, weights};
 
 fn all_modules(r: usize) -> LoraConfig {
@@ -73,16 +75,7 @@ fn lora_trains_only_the_adapters_and_round_trips_as_peft() {
         let grads = loss.backward().expect("backward");
         if step == 1 {
             // After the first step B != 0, so every adapter matrix has a gradient.
-            for (name, var) in model.params().iter() {
-                let g =
-                    grads.get(var.as_tensor()).unwrap_or_else(|| panic!("`{name}`: no gradient"));
-                let norm = g
-                    .sqr()
-                    .and_then(|x| x.sum_all())
-                    .and_then(|x| x.to_scalar::<f32>())
-                    .expect("norm");
-                assert!(norm > 0.0, "`{name}` has a zero gradient");
-            }
+            assert_every_param_has_gradient(&model, &grads, "lora");
         }
         let stats = opt.step(&grads).expect("step");
         assert!(stats.without_gradient.is_empty() || step == 0, "{:?}", stats.without_gradient);
