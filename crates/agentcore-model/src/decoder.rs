@@ -686,7 +686,7 @@ impl Decoder {
             frozen,
             adapters.clone(),
             Some((config, &adapters)),
-            std::mem::take(&mut self.quantized),
+            self.quantized.clone(),
             &self.device,
         )?;
         Ok(())
@@ -722,7 +722,7 @@ impl Decoder {
         let lora = self.lora.clone();
         *self = Self::build(
             self.config.clone(),
-            std::mem::take(&mut self.weights),
+            self.weights.clone(),
             lora_store.clone(),
             lora.as_ref().map(|c| (c, &lora_store)),
             quantized,

@@ -533,7 +533,7 @@ impl candle_core::CustomOp3 for DecodeAttention {
         ) -> candle_core::Result<CpuStorage> {
             let q = contiguous_slice::<T>(sq, lq)?;
             let (k, v) = (sk.as_slice::<T>()?, sv.as_slice::<T>()?);
-            let (b, g, rows, hd) = lq.shape().dims4()?;
+            let (_, g, rows, hd) = lq.shape().dims4()?;
             let n_keys = lk.dims()[2];
             let (ks, vs) = (lk.stride(), lv.stride());
             if ks[3] != 1 || vs[3] != 1 {
@@ -577,7 +577,6 @@ impl candle_core::CustomOp3 for DecodeAttention {
             } else {
                 out.chunks_mut(hd).enumerate().for_each(|(i, o)| work(i, o));
             }
-            let _ = b;
             Ok(T::to_cpu_storage_owned(out))
         }
         let storage = dispatch!(sq.dtype(), "decode attention", go(self, sq, lq, sk, lk, sv, lv))?;
