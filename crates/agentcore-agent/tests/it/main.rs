@@ -1,0 +1,3 @@
+//! Integration tests of `agentcore-agent`.
+
+mod toolcall;
