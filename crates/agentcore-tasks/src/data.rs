@@ -2,8 +2,10 @@
 //! - a `.json` file holding an array of tasks;
 //! - a `.jsonl` file, one task per line (blank lines skipped);
 //! - a Hugging Face dataset folder: split files `train.jsonl`, `test.jsonl`, ... directly in it
-//!   or under `data/` (also sharded, `data/train-00000-of-00002.jsonl`), read in name order.
-//!   Parquet split files are refused with a message saying so (not supported yet).
+//!   or under `data/` (also sharded, `data/train-00000-of-00002.jsonl`), read in name order;
+//! - Parquet files (what `datasets` writes), alone or as split files: columns `query` and
+//!   `expected_outcome` (a struct, or a string holding a JSON object when the outcomes' types
+//!   differ between rows), optionally `metadata`.
 //!
 //! Every item is checked: a non-empty string `query`, an object `expected_outcome`; the error
 //! names the item's index (and file and line for JSONL) and the rule.
@@ -73,10 +75,13 @@ fn kind(v: &Value) -> String {
     format!("{name} ({s})")
 }
 
-/// Reads a `.json` array or a `.jsonl` file.
+/// Reads a `.json` array, a `.jsonl` file or a `.parquet` file.
 pub fn load_file(path: &Path) -> Result<Vec<Task>> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if ext == "parquet" {
+        return load_parquet(path);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
     match ext.as_str() {
         "json" => {
             let value: Value = serde_json::from_str(&text).map_err(|e| file_error(path, e))?;
@@ -104,9 +109,29 @@ pub fn load_file(path: &Path) -> Result<Vec<Task>> {
             }
             Ok(tasks)
         }
-        "parquet" => Err(file_error(path, "Parquet is not supported yet: convert to JSONL")),
         _ => Err(file_error(path, "must be a .json array, a .jsonl file or a dataset folder")),
     }
+}
+
+/// Reads a Parquet file row by row (snappy or uncompressed columns).
+fn load_parquet(path: &Path) -> Result<Vec<Task>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).map_err(|e| file_error(path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| file_error(path, e))?;
+    let rows = reader.get_row_iter(None).map_err(|e| file_error(path, e))?;
+    let mut tasks = Vec::new();
+    for (index, row) in rows.enumerate() {
+        let row = row.map_err(|e| file_error(path, format!("row {index}: {e}")))?;
+        let mut value = row.to_json_value();
+        // An outcome stored as JSON text (mixed types across rows) is read as its object.
+        if let Some(text) = value.get("expected_outcome").and_then(Value::as_str)
+            && let Ok(parsed @ Value::Object(_)) = serde_json::from_str::<Value>(text)
+        {
+            value["expected_outcome"] = parsed;
+        }
+        tasks.push(task_from_value(index, value).map_err(|e| file_error(path, e))?);
+    }
+    Ok(tasks)
 }
 
 /// The split files of `split` in a dataset folder, in name order.

@@ -65,5 +65,42 @@ fn bad_items_are_refused_with_index_line_and_rule() {
     let path = dir.path().join("train.parquet");
     std::fs::write(&path, b"PAR1").expect("write");
     let err = load_tasks(&path, "train").expect_err("refused").to_string();
-    assert!(err.contains("Parquet is not supported"), "{err}");
+    assert!(err.contains("train.parquet"), "{err}");
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[test]
+fn parquet_files_as_datasets_writes_them_load() {
+    // Written by scripts/make_parquet_fixtures.py (pyarrow, snappy).
+    let tasks = load_tasks(&fixture("struct_outcome.parquet"), "train").expect("struct outcome");
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0].query, "Sort the list [5, 2, 8, 1]");
+    assert_eq!(tasks[0].expected_result(), Some(&serde_json::json!([1, 2, 5, 8])));
+    assert_eq!(tasks[1].expected_outcome["test_passed"], serde_json::json!(true));
+
+    let tasks = load_tasks(&fixture("json_outcome.parquet"), "train").expect("json outcome");
+    let results: Vec<_> = tasks.iter().map(|t| t.expected_result().cloned()).collect();
+    assert_eq!(
+        results,
+        vec![
+            Some(serde_json::json!(10)),
+            Some(serde_json::json!(true)),
+            Some(serde_json::json!("Paris"))
+        ]
+    );
+    let meta = tasks[1].metadata.as_ref().expect("metadata");
+    assert_eq!((meta.family.as_str(), meta.difficulty), ("prime", 2));
+
+    // As a split file of a dataset folder.
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("data")).expect("mkdir");
+    std::fs::copy(
+        fixture("json_outcome.parquet"),
+        dir.path().join("data/train-00000-of-00001.parquet"),
+    )
+    .expect("copy");
+    assert_eq!(load_tasks(dir.path(), "train").expect("folder"), tasks);
 }
