@@ -192,7 +192,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Some(path)
                 }
-                (None, false) => default_gemma_path().filter(|p| p.is_file()),
+                (None, false) => {
+                    agentcore_model::hub::default_gemma_gguf_path().filter(|p| p.is_file())
+                }
             };
             let settings = BenchSettings { steps, gen_reps, gemma, ..BenchSettings::default() };
             let mut stderr = std::io::stderr();
@@ -232,14 +234,6 @@ fn bench_table(r: &ModelBenchReport) -> String {
     out += &format!("gemma 3 270M batch 8: {}\n", gemma(r.gemma_gen_tokens_per_s_batch8));
     out += &format!("training loss: {:.3} -> {:.3}\n", d.loss_first_last.0, d.loss_first_last.1);
     out
-}
-
-/// Where `scripts/fetch_gemma3.sh` puts the Gemma 3 270M GGUF.
-fn default_gemma_path() -> Option<PathBuf> {
-    let cache = std::env::var_os("AGENTCORE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agentcore")))?;
-    Some(cache.join("models/gemma-3-270m-q4_k_m.gguf"))
 }
 
 /// Reads and validates a config file; the format comes from the extension.

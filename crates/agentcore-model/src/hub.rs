@@ -36,6 +36,16 @@ pub const GEMMA_CHAT_TEMPLATE: &str = "{{ bos_token }}\
 {%- endfor -%}\
 {%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
 
+/// Where `scripts/fetch_gemma3.sh` puts the Gemma 3 270M GGUF:
+/// `$AGENTCORE_CACHE/models/gemma-3-270m-q4_k_m.gguf`, the cache defaulting to
+/// `~/.cache/agentcore`. `None` when neither variable is set. The file may not exist.
+pub fn default_gemma_gguf_path() -> Option<PathBuf> {
+    let cache = std::env::var_os("AGENTCORE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agentcore")))?;
+    Some(cache.join("models/gemma-3-270m-q4_k_m.gguf"))
+}
+
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {

@@ -42,16 +42,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// script's cache path. `None` when absent; with `AGENTCORE_REQUIRE_GEMMA=1` (set by `.ci/run`,
 /// which runs the fetch script first) a missing file fails the test instead.
 pub fn gemma_gguf() -> Option<std::path::PathBuf> {
-    let path =
-        std::env::var_os("AGENTCORE_GEMMA_GGUF").map(std::path::PathBuf::from).or_else(|| {
-            let cache = std::env::var_os("AGENTCORE_CACHE").map(std::path::PathBuf::from).or_else(
-                || {
-                    std::env::var_os("HOME")
-                        .map(|h| std::path::Path::new(&h).join(".cache/agentcore"))
-                },
-            )?;
-            Some(cache.join("models/gemma-3-270m-q4_k_m.gguf"))
-        })?;
+    let path = std::env::var_os("AGENTCORE_GEMMA_GGUF")
+        .map(std::path::PathBuf::from)
+        .or_else(agentcore_model::hub::default_gemma_gguf_path)?;
     if path.is_file() {
         return Some(path);
     }
