@@ -127,6 +127,21 @@ impl std::fmt::Display for InputError {
 impl std::error::Error for InputError {}
 
 fn main() -> ExitCode {
+    // The sandbox launcher: restrict this process and exec the interpreter (see
+    // `agentcore_agent::sandbox`). Checked before anything else runs or spawns a thread.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "__sandbox-exec") {
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        let err = agentcore_agent::sandbox::launcher_main(&rest);
+        #[expect(
+            clippy::print_stderr,
+            reason = "the launcher's only way to report why it did not exec"
+        )]
+        {
+            eprintln!("{err}");
+        }
+        return ExitCode::from(126);
+    }
     configure_cpu_threads();
     let cli = Cli::parse();
     match run(cli) {

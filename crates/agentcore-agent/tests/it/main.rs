@@ -1,3 +1,4 @@
 //! Integration tests of `agentcore-agent`.
 
+mod sandbox;
 mod toolcall;

@@ -1,0 +1,226 @@
+//! The sandbox escape suite: every attempt comes back as a tool error within its limit, and the
+//! pool (and this process) keeps working afterwards.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use agentcore_agent::sandbox::{ExecStatus, PythonSandbox, SandboxConfig};
+
+fn config(wall_ms: u64) -> SandboxConfig {
+    let mut c = SandboxConfig::detect().expect("python3 and the launcher");
+    c.launcher = vec![env!("CARGO_BIN_EXE_agentcore-sandbox").into()];
+    c.limits.wall = Duration::from_millis(wall_ms);
+    c
+}
+
+fn pool() -> PythonSandbox {
+    PythonSandbox::new(config(3000)).expect("sandbox starts")
+}
+
+/// After an attack, the same pool still runs ordinary code.
+fn assert_still_works(p: &PythonSandbox) {
+    let out = p.run("print(6 * 7)");
+    assert_eq!(out.status, ExecStatus::Ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "42");
+}
+
+#[test]
+fn runs_code_and_reports_errors_as_outcomes() {
+    let p = pool();
+    let out = p.run("xs = [3, 1, 2]\nprint(sorted(xs))");
+    assert_eq!(out.status, ExecStatus::Ok);
+    assert_eq!(out.observation(), "[1, 2, 3]");
+    let out = p.run("print('before')\n1 / 0");
+    assert_eq!(out.status, ExecStatus::Error);
+    assert!(out.observation().starts_with("before\n"), "{out:?}");
+    assert!(out.observation().contains("ZeroDivisionError"), "{out:?}");
+    let out = p.run("def f(:\n  pass");
+    assert!(out.error.as_deref().is_some_and(|e| e.contains("SyntaxError")), "{out:?}");
+}
+
+#[test]
+fn network_is_unreachable() {
+    let p = pool();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let out = p.run(&format!(
+        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')"
+    ));
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert!(out.observation().contains("Operation not permitted"), "{out:?}");
+    // curl through subprocess: no new processes.
+    let out = p.run(&format!(
+        "import subprocess\nprint(subprocess.run(['curl', '-s', 'http://127.0.0.1:{port}/']).returncode)"
+    ));
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert!(out.observation().contains("PermissionError"), "{out:?}");
+    // curl by replacing the interpreter: curl itself inherits the seccomp filter.
+    let out = p.run(&format!(
+        "import os\nos.execv('/usr/bin/curl', ['curl', '-s', 'http://127.0.0.1:{port}/'])"
+    ));
+    assert_ne!(out.status, ExecStatus::Ok, "{out:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(listener.accept().is_err(), "something connected to the listener");
+    assert_still_works(&p);
+}
+
+#[test]
+fn cannot_write_outside_the_scratch_dir() {
+    let p = pool();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("escaped.txt");
+    let out = p.run(&format!("open({:?}, 'w').write('x')", target.display().to_string()));
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert!(out.observation().contains("Permission denied"), "{out:?}");
+    assert!(!target.exists());
+    // Inside the scratch dir is fine, and it is emptied before the next call.
+    let out = p.run("open('notes.txt', 'w').write('hello')\nprint(open('notes.txt').read())");
+    assert_eq!(out.stdout.trim(), "hello", "{out:?}");
+    let out = p.run("import os\nprint(os.listdir('.'))");
+    assert_eq!(out.stdout.trim(), "[]", "{out:?}");
+}
+
+#[test]
+fn cannot_read_the_parent_environment() {
+    let p = pool();
+    let secret = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it for tests");
+    let out = p.run("import os\nprint(sorted(os.environ))");
+    assert_eq!(out.status, ExecStatus::Ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "['HOME', 'LANG', 'PATH']");
+    let out = p.run("import os\nprint(open('/proc/%d/environ' % os.getppid(), 'rb').read())");
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert!(!out.observation().contains(&secret));
+    let out = p.run("print(open('/proc/self/environ', 'rb').read())");
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert_still_works(&p);
+}
+
+#[test]
+fn fork_bomb_fails_fast() {
+    let p = pool();
+    let t = Instant::now();
+    let out = p.run("import os\nwhile True:\n    os.fork()");
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert!(out.observation().contains("PermissionError"), "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let out = p.run("import threading\nthreading.Thread(target=print).start()");
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert_still_works(&p);
+}
+
+#[test]
+fn four_gib_allocation_is_a_memory_error() {
+    let p = pool();
+    let out = p.run("x = bytearray(4 << 30)");
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    assert!(out.observation().contains("MemoryError"), "{out:?}");
+    assert_still_works(&p);
+}
+
+#[test]
+fn infinite_loop_is_stopped_at_the_wall_limit() {
+    let p = PythonSandbox::new(config(1000)).unwrap();
+    let t = Instant::now();
+    let out = p.run("while True:\n    pass");
+    let took = t.elapsed();
+    assert_eq!(out.status, ExecStatus::Timeout, "{out:?}");
+    assert!(took >= Duration::from_millis(1000) && took < Duration::from_millis(2500), "{took:?}");
+    assert!(out.observation().contains("TimeoutError"));
+    assert_still_works(&p);
+}
+
+#[test]
+fn cpu_limit_kills_the_interpreter() {
+    let mut c = config(10_000);
+    c.limits.cpu_seconds = 1;
+    let p = PythonSandbox::new(c).unwrap();
+    let out = p.run("while True:\n    pass");
+    assert_eq!(out.status, ExecStatus::Crashed, "{out:?}");
+    assert!(out.observation().contains("CPU time limit"), "{out:?}");
+    assert_still_works(&p);
+}
+
+#[test]
+fn hundred_mib_of_output_is_cut() {
+    let p = pool();
+    let limit = p.config().limits.output_chars;
+    let t = Instant::now();
+    let out = p.run("print('x' * (100 << 20))");
+    assert_eq!(out.status, ExecStatus::OutputLimit, "{out:?}");
+    assert_eq!(out.stdout.len(), limit);
+    let out = p.run("while True:\n    print('y' * 1000)");
+    assert_eq!(out.status, ExecStatus::OutputLimit, "{out:?}");
+    assert!(out.stdout.len() <= limit);
+    // Writing to the raw descriptors goes nowhere and cannot corrupt the protocol.
+    let out = p.run("import os\nfor _ in range(100):\n    os.write(1, b'{\"stdout\": \"forged\"}\\n' * 1000)\nprint('done')");
+    assert_eq!(out.status, ExecStatus::Ok, "{out:?}");
+    assert_eq!(out.stdout.trim(), "done");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_still_works(&p);
+}
+
+#[test]
+fn cannot_raise_limits_or_trace() {
+    let p = pool();
+    let out = p.run("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))");
+    assert_eq!(out.status, ExecStatus::Error, "{out:?}");
+    let out = p.run("import ctypes\nprint(ctypes.CDLL(None).ptrace(16, 1, 0, 0))");
+    // PTRACE_ATTACH returns -1 (EPERM) when denied; anything else would be an escape.
+    assert!(out.status != ExecStatus::Ok || out.stdout.trim() == "-1", "{out:?}");
+}
+
+#[test]
+fn calls_do_not_leak_into_each_other() {
+    let p = pool();
+    let out = p.run("import builtins\nbuiltins.print = lambda *a, **k: None\nbuiltins.len = None");
+    assert_eq!(out.status, ExecStatus::Ok, "{out:?}");
+    let out = p.run("print(len([1, 2, 3]))");
+    assert_eq!(out.stdout.trim(), "3", "{out:?}");
+    let out = p.run("secret = 5");
+    assert!(out.ok());
+    let out = p.run("print(secret)");
+    assert!(out.observation().contains("NameError"), "{out:?}");
+}
+
+#[test]
+fn tests_decide_pass_and_cannot_be_faked() {
+    let p = pool();
+    let code = "def add(a, b):\n    return a + b";
+    assert!(p.run_tests(code, "assert add(2, 3) == 5").passed);
+    let failed = p.run_tests(code, "assert add(2, 3) == 6");
+    assert!(!failed.passed);
+    assert!(failed.exec.observation().contains("AssertionError"));
+    for cheat in [
+        "import sys\nsys.exit(0)",
+        "import os\nos._exit(0)",
+        "print('all tests passed')\nraise SystemExit",
+        "while True:\n    pass",
+    ] {
+        let t = p.run_tests(cheat, "assert add(2, 3) == 5");
+        assert!(!t.passed, "{cheat:?} passed: {:?}", t.exec);
+    }
+    // Catching the assertion inside the code does not help: tests run after it.
+    let t = p.run_tests(
+        "def add(a, b):\n    return 0\ntry:\n    pass\nexcept AssertionError:\n    pass",
+        "assert add(2, 3) == 5",
+    );
+    assert!(!t.passed);
+}
+
+#[test]
+fn many_threads_share_one_pool() {
+    let p = pool();
+    p.warm(2).unwrap();
+    let results: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let p = &p;
+                s.spawn(move || p.run(&format!("print({i} * {i})")).stdout)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let want: Vec<String> = (0..8).map(|i| format!("{}\n", i * i)).collect();
+    assert_eq!(results, want);
+}
