@@ -2,7 +2,7 @@
 # launcher before exec). One JSON request per line on the protocol input, one JSON reply per line
 # on the protocol output. The protocol uses duplicated descriptors; fds 0/1/2 point at /dev/null so
 # that code writing to them directly cannot corrupt replies.
-import builtins, io, json, os, sys, traceback
+import ast, builtins, io, json, os, sys, traceback
 
 _proto_in = os.fdopen(os.dup(0), "rb")
 _proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -59,10 +59,17 @@ def _clean_scratch():
                 pass
 
 
-def _run(source, g, cap):
+def _run(source, g, cap, echo=False):
     try:
-        code = compile(source, "<agent>", "exec")
-        exec(code, g)
+        tree = ast.parse(source, "<agent>")
+        last = None
+        if echo and tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, "<agent>", "exec"), g)
+        if last is not None:
+            value = eval(compile(last, "<agent>", "eval"), g)
+            if value is not None:
+                print(repr(value))
         return None
     except _OutputLimit:
         return "OutputLimitExceeded: output is limited to %d characters" % _MAX_OUT
@@ -88,7 +95,8 @@ while True:
     cap = _Capture()
     sys.stdout = sys.stderr = cap
     g = {"__name__": "__main__", "__builtins__": builtins}
-    err = _run(req["code"], g, cap)
+    # Like a REPL, the value of a final expression is printed (the tags format sends expressions).
+    err = _run(req["code"], g, cap, echo=req.get("tests") is None)
     verdict = None
     if err is None and req.get("tests") is not None:
         err = _run(req["tests"], g, cap)

@@ -1,4 +1,5 @@
 //! Integration tests of `agentcore-agent`.
 
+mod rollout;
 mod sandbox;
 mod toolcall;

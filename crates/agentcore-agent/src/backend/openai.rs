@@ -1,0 +1,316 @@
+//! Turns from an OpenAI-compatible chat-completions server (OpenAI, vLLM, llama.cpp, ...).
+//!
+//! Retries 429 and 5xx answers and transport errors with exponential backoff (honouring
+//! `Retry-After`), bounds every request with a timeout, prices tokens per million, and keeps the
+//! sampled log-probs (and token ids, from servers that send `token_id:N` tokens) when the server
+//! returns them. The API key is read from the named environment variable at request time and never
+//! appears in errors or logs.
+
+use std::time::Duration;
+
+use rand::RngCore;
+use rand_chacha::ChaCha8Rng;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Backend, BackendError, Conversation, Message, Sampling, ToolSchema, Turn, TurnEnd};
+use crate::toolcall::parse_openai;
+use crate::trajectory::Usage;
+
+/// Connection, pricing and retry settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiSettings {
+    /// Base URL up to `/v1` (e.g. `http://127.0.0.1:8000/v1`).
+    pub base_url: String,
+    /// Model name sent in each request.
+    pub model: String,
+    /// Name of the environment variable holding the API key (none: no `Authorization` header).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// USD per million prompt tokens.
+    #[serde(default)]
+    pub input_usd_per_million: Decimal,
+    /// USD per million completion tokens.
+    #[serde(default)]
+    pub output_usd_per_million: Decimal,
+    /// Timeout of one request, seconds.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+    /// Retries after a 429, a 5xx or a transport error.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// First backoff, seconds (doubles per retry, at most 30 s).
+    #[serde(default = "default_backoff_s")]
+    pub initial_backoff_s: f64,
+    /// Requests in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Ask for log-probs of the sampled tokens.
+    #[serde(default = "yes")]
+    pub logprobs: bool,
+    /// Send the tools as OpenAI `tools` (servers with function calling); otherwise the model
+    /// writes Hermes `<tool_call>` text, which the loop parses.
+    #[serde(default = "yes")]
+    pub native_tools: bool,
+}
+
+fn default_timeout_s() -> f64 {
+    120.0
+}
+fn default_retries() -> u32 {
+    4
+}
+fn default_backoff_s() -> f64 {
+    0.5
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn yes() -> bool {
+    true
+}
+
+impl OpenAiSettings {
+    /// Settings for `base_url` and `model` with defaults elsewhere.
+    #[must_use]
+    pub fn new(base_url: &str, model: &str) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            model: model.to_owned(),
+            api_key_env: None,
+            input_usd_per_million: Decimal::ZERO,
+            output_usd_per_million: Decimal::ZERO,
+            timeout_s: default_timeout_s(),
+            max_retries: default_retries(),
+            initial_backoff_s: default_backoff_s(),
+            concurrency: default_concurrency(),
+            logprobs: true,
+            native_tools: true,
+        }
+    }
+
+    /// The cost of a turn.
+    #[must_use]
+    pub fn cost(&self, usage: Usage) -> Decimal {
+        let million = Decimal::from(1_000_000u32);
+        (Decimal::from(usage.input_tokens) * self.input_usd_per_million
+            + Decimal::from(usage.output_tokens) * self.output_usd_per_million)
+            / million
+    }
+}
+
+/// The backend.
+#[derive(Debug, Clone)]
+pub struct OpenAiBackend {
+    settings: OpenAiSettings,
+    agent: ureq::Agent,
+}
+
+/// Sampled tokens of one API turn, when the server returned log-probs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiTokens {
+    /// Token ids, when the server sent them (`token_id:N` tokens).
+    pub ids: Option<Vec<u32>>,
+    /// Log-prob of each sampled token.
+    pub logprobs: Vec<f32>,
+}
+
+impl OpenAiBackend {
+    /// A backend with these settings.
+    #[must_use]
+    pub fn new(settings: OpenAiSettings) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs_f64(settings.timeout_s.max(0.001))))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self { settings, agent }
+    }
+
+    /// The settings.
+    #[must_use]
+    pub fn settings(&self) -> &OpenAiSettings {
+        &self.settings
+    }
+
+    fn body(
+        &self,
+        conv: &Conversation,
+        tools: &[ToolSchema],
+        sampling: &Sampling,
+        seed: u64,
+    ) -> Value {
+        let mut body = json!({
+            "model": self.settings.model,
+            "messages": conv.messages,
+            "max_tokens": sampling.max_tokens_per_turn,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": seed,
+        });
+        if let Some(k) = sampling.top_k {
+            body["top_k"] = json!(k);
+        }
+        if self.settings.logprobs {
+            body["logprobs"] = json!(true);
+        }
+        if self.settings.native_tools && !tools.is_empty() {
+            body["tools"] = Value::Array(tools.iter().map(ToolSchema::openai).collect());
+        }
+        body
+    }
+
+    /// One request with retries; returns the parsed response.
+    ///
+    /// # Errors
+    /// After the last retry, or at once for other 4xx answers.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, BackendError> {
+        use std::io::Read;
+        let url = format!("{}{path}", self.settings.base_url);
+        let mut backoff = self.settings.initial_backoff_s;
+        let mut last_error = String::new();
+        for attempt in 0..=self.settings.max_retries {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs_f64(backoff.min(30.0)));
+                backoff *= 2.0;
+            }
+            let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+            if let Some(var) = &self.settings.api_key_env {
+                match std::env::var(var) {
+                    Ok(key) => req = req.header("Authorization", format!("Bearer {key}")),
+                    Err(_) => {
+                        return Err(BackendError(format!("the API key variable {var} is not set")));
+                    }
+                }
+            }
+            match req.send_json(body) {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<f64>().ok());
+                    let mut text = String::new();
+                    let _ = resp.body_mut().as_reader().take(64 << 20).read_to_string(&mut text);
+                    if (200..300).contains(&status) {
+                        return serde_json::from_str(&text).map_err(|e| {
+                            BackendError(format!("{url}: response is not JSON ({e})"))
+                        });
+                    }
+                    let snippet: String = text.chars().take(500).collect();
+                    last_error = format!("{url}: HTTP {status}: {snippet}");
+                    if status == 429 || status >= 500 {
+                        if let Some(s) = retry_after {
+                            backoff = s.max(backoff);
+                        }
+                        continue;
+                    }
+                    return Err(BackendError(last_error));
+                }
+                Err(e) => {
+                    last_error = format!("{url}: {e}");
+                }
+            }
+        }
+        Err(BackendError(format!(
+            "{last_error} (gave up after {} retries)",
+            self.settings.max_retries
+        )))
+    }
+
+    fn read_turn(&self, resp: &Value) -> Result<(Turn, Message, Option<ApiTokens>), BackendError> {
+        let choice = &resp["choices"][0];
+        let message = &choice["message"];
+        if message.is_null() {
+            return Err(BackendError(format!("response has no choices[0].message: {resp}")));
+        }
+        let text = message["content"].as_str().unwrap_or_default().to_owned();
+        let tool_calls =
+            message.get("tool_calls").filter(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+        let usage = Usage {
+            input_tokens: resp["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            output_tokens: resp["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+        };
+        let tokens = choice["logprobs"]["content"].as_array().map(|items| {
+            let logprobs: Vec<f32> =
+                items.iter().map(|t| t["logprob"].as_f64().unwrap_or(f64::NAN) as f32).collect();
+            let ids: Option<Vec<u32>> = items
+                .iter()
+                .map(|t| t["token"].as_str()?.strip_prefix("token_id:")?.parse().ok())
+                .collect();
+            ApiTokens { ids, logprobs }
+        });
+        let assistant = Message {
+            role: "assistant".into(),
+            content: text.clone(),
+            tool_calls: tool_calls.cloned(),
+            tool_call_id: None,
+        };
+        Ok((
+            Turn {
+                text,
+                native_tool_calls: tool_calls.map(parse_openai),
+                usage,
+                cost_usd: self.settings.cost(usage),
+                end: if choice["finish_reason"] == "length" {
+                    TurnEnd::Length
+                } else {
+                    TurnEnd::Stop
+                },
+            },
+            assistant,
+            tokens,
+        ))
+    }
+}
+
+impl Backend for OpenAiBackend {
+    fn start(&self, _conv: &mut Conversation, _tools: &[ToolSchema]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn turns(
+        &self,
+        convs: &mut [&mut Conversation],
+        tools: &[ToolSchema],
+        sampling: &Sampling,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Result<Turn, BackendError>> {
+        // Seeds drawn in order from the job's RNG, so a rerun sends the same requests.
+        let bodies: Vec<Value> =
+            convs.iter().map(|c| self.body(c, tools, sampling, rng.next_u64() >> 1)).collect();
+        let responses = crate::rollout::parallel_map(&bodies, self.settings.concurrency, |b| {
+            self.post("/chat/completions", b).and_then(|r| self.read_turn(&r))
+        });
+        convs
+            .iter_mut()
+            .zip(responses)
+            .map(|(conv, r)| {
+                r.map(|(turn, message, tokens)| {
+                    conv.messages.push(message);
+                    if let Some(t) = tokens {
+                        conv.api_tokens.push(t);
+                    }
+                    turn
+                })
+            })
+            .collect()
+    }
+
+    fn observe(
+        &self,
+        conv: &mut Conversation,
+        messages: Vec<Message>,
+        _tools: &[ToolSchema],
+    ) -> Result<(), BackendError> {
+        conv.messages.extend(messages);
+        Ok(())
+    }
+
+    fn tool_role(&self) -> &'static str {
+        "user"
+    }
+}
