@@ -164,14 +164,9 @@ fn sampled_logprobs_match_rescoring_the_trace() {
             .expect("row")
             .to_vec1::<f32>()
             .expect("vec");
-        for k in 0..trace.ids.len() {
-            if trace.mask[k] == 1 {
-                assert!(
-                    (scored[k] - trace.logprobs[k]).abs() < 1e-3,
-                    "token {k}: {} vs {}",
-                    scored[k],
-                    trace.logprobs[k]
-                );
+        for (k, (&m, &lp)) in trace.mask.iter().zip(&trace.logprobs).enumerate() {
+            if m == 1 {
+                assert!((scored[k] - lp).abs() < 1e-3, "token {k}: {} vs {lp}", scored[k]);
             }
         }
     }
