@@ -280,13 +280,14 @@ pub fn run_batch(
                             Err(e) => json!({"malformed": e.message}),
                         })
                         .collect();
-                    let action = if described.len() == 1 {
+                    let mut action = if described.len() == 1 {
                         let mut a = described[0].clone();
                         a["type"] = json!("tool_call");
                         a
                     } else {
                         json!({"type": "tool_calls", "calls": described})
                     };
+                    action["text"] = json!(turn.text);
                     actions.push((i, action));
                     for (k, call) in calls.into_iter().enumerate() {
                         pending.push(Pending {

@@ -54,6 +54,13 @@ pub struct OpenAiSettings {
     /// writes Hermes `<tool_call>` text, which the loop parses.
     #[serde(default = "yes")]
     pub native_tools: bool,
+    /// Stop strings sent with each request (e.g. `</tool_call>` for Hermes text calls).
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Send the system prompt as the start of the first user message, for servers whose chat
+    /// format drops system messages (llama.cpp's `gemma` format).
+    #[serde(default)]
+    pub system_in_user: bool,
 }
 
 fn default_timeout_s() -> f64 {
@@ -88,6 +95,8 @@ impl OpenAiSettings {
             concurrency: default_concurrency(),
             logprobs: true,
             native_tools: true,
+            stop: Vec::new(),
+            system_in_user: false,
         }
     }
 
@@ -142,9 +151,18 @@ impl OpenAiBackend {
         sampling: &Sampling,
         seed: u64,
     ) -> Value {
+        let mut messages = conv.messages.clone();
+        if self.settings.system_in_user
+            && let Some(pos) = messages.iter().position(|m| m.role == "system")
+        {
+            let system = messages.remove(pos);
+            if let Some(user) = messages.iter_mut().find(|m| m.role == "user") {
+                user.content = format!("{}\n\n{}", system.content, user.content);
+            }
+        }
         let mut body = json!({
             "model": self.settings.model,
-            "messages": conv.messages,
+            "messages": messages,
             "max_tokens": sampling.max_tokens_per_turn,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -155,6 +173,10 @@ impl OpenAiBackend {
         }
         if self.settings.logprobs {
             body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(1);
+        }
+        if !self.settings.stop.is_empty() {
+            body["stop"] = json!(self.settings.stop);
         }
         if self.settings.native_tools && !tools.is_empty() {
             body["tools"] = Value::Array(tools.iter().map(ToolSchema::openai).collect());
