@@ -8,10 +8,13 @@
 //!   split files) with validation that names the item and the rule it breaks.
 //! - [`verify`]: comparing a final answer with `expected_outcome.result` by JSON type. The
 //!   agent's own claim of success never counts: only the comparison does.
+//! - [`judge`]: verdicts on whole trajectories (`result`, `tests` run in the sandbox, custom
+//!   verifiers) and the reward registry (built-ins, strategies per `agent_type`, remote rewards).
 #![deny(missing_docs)]
 
 pub mod data;
 mod error;
+pub mod judge;
 pub mod seed;
 pub mod task;
 pub mod verify;
