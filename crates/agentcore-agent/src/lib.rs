@@ -7,10 +7,12 @@
 //! - [`tools`]: `python`, `calculator`, HTTP and MCP tools behind one [`tools::Tool`] trait.
 //! - [`backend`]: model turns from the in-process engine (token-exact) or an OpenAI-compatible
 //!   server.
+//! - [`definition`]: the agent definition file (YAML/JSON).
 //! - [`rollout`]: the loop itself, many trajectories at once; [`trajectory`]: what it records.
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod definition;
 pub mod rollout;
 pub mod sandbox;
 pub mod toolcall;

@@ -1,5 +1,6 @@
 //! Integration tests of `agentcore-agent`.
 
+mod definition;
 mod openai;
 mod rollout;
 mod sandbox;

@@ -1,0 +1,362 @@
+//! An agent definition file (YAML or JSON): who the agent is, which model it runs on, its
+//! prompt, tools, policy kind and limits.
+//!
+//! ```
+//! use agentcore_agent::definition::{AgentDefinition, ModelSpec};
+//! let def = AgentDefinition::from_yaml(r#"
+//! agent_id: sorter
+//! agent_type: code
+//! model: {kind: openai, base_url: "http://127.0.0.1:8000/v1", model: qwen, api_key_env: OPENAI_API_KEY}
+//! policy: prompt
+//! system_prompt: You sort lists.
+//! tools: [{type: python}, {type: calculator}]
+//! max_steps_per_trajectory: 5
+//! "#).unwrap();
+//! assert!(matches!(def.model, ModelSpec::Openai(_)));
+//! assert_eq!(def.tools.len(), 2);
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::backend::{OpenAiSettings, Sampling, ToolSchema};
+use crate::rollout::{AgentRuntime, CallFormat};
+use crate::sandbox::PythonSandbox;
+use crate::tools::{CalculatorTool, HttpTool, PythonTool, Toolbox};
+
+/// Which model runs the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// The built-in model of the embedded default (warm-started by `agentcore train`).
+    BuiltIn,
+    /// A Hugging Face directory or a GGUF file, run in-process.
+    Local {
+        /// The directory or file.
+        path: PathBuf,
+    },
+    /// An OpenAI-compatible endpoint.
+    Openai(OpenAiSettings),
+}
+
+/// Whether training changes the weights or the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// GRPO updates the weights (in-process models).
+    #[default]
+    Weights,
+    /// Training-free GRPO: the system prompt plus an experience library (API models).
+    Prompt,
+}
+
+/// A tool in a definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToolSpec {
+    /// Sandboxed Python.
+    Python {
+        /// Wall time of one call, seconds.
+        #[serde(default)]
+        timeout_s: Option<f64>,
+        /// Memory of the interpreter, MiB.
+        #[serde(default)]
+        memory_mb: Option<u64>,
+    },
+    /// Arithmetic.
+    Calculator,
+    /// POST JSON to a URL.
+    Http {
+        /// Tool name the model calls.
+        name: String,
+        /// What it does.
+        description: String,
+        /// Where to POST.
+        url: String,
+        /// JSON Schema of the arguments.
+        #[serde(default = "any_object")]
+        parameters: Value,
+        /// Timeout, seconds.
+        #[serde(default = "default_http_timeout")]
+        timeout_s: f64,
+        /// Allow loopback / private addresses (off by default).
+        #[serde(default)]
+        allow_private: bool,
+    },
+}
+
+fn any_object() -> Value {
+    serde_json::json!({"type": "object"})
+}
+fn default_http_timeout() -> f64 {
+    30.0
+}
+fn default_agent_type() -> String {
+    "default".into()
+}
+fn default_max_steps() -> u32 {
+    20
+}
+fn default_max_tokens() -> u64 {
+    4096
+}
+
+/// An agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDefinition {
+    /// Identifier (letters, digits, `-`, `_`, `.`).
+    pub agent_id: String,
+    /// Selects the reward strategy in the registry.
+    #[serde(default = "default_agent_type")]
+    pub agent_type: String,
+    /// The model.
+    pub model: ModelSpec,
+    /// System prompt.
+    #[serde(default)]
+    pub system_prompt: String,
+    /// Tools, in order (the tags format sends calls to the first).
+    #[serde(default)]
+    pub tools: Vec<ToolSpec>,
+    /// What training changes.
+    #[serde(default)]
+    pub policy: PolicyKind,
+    /// Sampling of each turn.
+    #[serde(default)]
+    pub sampling: Sampling,
+    /// How tool calls are written (`hermes` for LLMs, `tags` for the built-in model).
+    #[serde(default)]
+    pub tool_call_format: Option<CallFormat>,
+    /// Most model turns per trajectory (1..=100).
+    #[serde(default = "default_max_steps")]
+    pub max_steps_per_trajectory: u32,
+    /// Most tokens per trajectory.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens_per_trajectory: u64,
+}
+
+/// A definition error: the field, the rule and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct DefinitionError {
+    /// Path of the field (`tools[1].url`), or the file.
+    pub field: String,
+    /// The rule broken and the value given.
+    pub message: String,
+}
+
+fn bad(field: impl Into<String>, message: impl Into<String>) -> DefinitionError {
+    DefinitionError { field: field.into(), message: message.into() }
+}
+
+impl AgentDefinition {
+    /// Parses YAML (JSON is YAML too) and checks the ranges.
+    ///
+    /// # Errors
+    /// Unknown fields, wrong types and broken rules, each naming the field.
+    pub fn from_yaml(text: &str) -> Result<Self, DefinitionError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let def: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            bad(
+                if path == "." { "agent definition".to_owned() } else { path },
+                e.into_inner().to_string(),
+            )
+        })?;
+        def.validate()?;
+        Ok(def)
+    }
+
+    /// Reads a `.yaml`, `.yml` or `.json` file.
+    ///
+    /// # Errors
+    /// As [`AgentDefinition::from_yaml`], or when the file cannot be read.
+    pub fn from_path(path: &Path) -> Result<Self, DefinitionError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(path.display().to_string(), e.to_string()))?;
+        Self::from_yaml(&text)
+            .map_err(|e| bad(format!("{}: {}", path.display(), e.field), e.message))
+    }
+
+    /// Checks the rules.
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn validate(&self) -> Result<(), DefinitionError> {
+        if self.agent_id.is_empty()
+            || !self.agent_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(bad(
+                "agent_id",
+                format!(
+                    "must be non-empty letters, digits, '-', '_' or '.', got {:?}",
+                    self.agent_id
+                ),
+            ));
+        }
+        if !(1..=100).contains(&self.max_steps_per_trajectory) {
+            return Err(bad(
+                "max_steps_per_trajectory",
+                format!("must be in 1..=100, got {}", self.max_steps_per_trajectory),
+            ));
+        }
+        if self.max_tokens_per_trajectory == 0 {
+            return Err(bad("max_tokens_per_trajectory", "must be >= 1, got 0"));
+        }
+        let s = &self.sampling;
+        if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
+            return Err(bad(
+                "sampling.temperature",
+                format!("must be >= 0, got {}", s.temperature),
+            ));
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return Err(bad("sampling.top_p", format!("must be in (0, 1], got {}", s.top_p)));
+        }
+        if s.top_k == Some(0) {
+            return Err(bad("sampling.top_k", "must be >= 1 when given, got 0"));
+        }
+        if s.max_tokens_per_turn == 0 {
+            return Err(bad("sampling.max_tokens_per_turn", "must be >= 1, got 0"));
+        }
+        if self.policy == PolicyKind::Weights && matches!(self.model, ModelSpec::Openai(_)) {
+            return Err(bad(
+                "policy",
+                "`weights` needs an in-process model (built_in or local); use `prompt` with an openai model",
+            ));
+        }
+        if let ModelSpec::Openai(o) = &self.model {
+            if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
+                return Err(bad(
+                    "model.base_url",
+                    format!("must start with http:// or https://, got {:?}", o.base_url),
+                ));
+            }
+            if o.input_usd_per_million.is_sign_negative()
+                || o.output_usd_per_million.is_sign_negative()
+            {
+                return Err(bad("model", "token prices must be >= 0"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in self.tools.iter().enumerate() {
+            let name = match t {
+                ToolSpec::Python { timeout_s, memory_mb } => {
+                    if timeout_s.is_some_and(|t| !(t > 0.0 && t <= 600.0)) {
+                        return Err(bad(
+                            format!("tools[{i}].timeout_s"),
+                            format!("must be in (0, 600], got {timeout_s:?}"),
+                        ));
+                    }
+                    if memory_mb.is_some_and(|m| !(32..=65536).contains(&m)) {
+                        return Err(bad(
+                            format!("tools[{i}].memory_mb"),
+                            format!("must be in 32..=65536, got {memory_mb:?}"),
+                        ));
+                    }
+                    "python".to_owned()
+                }
+                ToolSpec::Calculator => "calculator".to_owned(),
+                ToolSpec::Http { name, url, timeout_s, .. } => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(bad(
+                            format!("tools[{i}].url"),
+                            format!("must start with http:// or https://, got {url:?}"),
+                        ));
+                    }
+                    if !(timeout_s.is_finite() && *timeout_s > 0.0) {
+                        return Err(bad(
+                            format!("tools[{i}].timeout_s"),
+                            format!("must be > 0, got {timeout_s}"),
+                        ));
+                    }
+                    name.clone()
+                }
+            };
+            if !names.insert(name.clone()) {
+                return Err(bad(
+                    format!("tools[{i}]"),
+                    format!("a tool named `{name}` is already defined"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The call format: as given, else `tags` for the built-in model and `hermes` otherwise.
+    #[must_use]
+    pub fn call_format(&self) -> CallFormat {
+        self.tool_call_format.unwrap_or(match self.model {
+            ModelSpec::BuiltIn => CallFormat::Tags,
+            _ => CallFormat::Hermes,
+        })
+    }
+
+    /// The runtime of this agent; `sandbox` is the shared pool for `python` tools (its limits are
+    /// adjusted per tool when the definition sets them).
+    ///
+    /// # Errors
+    /// When a python tool is defined but no sandbox given, or a tool cannot be built.
+    pub fn runtime(
+        &self,
+        sandbox: Option<Arc<PythonSandbox>>,
+    ) -> Result<AgentRuntime, DefinitionError> {
+        let mut toolbox = Toolbox::new();
+        for (i, t) in self.tools.iter().enumerate() {
+            let tool: Arc<dyn crate::tools::Tool> = match t {
+                ToolSpec::Python { timeout_s, memory_mb } => {
+                    let Some(pool) = &sandbox else {
+                        return Err(bad(
+                            format!("tools[{i}]"),
+                            "the python tool needs the sandbox, which is not available",
+                        ));
+                    };
+                    let pool = if timeout_s.is_some() || memory_mb.is_some() {
+                        let mut config = pool.config().clone();
+                        if let Some(t) = timeout_s {
+                            config.limits.wall = Duration::from_secs_f64(*t);
+                        }
+                        if let Some(m) = memory_mb {
+                            config.limits.memory_bytes = m << 20;
+                        }
+                        Arc::new(
+                            PythonSandbox::new(config)
+                                .map_err(|e| bad(format!("tools[{i}]"), e.to_string()))?,
+                        )
+                    } else {
+                        Arc::clone(pool)
+                    };
+                    Arc::new(PythonTool::new(pool))
+                }
+                ToolSpec::Calculator => Arc::new(CalculatorTool),
+                ToolSpec::Http { name, description, url, parameters, timeout_s, allow_private } => {
+                    let schema = ToolSchema {
+                        name: name.clone(),
+                        description: description.clone(),
+                        parameters: parameters.clone(),
+                    };
+                    Arc::new(
+                        HttpTool::new(
+                            schema,
+                            url,
+                            Duration::from_secs_f64(*timeout_s),
+                            *allow_private,
+                        )
+                        .map_err(|e| bad(format!("tools[{i}]"), e))?,
+                    )
+                }
+            };
+            toolbox.add(tool).map_err(|e| bad(format!("tools[{i}]"), e))?;
+        }
+        let mut rt = AgentRuntime::new(toolbox, self.call_format());
+        rt.system_prompt = self.system_prompt.clone();
+        rt.sampling = self.sampling.clone();
+        rt.max_steps = self.max_steps_per_trajectory;
+        rt.max_tokens = self.max_tokens_per_trajectory;
+        Ok(rt)
+    }
+}
