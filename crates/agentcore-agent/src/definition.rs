@@ -87,6 +87,23 @@ pub enum ToolSpec {
         #[serde(default)]
         allow_private: bool,
     },
+    /// The tools of an MCP server over stdio.
+    Mcp {
+        /// Program to start.
+        command: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Environment variables given to it (nothing else of ours is).
+        #[serde(default)]
+        env: std::collections::BTreeMap<String, String>,
+        /// Prefix of the tool names it lists (e.g. `fs_`).
+        #[serde(default)]
+        prefix: String,
+        /// Timeout of the handshake and of each call, seconds.
+        #[serde(default = "default_http_timeout")]
+        timeout_s: f64,
+    },
 }
 
 fn any_object() -> Value {
@@ -261,6 +278,18 @@ impl AgentDefinition {
                     "python".to_owned()
                 }
                 ToolSpec::Calculator => "calculator".to_owned(),
+                ToolSpec::Mcp { command, timeout_s, prefix, .. } => {
+                    if command.trim().is_empty() {
+                        return Err(bad(format!("tools[{i}].command"), "must not be empty"));
+                    }
+                    if !(timeout_s.is_finite() && *timeout_s > 0.0) {
+                        return Err(bad(
+                            format!("tools[{i}].timeout_s"),
+                            format!("must be > 0, got {timeout_s}"),
+                        ));
+                    }
+                    format!("mcp:{prefix}:{command}")
+                }
                 ToolSpec::Http { name, url, timeout_s, .. } => {
                     if !(url.starts_with("http://") || url.starts_with("https://")) {
                         return Err(bad(
@@ -307,7 +336,21 @@ impl AgentDefinition {
     ) -> Result<AgentRuntime, DefinitionError> {
         let mut toolbox = Toolbox::new();
         for (i, t) in self.tools.iter().enumerate() {
+            if let ToolSpec::Mcp { command, args, env, prefix, timeout_s } = t {
+                let server = crate::mcp::McpServer::spawn(
+                    command,
+                    args,
+                    env,
+                    Duration::from_secs_f64(*timeout_s),
+                )
+                .map_err(|e| bad(format!("tools[{i}]"), e))?;
+                for tool in server.tools(prefix) {
+                    toolbox.add(Arc::new(tool)).map_err(|e| bad(format!("tools[{i}]"), e))?;
+                }
+                continue;
+            }
             let tool: Arc<dyn crate::tools::Tool> = match t {
+                ToolSpec::Mcp { .. } => unreachable!("handled above"),
                 ToolSpec::Python { timeout_s, memory_mb } => {
                     let Some(pool) = &sandbox else {
                         return Err(bad(

@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod definition;
+pub mod mcp;
 pub mod rollout;
 pub mod sandbox;
 pub mod toolcall;

@@ -1,6 +1,7 @@
 //! Integration tests of `agentcore-agent`.
 
 mod definition;
+mod mcp;
 mod openai;
 mod rollout;
 mod sandbox;
