@@ -113,7 +113,7 @@ fn in_process_agent_calls_python_and_is_verified() {
         // The verifier, not the agent, decides.
         let expected: serde_json::Value = serde_json::from_str(out).expect("json");
         let answer = t.final_answer.as_deref().expect("answer");
-        assert!(agentcore_tasks_free_verify(answer, &expected), "{answer} vs {expected}");
+        assert!(json_equal(answer, &expected), "{answer} vs {expected}");
         // Token-exact record: the whole transcript, tool output masked out.
         let trace = t.tokens.as_ref().expect("token trace");
         assert_eq!(tok.decode(&trace.ids), transcript(query, expr, out));
@@ -140,8 +140,9 @@ fn in_process_agent_calls_python_and_is_verified() {
     }
 }
 
-/// A stand-in for the tasks crate's verifier (that crate depends on this one): JSON equality.
-fn agentcore_tasks_free_verify(answer: &str, expected: &serde_json::Value) -> bool {
+/// JSON equality of the answer; the real verifier runs on such trajectories in
+/// `agentcore-tasks/tests/it/e2e.rs` (that crate depends on this one).
+fn json_equal(answer: &str, expected: &serde_json::Value) -> bool {
     serde_json::from_str::<serde_json::Value>(answer.trim()).is_ok_and(|v| &v == expected)
 }
 

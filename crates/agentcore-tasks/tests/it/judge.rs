@@ -55,7 +55,7 @@ fn traj(
 }
 
 /// The sandbox, building its launcher first when this crate's tests run on their own.
-fn sandbox() -> Arc<PythonSandbox> {
+pub(crate) fn sandbox() -> Arc<PythonSandbox> {
     static SANDBOX: OnceLock<Arc<PythonSandbox>> = OnceLock::new();
     SANDBOX
         .get_or_init(|| {
