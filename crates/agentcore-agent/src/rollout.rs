@@ -46,6 +46,8 @@ pub struct AgentRuntime {
     pub max_tokens: u64,
     /// Tool calls running at once across trajectories.
     pub tool_concurrency: usize,
+    /// Longest observation shown to the model, in characters (longer outputs are cut and marked).
+    pub max_observation_chars: usize,
 }
 
 impl AgentRuntime {
@@ -60,6 +62,7 @@ impl AgentRuntime {
             max_steps: 20,
             max_tokens: 4096,
             tool_concurrency: 8,
+            max_observation_chars: 4000,
         }
     }
 }
@@ -105,6 +108,16 @@ fn read_action(
             Action::Answer(answer.trim().to_owned())
         }
     }
+}
+
+/// Cuts an output to `max` characters, keeping its end (where tracebacks say what went wrong).
+fn truncate_output(mut out: ToolOutput, max: usize) -> ToolOutput {
+    let n = out.content.chars().count();
+    if n > max {
+        let tail: String = out.content.chars().skip(n - max).collect();
+        out.content = format!("[...{} characters cut] {tail}", n - max);
+    }
+    out
 }
 
 /// Runs `f` over `items` on at most `threads` threads, results in order.
@@ -302,10 +315,8 @@ pub fn run_batch(
             }
         }
         let toolbox = &runtime.toolbox;
-        let outputs: Vec<ToolOutput> = parallel_map(
-            &pending,
-            runtime.tool_concurrency,
-            |p| match (&p.raw, &p.call) {
+        let outputs: Vec<ToolOutput> = parallel_map(&pending, runtime.tool_concurrency, |p| {
+            let out = match (&p.raw, &p.call) {
                 (Some(raw), _) => match toolbox.first() {
                     Some(tool) => tool.call_raw(raw),
                     None => ToolOutput::error("this agent has no tools"),
@@ -314,8 +325,9 @@ pub fn run_batch(
                 (None, Err(e)) => ToolOutput::error(format!(
                     "{e}. Write each call as <tool_call>{{\"name\": \"<tool>\", \"arguments\": {{...}}}}</tool_call>."
                 )),
-            },
-        );
+            };
+            truncate_output(out, runtime.max_observation_chars)
+        });
         // Record the step and feed the observations back, per trajectory.
         for (i, action) in actions {
             let r = &mut runs[i];
