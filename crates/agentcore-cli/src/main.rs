@@ -338,6 +338,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             s.warm_start_seconds,
             if s.warm_start_cached { ", cached" } else { "" },
         ))?;
+        let mut table = format!("{:<16} {:>9} {:>9}\n", "family", "baseline", "final");
+        for (family, (b, f)) in &s.per_family {
+            table += &format!("{family:<16} {:>8.0}% {:>8.0}%\n", b * 100.0, f * 100.0);
+        }
+        write_stdout(&table)?;
     }
     Ok(())
 }

@@ -112,6 +112,8 @@ pub struct Summary {
     pub warm_start_seconds: f64,
     /// Whether the warm start came from the cache.
     pub warm_start_cached: bool,
+    /// Held-out success per task family: (baseline, final).
+    pub per_family: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 /// What the job reports as it runs.
@@ -353,6 +355,16 @@ pub fn run(
         let w = wilson_interval(count(xs), xs.len() as u64, 0.95)?;
         Ok((w.low, w.high))
     };
+    let mut per_family: std::collections::BTreeMap<String, (f64, f64, f64)> =
+        std::collections::BTreeMap::new();
+    for ((t, &b), &f) in eval.iter().zip(&baseline).zip(&final_results) {
+        let family = t.metadata.as_ref().map_or_else(String::new, |m| m.family.clone());
+        let e = per_family.entry(family).or_default();
+        e.0 += f64::from(u8::from(b));
+        e.1 += f64::from(u8::from(f));
+        e.2 += 1.0;
+    }
+    let per_family = per_family.into_iter().map(|(k, (b, f, n))| (k, (b / n, f / n))).collect();
     let summary = Summary {
         baseline_success_rate: rate(&baseline),
         final_success_rate: rate(&final_results),
@@ -366,6 +378,7 @@ pub fn run(
         wall_seconds: started.elapsed().as_secs_f64(),
         warm_start_seconds,
         warm_start_cached: cached,
+        per_family,
     };
     on_event(&Event::Done(summary.clone()));
     Ok(summary)

@@ -88,7 +88,7 @@ impl Default for WarmStartSettings {
         Self {
             model: ModelSize::default(),
             n_demos: 3000,
-            steps: 300,
+            steps: 400,
             batch_size: 32,
             learning_rate: 1e-3,
             seed: 1234,
