@@ -219,7 +219,7 @@ fn embedded_default_config() -> GRPOConfig {
         n_iterations: 40,
         batch_size: 16,
         n_trajectories_per_query: 8,
-        learning_rate: 3e-4,
+        learning_rate: 1e-4,
         beta: 0.0,
         temperature: 1.0,
         top_p: 1.0,
