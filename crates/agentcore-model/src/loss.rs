@@ -205,3 +205,16 @@ pub fn masked_mean_last(values: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let counts = mask.sum_keepdim(D::Minus1)?.maximum(1.0)?;
     Ok(((values * mask)?.sum_keepdim(D::Minus1)? / counts)?)
 }
+
+/// The supervised loss: mean negative log-likelihood of the tokens of `sequences` where `mask`
+/// (batch, longest; 1.0 = in the loss) is set, a differentiable scalar. Used by the warm start.
+pub fn masked_nll(
+    model: &crate::decoder::Decoder,
+    sequences: &[Vec<u32>],
+    mask: &Tensor,
+    pad_token: u32,
+) -> Result<Tensor> {
+    let n = f64::from(mask.sum_all()?.to_scalar::<f32>()?).max(1.0);
+    let logp = crate::generate::token_logprobs(model, sequences, 1.0, pad_token)?;
+    Ok(((logp * mask)?.sum_all()?.neg()? / n)?)
+}

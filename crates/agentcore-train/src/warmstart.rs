@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_model::checkpoint::{load_checkpoint, save_checkpoint};
 use agentcore_model::decoder::{Decoder, DecoderConfig};
-use agentcore_model::generate::token_logprobs;
+use agentcore_model::loss::masked_nll;
 use agentcore_model::optim::{AdamW, AdamWConfig};
 use agentcore_model::tokenizer::{ByteTokenizer, SpecialToken};
 use agentcore_tasks::Task;
@@ -239,9 +239,7 @@ pub fn warm_start(
             }
         }
         let mask = Tensor::from_vec(mask, (batch.len(), width), &Device::Cpu)?;
-        let n = f64::from(mask.sum_all()?.to_scalar::<f32>()?).max(1.0);
-        let logp = token_logprobs(&model, &batch, 1.0, pad)?;
-        let loss = ((logp * &mask)?.sum_all()?.neg()? / n)?;
+        let loss = masked_nll(&model, &batch, &mask, pad)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         opt.step(&loss.backward()?)?;
         progress(WarmStartProgress { step: step + 1, steps: settings.steps, loss: value });

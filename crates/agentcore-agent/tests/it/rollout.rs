@@ -12,6 +12,7 @@ use agentcore_agent::trajectory::StopReason;
 use agentcore_model::decoder::{Decoder, DecoderConfig};
 use agentcore_model::generate::token_logprobs;
 use agentcore_model::hub::LoadedModel;
+use agentcore_model::loss::masked_nll;
 use agentcore_model::optim::{AdamW, AdamWConfig};
 use agentcore_model::tokenizer::{ByteTokenizer, SpecialToken, TextTokenizer};
 use candle_core::{Device, Tensor};
@@ -57,10 +58,7 @@ fn taught_model() -> &'static LoadedModel {
         let mask = Tensor::from_vec(mask, (seqs.len(), width), &Device::Cpu).expect("mask");
         let pad = tok.special(SpecialToken::Pad);
         for _ in 0..300 {
-            let logp = token_logprobs(&model, &seqs, 1.0, pad).expect("logprobs");
-            let loss = ((logp * &mask).expect("mul").sum_all().expect("sum").neg().expect("neg")
-                / f64::from(mask.sum_all().expect("n").to_scalar::<f32>().expect("n")))
-            .expect("mean");
+            let loss = masked_nll(&model, &seqs, &mask, pad).expect("loss");
             let grads = loss.backward().expect("backward");
             opt.step(&grads).expect("step");
         }

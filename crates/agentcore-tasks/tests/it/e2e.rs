@@ -13,8 +13,8 @@ use agentcore_agent::tools::{PythonTool, Toolbox};
 use agentcore_agent::trajectory::StopReason;
 use agentcore_grpo::rewards::RewardShaping;
 use agentcore_model::decoder::{Decoder, DecoderConfig};
-use agentcore_model::generate::token_logprobs;
 use agentcore_model::hub::LoadedModel;
+use agentcore_model::loss::masked_nll;
 use agentcore_model::optim::{AdamW, AdamWConfig};
 use agentcore_model::tokenizer::{ByteTokenizer, SpecialToken, TextTokenizer};
 use agentcore_tasks::judge::{RewardInput, RewardRegistry, Verifiers};
@@ -43,12 +43,8 @@ fn teach(transcripts: &[String]) -> LoadedModel {
         .flat_map(|s| (0..width).map(move |t| if t > 0 && t < s.len() { 1.0 } else { 0.0 }))
         .collect();
     let mask = Tensor::from_vec(mask, (seqs.len(), width), &Device::Cpu).expect("mask");
-    let n = f64::from(mask.sum_all().expect("n").to_scalar::<f32>().expect("n"));
     for _ in 0..250 {
-        let logp =
-            token_logprobs(&model, &seqs, 1.0, tok.special(SpecialToken::Pad)).expect("logprobs");
-        let loss = ((logp * &mask).expect("mul").sum_all().expect("sum").neg().expect("neg") / n)
-            .expect("mean");
+        let loss = masked_nll(&model, &seqs, &mask, tok.special(SpecialToken::Pad)).expect("loss");
         opt.step(&loss.backward().expect("backward")).expect("step");
     }
     LoadedModel {
