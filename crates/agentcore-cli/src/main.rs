@@ -13,6 +13,8 @@ use agentcore_model::bench::{BenchSettings, ModelBenchReport, run_model_bench};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod train_cmd;
+
 /// Train LLM agents with GRPO.
 #[derive(Debug, Parser)]
 #[command(name = "agentcore", version, about, long_about = None)]
@@ -34,44 +36,22 @@ enum Command {
     Tasks(TasksCommand),
     /// Train an agent with GRPO. With no arguments: the embedded default (warm-start the built-in
     /// agent on the `seed` suite, measure it on held-out tasks, GRPO, measure again).
-    Train(TrainArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct TrainArgs {
-    /// GRPOConfig file (JSON, YAML or TOML); flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// GRPO iterations.
-    #[arg(long)]
-    n_iterations: Option<u32>,
-    /// Queries per iteration.
-    #[arg(long)]
-    batch_size: Option<u32>,
-    /// Rollouts per query (the group size).
-    #[arg(long)]
-    n_trajectories_per_query: Option<u32>,
-    /// AdamW learning rate.
-    #[arg(long)]
-    learning_rate: Option<f64>,
-    /// The job's seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Seed tasks generated (split into train and held-out).
-    #[arg(long, default_value_t = 1200)]
-    n_tasks: usize,
-    /// Share of each family held out for evaluation.
-    #[arg(long, default_value_t = 0.2)]
-    eval_fraction: f64,
-    /// Warm-start optimizer steps.
-    #[arg(long)]
-    warm_start_steps: Option<usize>,
-    /// Where the warm-start cache and runs live [default: $AGENTCORE_HOME or ~/.agentcore].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// One JSON object per event on stdout (iterations, then the summary).
-    #[arg(long)]
-    json: bool,
+    Train(train_cmd::TrainArgs),
+    /// Evaluate a checkpoint of a job against the agent before training, on the same queries
+    /// (paired: McNemar, paired t-test, bootstrap).
+    Eval(train_cmd::EvalArgs),
+    /// Export a job's trajectories (JSONL in the guide's shape, or a Hugging Face datasets
+    /// folder).
+    Export(train_cmd::ExportArgs),
+    /// List the jobs of the data directory's store.
+    Jobs {
+        /// See `train --data-dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,7 +136,7 @@ impl From<Format> for ConfigFormat {
 
 /// An error that is the user's input, not a failure of ours: exit code 2.
 #[derive(Debug)]
-struct InputError(String);
+pub(crate) struct InputError(pub(crate) String);
 
 impl std::fmt::Display for InputError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -212,144 +192,12 @@ fn configure_cpu_threads() {
     }
 }
 
-/// The embedded default's GRPO settings for the built-in model (design.md: lr 1e-4 to 3e-4, 16
-/// queries x 8 samples, one update per batch, no KL).
-fn embedded_default_config() -> GRPOConfig {
-    GRPOConfig {
-        n_iterations: 40,
-        batch_size: 16,
-        n_trajectories_per_query: 8,
-        learning_rate: 1e-4,
-        beta: 0.0,
-        temperature: 1.0,
-        top_p: 1.0,
-        top_k: None,
-        max_completion_length: 64,
-        eval_interval: 10,
-        ..GRPOConfig::default()
-    }
-}
-
-fn train(args: TrainArgs) -> anyhow::Result<()> {
-    use agentcore_train::job::{Event, JobSettings, run as run_job};
-    use agentcore_train::warmstart::WarmStartSettings;
-    let mut config = match &args.config {
-        Some(path) => load_config(path)?,
-        None => embedded_default_config(),
-    };
-    if let Some(v) = args.n_iterations {
-        config.n_iterations = v;
-    }
-    if let Some(v) = args.batch_size {
-        config.batch_size = v;
-    }
-    if let Some(v) = args.n_trajectories_per_query {
-        config.n_trajectories_per_query = v;
-    }
-    if let Some(v) = args.learning_rate {
-        config.learning_rate = v;
-    }
-    if let Some(v) = args.seed {
-        config.seed = v;
-    }
-    let text = config.to_string_format(ConfigFormat::Json);
-    let config = GRPOConfig::from_json_str(&text).map_err(|e| InputError(e.to_string()))?;
-    if !(args.eval_fraction > 0.0 && args.eval_fraction < 1.0) {
-        return Err(InputError(format!(
-            "--eval-fraction must be in (0, 1), got {}",
-            args.eval_fraction
-        ))
-        .into());
-    }
-    let data_dir = match args.data_dir {
-        Some(d) => d,
-        None => std::env::var_os("AGENTCORE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::var_os("HOME").map_or_else(
-                || PathBuf::from(".agentcore"),
-                |h| PathBuf::from(h).join(".agentcore"),
-            )
-        }),
-    };
-    let mut warm_start = WarmStartSettings::default();
-    if let Some(s) = args.warm_start_steps {
-        warm_start.steps = s;
-    }
-    let settings = JobSettings {
-        config,
-        warm_start,
-        n_tasks: args.n_tasks,
-        eval_fraction: args.eval_fraction,
-        max_difficulty: 2,
-        data_dir,
-    };
-    let sandbox = std::sync::Arc::new(agentcore_agent::sandbox::PythonSandbox::detect()?);
-    let json = args.json;
-    let mut stderr = std::io::stderr();
-    let mut stdout = std::io::stdout();
-    let summary = run_job(&settings, sandbox, &mut |event| {
-        if json && !matches!(event, Event::WarmStart(_)) {
-            let _ = writeln!(stdout, "{}", serde_json::to_string(event).unwrap_or_default());
-        }
-        let line = match event {
-            Event::WarmStart(p) if p.step % 25 == 0 || p.step == p.steps => {
-                Some(format!("warm start {}/{}: loss {:.3}", p.step, p.steps, p.loss))
-            }
-            Event::WarmStart(_) => None,
-            Event::Baseline { success_rate, eval_queries } => Some(format!(
-                "baseline: {:.1}% of {eval_queries} held-out queries",
-                success_rate * 100.0
-            )),
-            Event::Iteration(m) => Some(format!(
-                "iteration {:>3}: success {:5.1}%  reward {:.3}  loss {:+.4}  zero-std {:.2}  rollout {:.1}s  update {:.1}s{}",
-                m.iteration,
-                m.success_rate * 100.0,
-                m.avg_reward,
-                m.train_loss,
-                m.frac_reward_zero_std,
-                m.rollout_seconds,
-                m.update_seconds,
-                m.eval_success_rate
-                    .map_or(String::new(), |e| format!("  held-out {:.1}%", e * 100.0))
-            )),
-            Event::Done(_) => None,
-        };
-        if let Some(line) = line {
-            let _ = writeln!(stderr, "{line}");
-        }
-    })?;
-    if !json {
-        let s = &summary;
-        write_stdout(&format!(
-            "success rate {:.1}% -> {:.1}% ({:+.1} points, McNemar p = {:.3e}) on {} held-out queries
-             baseline 95% CI [{:.1}%, {:.1}%], final 95% CI [{:.1}%, {:.1}%]
-             {} iterations, wall {:.0} s (warm start {:.0} s{})
-",
-            s.baseline_success_rate * 100.0,
-            s.final_success_rate * 100.0,
-            (s.final_success_rate - s.baseline_success_rate) * 100.0,
-            s.p_value,
-            s.eval_queries,
-            s.baseline_interval.0 * 100.0,
-            s.baseline_interval.1 * 100.0,
-            s.final_interval.0 * 100.0,
-            s.final_interval.1 * 100.0,
-            s.iterations,
-            s.wall_seconds,
-            s.warm_start_seconds,
-            if s.warm_start_cached { ", cached" } else { "" },
-        ))?;
-        let mut table = format!("{:<16} {:>9} {:>9}\n", "family", "baseline", "final");
-        for (family, (b, f)) in &s.per_family {
-            table += &format!("{family:<16} {:>8.0}% {:>8.0}%\n", b * 100.0, f * 100.0);
-        }
-        write_stdout(&table)?;
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Train(args) => train(args)?,
+        Command::Train(args) => train_cmd::train(args)?,
+        Command::Eval(args) => train_cmd::eval(args)?,
+        Command::Export(args) => train_cmd::export(args)?,
+        Command::Jobs { data_dir, json } => train_cmd::jobs(data_dir, json)?,
         Command::Tasks(TasksCommand::Generate { suite, n, seed, difficulty }) => {
             if suite != "seed" {
                 return Err(InputError(format!("--suite must be `seed`, got `{suite}`")).into());
@@ -442,7 +290,7 @@ fn load_config(path: &Path) -> anyhow::Result<GRPOConfig> {
         .map_err(|e: GrpoError| InputError(format!("{}: {e}", path.display())).into())
 }
 
-fn write_stdout(text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes()).context("writing to stdout")?;
     if !text.ends_with('\n') {

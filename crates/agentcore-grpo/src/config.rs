@@ -92,6 +92,16 @@ pub struct GRPOConfig {
     pub early_stopping_patience: Option<u32>,
     /// Gradient-norm clipping threshold for the optimizer. > 0, default 1.0.
     pub max_grad_norm: f64,
+    /// Optimizer steps on each batch of rollouts (TRL's `num_iterations`, the mu of the GRPO
+    /// paper; not to be confused with `n_iterations`, the number of batches). After the first
+    /// step the policy differs from the one that sampled, which is what the clipped ratio is
+    /// for. 1..=16, default 1.
+    pub num_iterations: u32,
+    /// Optimizer steps over which the learning rate rises linearly from 0 to `learning_rate`
+    /// (TRL's `warmup_steps`). Adam's first steps move every weight by about the learning rate
+    /// whatever the gradient's size; a warm-up keeps a noisy first batch from undoing a warm
+    /// start. >= 0, default 0.
+    pub warmup_steps: u32,
     /// Outcome reward values and optional shaping (the guide's constants).
     pub reward_shaping: RewardShaping,
 }
@@ -121,6 +131,8 @@ impl Default for GRPOConfig {
             eval_interval: 10,
             early_stopping_patience: None,
             max_grad_norm: 1.0,
+            num_iterations: 1,
+            warmup_steps: 0,
             reward_shaping: RewardShaping::default(),
         }
     }
@@ -189,6 +201,8 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "eval_interval",
     "early_stopping_patience",
     "max_grad_norm",
+    "num_iterations",
+    "warmup_steps",
     "reward_shaping",
     "reward_shaping.enabled",
     "reward_shaping.success_reward",
@@ -409,6 +423,12 @@ impl GRPOConfig {
             self.max_grad_norm > 0.0 && self.max_grad_norm.is_finite(),
             "must be > 0 and finite",
             &self.max_grad_norm,
+        );
+        check(
+            "num_iterations",
+            int_range(self.num_iterations, 1, 16),
+            "must be in 1..=16",
+            &self.num_iterations,
         );
         out.extend(self.reward_shaping.violations("reward_shaping"));
         out

@@ -29,11 +29,16 @@ use crate::optim::{AdamW, AdamWConfig};
 /// Version of the checkpoint layout.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 
-const MODEL_FILE: &str = "model.safetensors";
-const ADAPTER_FILE: &str = "adapter_model.safetensors";
-const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-const STATE_FILE: &str = "trainer_state.json";
+/// Full weights of a checkpoint.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// LoRA weights of a checkpoint (PEFT layout).
+pub const ADAPTER_FILE: &str = "adapter_model.safetensors";
+/// LoRA settings of a checkpoint (PEFT layout).
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// Optimizer moments.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Step, configs and RNG.
+pub const STATE_FILE: &str = "trainer_state.json";
 /// PEFT's key prefix for the adapters of a causal LM.
 const PEFT_PREFIX: &str = "base_model.model.";
 
@@ -160,14 +165,15 @@ pub fn load_lora_adapter(dir: &Path, model: &Decoder, device: &Device) -> Result
     model.params().load_values(&stripped, &source)
 }
 
-/// Writes a checkpoint directory at `dir` (replacing one that is there).
-pub fn save_checkpoint(
-    dir: &Path,
+/// The files of a checkpoint, named as [`save_checkpoint`] writes them: the weights (or the
+/// PEFT adapter), the optimizer moments and `trainer_state.json`. For callers that add files of
+/// their own to the same atomic directory.
+pub fn checkpoint_files(
     model: &Decoder,
     optimizer: &AdamW,
     rng: &ChaCha8Rng,
-) -> Result<()> {
-    let files: Vec<(&str, Vec<u8>)> = match model.lora() {
+) -> Result<Vec<(&'static str, Vec<u8>)>> {
+    let mut files: Vec<(&'static str, Vec<u8>)> = match model.lora() {
         Some(lora) => {
             let (config, weights) = peft_files(model, lora, "")?;
             vec![(ADAPTER_CONFIG_FILE, config), (ADAPTER_FILE, weights)]
@@ -177,7 +183,7 @@ pub fn save_checkpoint(
             vec![(MODEL_FILE, model.params().to_safetensors(metadata)?)]
         }
     };
-    let moments = safetensors_bytes(optimizer.state_tensors(), "optimizer state")?;
+    files.push((OPTIMIZER_FILE, safetensors_bytes(optimizer.state_tensors(), "optimizer state")?));
     let state = TrainerState {
         format_version: CHECKPOINT_FORMAT_VERSION,
         step: optimizer.step_count(),
@@ -186,13 +192,22 @@ pub fn save_checkpoint(
         optimizer: optimizer.config().clone(),
         rng: rng.clone(),
     };
-    let state = json_bytes(&state, "trainer state")?;
+    files.push((STATE_FILE, json_bytes(&state, "trainer state")?));
+    Ok(files)
+}
+
+/// Writes a checkpoint directory at `dir` (replacing one that is there).
+pub fn save_checkpoint(
+    dir: &Path,
+    model: &Decoder,
+    optimizer: &AdamW,
+    rng: &ChaCha8Rng,
+) -> Result<()> {
+    let files = checkpoint_files(model, optimizer, rng)?;
     write_dir_atomic(dir, |tmp| -> Result<()> {
         for (name, bytes) in &files {
             write_atomic(&tmp.join(name), bytes)?;
         }
-        write_atomic(&tmp.join(OPTIMIZER_FILE), &moments)?;
-        write_atomic(&tmp.join(STATE_FILE), &state)?;
         Ok(())
     })
 }

@@ -3,11 +3,17 @@
 //!
 //! - [`demos`]: the imperfect demonstrations of the warm start.
 //! - [`warmstart`]: supervised warm start, cached in the data directory.
+//! - [`eval`]: a checkpoint against the agent before training, paired.
 //! - [`job`]: the job itself.
+//! - [`report`]: `report.md` and the learning curves of a finished job.
+//! - [`update`]: one policy update (micro-batched GRPO loss, AdamW step).
 #![deny(missing_docs)]
 
 pub mod demos;
+pub mod eval;
 pub mod job;
+pub mod report;
+pub mod update;
 pub mod warmstart;
 
 /// Errors of the job.
@@ -25,6 +31,9 @@ pub enum TrainError {
     /// Tensor error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// File error.
+    #[error(transparent)]
+    Fs(#[from] agentcore_fs::FsError),
     /// Anything else about the job.
     #[error("{0}")]
     Job(String),

@@ -1,0 +1,791 @@
+//! `agentcore train`, `agentcore eval`, `agentcore export` and `agentcore jobs`: the job runs
+//! in-process, everything it reports goes to the SQLite store of the data directory.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agentcore_grpo::{ConfigFormat, GRPOConfig};
+use agentcore_store::{BlockingStore, CheckpointRow, NewJob, TrajectoryFilter, TrajectoryRow};
+use agentcore_train::job::{
+    Event, JobContext, JobSettings, SEED_AGENT_ID, Summary, read_job_settings, resume_point,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use crate::{InputError, write_stdout};
+
+/// Arguments of `agentcore train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Job file (YAML, TOML or JSON): a GRPOConfig, or `{grpo: {...}, warm_start: {...},
+    /// n_tasks, eval_fraction, max_difficulty, price_per_hour_usd}`. Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the job JOB from its last complete checkpoint (same settings).
+    #[arg(long, value_name = "JOB")]
+    resume: Option<String>,
+    /// GRPO iterations.
+    #[arg(long)]
+    n_iterations: Option<u32>,
+    /// Queries per iteration.
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Rollouts per query (the group size).
+    #[arg(long)]
+    n_trajectories_per_query: Option<u32>,
+    /// AdamW learning rate.
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// The job's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Money limit in US dollars.
+    #[arg(long)]
+    max_budget_usd: Option<rust_decimal::Decimal>,
+    /// Price of an hour of this machine in US dollars (the cost of local compute).
+    #[arg(long)]
+    price_per_hour_usd: Option<rust_decimal::Decimal>,
+    /// Seed tasks generated (split into train and held-out).
+    #[arg(long)]
+    n_tasks: Option<usize>,
+    /// Share of each family held out for evaluation.
+    #[arg(long)]
+    eval_fraction: Option<f64>,
+    /// Warm-start optimizer steps.
+    #[arg(long)]
+    warm_start_steps: Option<usize>,
+    /// Where the store, the warm-start cache and the runs live [default: $AGENTCORE_HOME or
+    /// ~/.agentcore].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// One JSON object per event on stdout (iterations, checkpoints, then the summary).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The embedded default's GRPO settings for the built-in model: 16 queries x 8 samples, one
+/// update per batch, no KL, lr 1e-4 (measured in BENCHMARKS.md).
+pub fn embedded_default_config() -> GRPOConfig {
+    GRPOConfig {
+        n_iterations: 100,
+        batch_size: 16,
+        n_trajectories_per_query: 8,
+        learning_rate: 1e-4,
+        beta: 0.0,
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: None,
+        max_completion_length: 64,
+        eval_interval: 10,
+        checkpoint_interval: 10,
+        max_budget_usd: rust_decimal::Decimal::new(100, 2),
+        ..GRPOConfig::default()
+    }
+}
+
+/// The data directory: the flag, `$AGENTCORE_HOME`, or `~/.agentcore`.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| {
+        std::env::var_os("AGENTCORE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::var_os("HOME").map_or_else(
+                || PathBuf::from(".agentcore"),
+                |h| PathBuf::from(h).join(".agentcore"),
+            )
+        })
+    })
+}
+
+fn parse_document(path: &Path) -> anyhow::Result<(Value, ConfigFormat, String)> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let format = ConfigFormat::from_extension(extension).ok_or_else(|| {
+        InputError(format!(
+            "{}: unknown config format `.{extension}`: use .json, .yaml, .yml or .toml",
+            path.display()
+        ))
+    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    let value: Value = match format {
+        ConfigFormat::Json => serde_json::from_str(&text).map_err(|e| e.to_string()),
+        ConfigFormat::Yaml => serde_yaml_ng::from_str(&text).map_err(|e| e.to_string()),
+        ConfigFormat::Toml => toml::from_str(&text).map_err(|e| e.to_string()),
+    }
+    .map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    Ok((value, format, text))
+}
+
+/// The job settings of a `--config` file.
+fn load_job_file(path: &Path) -> anyhow::Result<JobSettings> {
+    let (value, format, text) = parse_document(path)?;
+    let bad = |e: String| InputError(format!("{}: {e}", path.display()));
+    let Some(map) = value.as_object().filter(|m| m.contains_key("grpo")) else {
+        // A plain GRPOConfig: parsed by its own loader (unknown fields named, ranges checked).
+        let config = GRPOConfig::from_str_format(&text, format).map_err(|e| bad(e.to_string()))?;
+        return Ok(JobSettings { config, ..JobSettings::default() });
+    };
+    let mut map = map.clone();
+    let grpo = map.remove("grpo").unwrap_or(Value::Null);
+    let config = GRPOConfig::from_value(grpo).map_err(|e| bad(format!("grpo: {e}")))?;
+    let defaults = serde_json::to_value(JobSettings::default()).map_err(|e| bad(e.to_string()))?;
+    let mut merged = defaults.as_object().cloned().unwrap_or_default();
+    for (k, v) in map {
+        if k == "warm_start"
+            && let (Some(Value::Object(base)), Value::Object(over)) = (merged.get_mut(&k), &v)
+        {
+            for (wk, wv) in over {
+                base.insert(wk.clone(), wv.clone());
+            }
+            continue;
+        }
+        if !merged.contains_key(&k) {
+            return Err(bad(format!(
+                "unknown field `{k}` (expected grpo, warm_start, n_tasks, eval_fraction, \
+                 max_difficulty, price_per_hour_usd)"
+            ))
+            .into());
+        }
+        merged.insert(k, v);
+    }
+    merged.insert("config".into(), serde_json::to_value(&config).map_err(|e| bad(e.to_string()))?);
+    let settings: JobSettings =
+        serde_json::from_value(Value::Object(merged)).map_err(|e| bad(e.to_string()))?;
+    Ok(settings)
+}
+
+fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
+    let mut settings = match &args.config {
+        Some(path) => load_job_file(path)?,
+        None => JobSettings { config: embedded_default_config(), ..JobSettings::default() },
+    };
+    let c = &mut settings.config;
+    if let Some(v) = args.n_iterations {
+        c.n_iterations = v;
+    }
+    if let Some(v) = args.batch_size {
+        c.batch_size = v;
+    }
+    if let Some(v) = args.n_trajectories_per_query {
+        c.n_trajectories_per_query = v;
+    }
+    if let Some(v) = args.learning_rate {
+        c.learning_rate = v;
+    }
+    if let Some(v) = args.seed {
+        c.seed = v;
+    }
+    if let Some(v) = args.max_budget_usd {
+        c.max_budget_usd = v;
+    }
+    if let Some(v) = args.price_per_hour_usd {
+        settings.price_per_hour_usd = v;
+    }
+    if let Some(v) = args.n_tasks {
+        settings.n_tasks = v;
+    }
+    if let Some(v) = args.eval_fraction {
+        settings.eval_fraction = v;
+    }
+    if let Some(v) = args.warm_start_steps {
+        settings.warm_start.steps = v;
+    }
+    // Validate the whole config (flags included) before any work starts.
+    let text = settings.config.to_string_format(ConfigFormat::Json);
+    settings.config = GRPOConfig::from_json_str(&text).map_err(|e| InputError(e.to_string()))?;
+    let problems = settings.violations();
+    if !problems.is_empty() {
+        return Err(InputError(format!("invalid job: {}", problems.join("; "))).into());
+    }
+    Ok(settings)
+}
+
+fn changes_settings(args: &TrainArgs) -> bool {
+    args.config.is_some()
+        || args.n_iterations.is_some()
+        || args.batch_size.is_some()
+        || args.n_trajectories_per_query.is_some()
+        || args.learning_rate.is_some()
+        || args.seed.is_some()
+        || args.max_budget_usd.is_some()
+        || args.price_per_hour_usd.is_some()
+        || args.n_tasks.is_some()
+        || args.eval_fraction.is_some()
+        || args.warm_start_steps.is_some()
+}
+
+/// The built-in agent's definition, as registered under `seed-agent`.
+fn seed_agent_definition(settings: &JobSettings) -> Value {
+    json!({
+        "id": SEED_AGENT_ID,
+        "model": {"built_in": settings.warm_start.model},
+        "tools": [{"python": {}}],
+        "format": "tags",
+        "tasks": "seed",
+    })
+}
+
+fn store_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agentcore.db")
+}
+
+/// Writes what the job reports into the store.
+struct Recorder<'a> {
+    store: &'a BlockingStore,
+    job_id: String,
+    error: Option<String>,
+}
+
+impl Recorder<'_> {
+    fn record(&mut self, event: &Event) {
+        if self.error.is_some() {
+            return;
+        }
+        let job = self.job_id.as_str();
+        let result = match event {
+            Event::WarmStart(_) => Ok(()),
+            Event::Started { resumed_from, total_iterations, .. } => {
+                let payload =
+                    json!({"resumed_from": resumed_from, "total_iterations": total_iterations});
+                self.store.call(|s| s.record_event(job, "training.started", &payload))
+            }
+            Event::Baseline { success_rate, eval_queries } => {
+                let payload = json!({"success_rate": success_rate, "eval_queries": eval_queries});
+                self.store.call(|s| s.record_event(job, "training.baseline", &payload))
+            }
+            Event::Rollouts { iteration, records } => {
+                let rows: Vec<TrajectoryRow> = records
+                    .iter()
+                    .map(|r| TrajectoryRow {
+                        id: 0,
+                        job_id: job.to_string(),
+                        iteration: *iteration,
+                        query_index: u32::try_from(r.query_index).unwrap_or(u32::MAX),
+                        sample_index: u32::try_from(r.sample_index).unwrap_or(u32::MAX),
+                        query: r.trajectory.query.clone(),
+                        expected_outcome: r.expected_outcome.clone(),
+                        success: r.success,
+                        reward: r.reward,
+                        advantage: r.advantage,
+                        trajectory: serde_json::to_value(&r.trajectory).unwrap_or(Value::Null),
+                        created_at: String::new(),
+                    })
+                    .collect();
+                self.store.call(|s| s.insert_trajectories(&rows))
+            }
+            Event::Iteration(m) => {
+                let metrics = serde_json::to_value(m).unwrap_or(Value::Null);
+                let cost = m.cost_usd.to_string();
+                self.store.call(|s| s.record_iteration(job, m.iteration, &metrics, &cost)).and_then(
+                    |()| self.store.call(|s| s.record_event(job, "training.iteration", &metrics)),
+                )
+            }
+            Event::Checkpoint(c) => {
+                let row = CheckpointRow {
+                    id: c.checkpoint_id.clone(),
+                    job_id: job.to_string(),
+                    iteration: c.iteration,
+                    path: c.path.display().to_string(),
+                    eval_success_rate: c.eval_success_rate,
+                    deleted: false,
+                    created_at: String::new(),
+                };
+                let payload = json!({"checkpoint_id": c.checkpoint_id, "iteration": c.iteration});
+                self.store.call(|s| s.record_checkpoint(&row)).and_then(|()| {
+                    self.store.call(|s| s.record_event(job, "training.checkpoint.saved", &payload))
+                })
+            }
+            Event::CheckpointRemoved { checkpoint_id } => {
+                self.store.call(|s| s.mark_checkpoint_deleted(checkpoint_id))
+            }
+            Event::Budget { state, spent_usd, budget_usd } => {
+                let kind = if *state == agentcore_grpo::budget::BudgetState::Exceeded {
+                    "training.budget.exceeded"
+                } else {
+                    "training.budget.warning"
+                };
+                let payload =
+                    json!({"state": state, "spent_usd": spent_usd, "budget_usd": budget_usd});
+                self.store.call(|s| s.record_event(job, kind, &payload))
+            }
+            Event::Done(summary) => {
+                let value = serde_json::to_value(summary).unwrap_or(Value::Null);
+                let status = match summary.stop_reason {
+                    agentcore_train::job::StopReason::Cancelled => "cancelled",
+                    _ => "completed",
+                };
+                self.store.call(|s| {
+                    s.finish_job(
+                        job,
+                        status,
+                        Some(summary.stop_reason.as_str()),
+                        Some(&value),
+                        summary.best_checkpoint_id.as_deref(),
+                        None,
+                    )
+                })
+            }
+        };
+        if let Err(e) = result {
+            self.error = Some(e.to_string());
+        }
+    }
+}
+
+/// What the terminal shows: a progress bar on a terminal, plain lines otherwise.
+struct Display {
+    bar: ProgressBar,
+    warm: Option<ProgressBar>,
+    terminal: bool,
+    json: bool,
+}
+
+impl Display {
+    fn new(json: bool) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} iteration {pos}/{len} [{bar:30}] {msg} · {elapsed_precise} · ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        if !terminal {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Self { bar, warm: None, terminal, json }
+    }
+
+    fn line(&self, text: &str) {
+        if self.terminal {
+            self.bar.println(text);
+        } else {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        }
+    }
+
+    fn show(&mut self, event: &Event) {
+        if self.json && !matches!(event, Event::WarmStart(_) | Event::Rollouts { .. }) {
+            let _ =
+                writeln!(std::io::stdout(), "{}", serde_json::to_string(event).unwrap_or_default());
+        }
+        match event {
+            Event::WarmStart(p) => {
+                if self.terminal {
+                    let warm = self.warm.get_or_insert_with(|| {
+                        let b = ProgressBar::new(p.steps as u64);
+                        b.set_style(
+                            ProgressStyle::with_template(
+                                "warm start {pos}/{len} [{bar:30}] loss {msg} · ETA {eta}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                        );
+                        b
+                    });
+                    warm.set_position(p.step as u64);
+                    warm.set_message(format!("{:.3}", p.loss));
+                    if p.step == p.steps {
+                        warm.finish();
+                    }
+                } else if p.step % 50 == 0 || p.step == p.steps {
+                    self.line(&format!("warm start {}/{}: loss {:.3}", p.step, p.steps, p.loss));
+                }
+            }
+            Event::Started { job_id, run_dir, resumed_from, total_iterations, .. } => {
+                self.bar.set_length(u64::from(*total_iterations));
+                self.bar.set_position(u64::from(resumed_from.unwrap_or(0)));
+                self.bar.reset_eta();
+                self.line(&match resumed_from {
+                    Some(i) => {
+                        format!("job {job_id}: resumed after iteration {i} ({})", run_dir.display())
+                    }
+                    None => format!("job {job_id} ({})", run_dir.display()),
+                });
+            }
+            Event::Baseline { success_rate, eval_queries } => self.line(&format!(
+                "baseline: {:.1}% of {eval_queries} held-out queries",
+                success_rate * 100.0
+            )),
+            Event::Rollouts { .. } | Event::CheckpointRemoved { .. } => {}
+            Event::Iteration(m) => {
+                self.bar.set_position(u64::from(m.iteration));
+                self.bar.set_message(format!(
+                    "success {:4.1}% · reward {:.2} · loss {:+.3} · ${}",
+                    m.success_rate * 100.0,
+                    m.avg_reward,
+                    m.train_loss,
+                    m.cost_usd.round_dp(4)
+                ));
+                if !self.terminal || m.eval_success_rate.is_some() {
+                    self.line(&format!(
+                        "iteration {:>3}: success {:5.1}%  reward {:.3}  loss {:+.4}  zero-std {:.2}  rollout {:.1}s  update {:.1}s{}",
+                        m.iteration,
+                        m.success_rate * 100.0,
+                        m.avg_reward,
+                        m.train_loss,
+                        m.frac_reward_zero_std,
+                        m.rollout_seconds,
+                        m.update_seconds,
+                        m.eval_success_rate
+                            .map_or(String::new(), |e| format!("  held-out {:.1}%", e * 100.0))
+                    ));
+                }
+            }
+            Event::Checkpoint(c) => {
+                if !self.terminal {
+                    self.line(&format!("checkpoint {} saved", c.checkpoint_id));
+                }
+            }
+            Event::Budget { state, spent_usd, budget_usd } => self.line(&format!(
+                "budget {}: ${} of ${budget_usd} spent",
+                state.as_str(),
+                spent_usd.round_dp(4)
+            )),
+            Event::Done(_) => self.bar.finish_and_clear(),
+        }
+    }
+}
+
+fn summary_text(s: &Summary) -> String {
+    let mut out = format!(
+        "job {}: success rate {:.1}% -> {:.1}% ({:+.1} points, McNemar p = {:.3e}) on {} held-out queries\n\
+         baseline 95% CI [{:.1}%, {:.1}%], final 95% CI [{:.1}%, {:.1}%]\n\
+         {} iterations ({}), wall {:.0} s (warm start {:.0} s{}), cost ${} of ${}\n\
+         best checkpoint: {}\n",
+        s.job_id,
+        s.baseline_success_rate * 100.0,
+        s.final_success_rate * 100.0,
+        (s.final_success_rate - s.baseline_success_rate) * 100.0,
+        s.p_value,
+        s.eval_queries,
+        s.baseline_interval.0 * 100.0,
+        s.baseline_interval.1 * 100.0,
+        s.final_interval.0 * 100.0,
+        s.final_interval.1 * 100.0,
+        s.iterations,
+        s.stop_reason.as_str(),
+        s.wall_seconds,
+        s.warm_start_seconds,
+        if s.warm_start_cached { ", cached" } else { "" },
+        s.cost_usd.round_dp(4),
+        s.budget_usd,
+        s.best_checkpoint_id.as_deref().unwrap_or("none"),
+    );
+    out += &format!("\n{:<16} {:>9} {:>9}\n", "family", "baseline", "final");
+    for (family, (b, f)) in &s.per_family {
+        out += &format!("{family:<16} {:>8.0}% {:>8.0}%\n", b * 100.0, f * 100.0);
+    }
+    out += &format!(
+        "\nreport: {}\ncurves: {}\n",
+        s.run_dir.join("report.md").display(),
+        s.run_dir.join("curves.png").display()
+    );
+    out
+}
+
+/// `agentcore train`.
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let data_dir = data_dir(args.data_dir.clone());
+    let (settings, job_id) = match &args.resume {
+        Some(job) => {
+            if changes_settings(&args) {
+                return Err(InputError(format!(
+                    "--resume {job} continues the job with its saved settings: leave out \
+                     --config and the flags that change settings"
+                ))
+                .into());
+            }
+            let settings =
+                read_job_settings(&data_dir, job).map_err(|e| InputError(e.to_string()))?;
+            (settings, job.clone())
+        }
+        None => (settings_from_args(&args)?, uuid::Uuid::new_v4().to_string()),
+    };
+    let sandbox = Arc::new(agentcore_agent::sandbox::PythonSandbox::detect()?);
+    let store = BlockingStore::open(&store_path(&data_dir))?;
+    let definition = seed_agent_definition(&settings);
+    store.call(|s| s.register_agent(SEED_AGENT_ID, &definition))?;
+    let ctx = JobContext {
+        data_dir: data_dir.clone(),
+        job_id: job_id.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let new_job = NewJob {
+        id: job_id.clone(),
+        agent_id: SEED_AGENT_ID.into(),
+        settings: serde_json::to_value(&settings).unwrap_or(Value::Null),
+        total_iterations: settings.config.n_iterations,
+        budget_usd: settings.config.max_budget_usd.to_string(),
+        run_dir: ctx.run_dir().display().to_string(),
+    };
+    store.call(|s| s.start_job(&new_job))?;
+    if args.resume.is_some() {
+        let point = resume_point(&data_dir, &job_id)?.unwrap_or(0);
+        store.call(|s| s.forget_after(&job_id, point))?;
+    }
+    {
+        let stop = Arc::clone(&ctx.stop);
+        // A second Ctrl-C while the checkpoint is written ends the process the usual way.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nstopping after this iteration with a checkpoint (Ctrl-C again to quit now)"
+            );
+        });
+    }
+    let mut display = Display::new(args.json);
+    let mut recorder = Recorder { store: &store, job_id: job_id.clone(), error: None };
+    let result = agentcore_train::job::run(&settings, &ctx, sandbox, &mut |event| {
+        recorder.record(event);
+        display.show(event);
+    });
+    let recorder_error = recorder.error.take();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let message = e.to_string();
+            let _ =
+                store.call(|s| s.finish_job(&job_id, "failed", None, None, None, Some(&message)));
+            return Err(e.into());
+        }
+    };
+    if let Some(e) = recorder_error {
+        anyhow::bail!(
+            "the job ran, but recording it in {} failed: {e}",
+            store_path(&data_dir).display()
+        );
+    }
+    if !args.json {
+        write_stdout(&summary_text(&summary))?;
+    }
+    Ok(())
+}
+
+/// Arguments of `agentcore eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The job.
+    #[arg(long)]
+    job: String,
+    /// The checkpoint [default: the job's best].
+    #[arg(long)]
+    checkpoint: Option<String>,
+    /// Evaluation tasks (JSONL/JSON/CSV/Parquet in the guide's shape) [default: the job's
+    /// held-out split].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// See `train --data-dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `agentcore eval`.
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let data_dir = data_dir(args.data_dir);
+    let tasks = match &args.data {
+        Some(path) => {
+            Some(agentcore_tasks::data::load_file(path).map_err(|e| InputError(e.to_string()))?)
+        }
+        None => None,
+    };
+    let sandbox = Arc::new(agentcore_agent::sandbox::PythonSandbox::detect()?);
+    let report = agentcore_train::eval::compare(
+        &data_dir,
+        &args.job,
+        args.checkpoint.as_deref(),
+        tasks,
+        &sandbox,
+    )
+    .map_err(|e| match e {
+        agentcore_train::TrainError::Job(m) => anyhow::Error::new(InputError(m)),
+        other => other.into(),
+    })?;
+    if args.json {
+        write_stdout(&serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write_stdout(&agentcore_train::eval::text(&report))?;
+    }
+    Ok(())
+}
+
+/// Output format of `agentcore export`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// JSON lines on stdout (or `--out FILE`).
+    Jsonl,
+    /// A Hugging Face `datasets` folder (`--out DIR`).
+    Hf,
+}
+
+/// Arguments of `agentcore export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The job.
+    #[arg(long)]
+    job: String,
+    /// Only trajectories the verifier accepted.
+    #[arg(long)]
+    success_only: bool,
+    /// Only trajectories with at least this reward.
+    #[arg(long)]
+    min_reward: Option<f64>,
+    /// At most this many.
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Skip this many.
+    #[arg(long, default_value_t = 0)]
+    offset: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+    format: ExportFormat,
+    /// Output file (jsonl) or folder (hf).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// See `train --data-dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// One trajectory in the guide's export shape.
+fn export_record(t: &TrajectoryRow, success_reward: f64, failure_reward: f64, flat: bool) -> Value {
+    let steps = t.trajectory.get("steps").cloned().unwrap_or(Value::Array(Vec::new()));
+    let steps = if flat {
+        // Arrow needs one type per column: tool arguments and results as JSON text.
+        Value::Array(
+            steps
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| {
+                            json!({
+                                "state": s.get("state").cloned().unwrap_or(Value::Null),
+                                "action": s.get("action").map(Value::to_string),
+                                "result": s.get("result").map(Value::to_string),
+                                "timestamp": s.get("timestamp").cloned().unwrap_or(Value::Null),
+                                "duration_ms": s.get("duration_ms").cloned().unwrap_or(Value::Null),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    } else {
+        steps
+    };
+    let span = success_reward - failure_reward;
+    let normalized = if span.abs() < f64::EPSILON {
+        0.0
+    } else {
+        ((t.reward - failure_reward) / span).clamp(0.0, 1.0)
+    };
+    json!({
+        "trajectory_id": t.id,
+        "job_id": t.job_id,
+        "iteration": t.iteration,
+        "query": t.query,
+        "expected_outcome": if flat { Value::String(t.expected_outcome.to_string()) } else { t.expected_outcome.clone() },
+        "final_answer": t.trajectory.get("final_answer").cloned().unwrap_or(Value::Null),
+        "steps": steps,
+        "reward": t.reward,
+        "normalized_reward": normalized,
+        "advantage": t.advantage,
+        "success": t.success,
+        "execution_time_ms": t.trajectory.get("execution_time_ms").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// `agentcore export`.
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let data_dir = data_dir(args.data_dir);
+    let path = store_path(&data_dir);
+    if !path.is_file() {
+        return Err(
+            InputError(format!("no store at {}: no job has run there", path.display())).into()
+        );
+    }
+    let store = BlockingStore::open(&path)?;
+    let job = store
+        .call(|s| s.job(&args.job))?
+        .ok_or_else(|| InputError(format!("no job `{}` in {}", args.job, path.display())))?;
+    let shaping: agentcore_grpo::rewards::RewardShaping = job
+        .settings
+        .get("config")
+        .and_then(|c| c.get("reward_shaping"))
+        .and_then(|r| serde_json::from_value(r.clone()).ok())
+        .unwrap_or_default();
+    let filter = TrajectoryFilter {
+        success_only: args.success_only,
+        min_reward: args.min_reward,
+        limit: args.limit,
+        offset: args.offset,
+    };
+    let rows = store.call(|s| s.trajectories(&args.job, &filter))?;
+    let flat = matches!(args.format, ExportFormat::Hf);
+    let mut lines = String::new();
+    for r in &rows {
+        let record = export_record(r, shaping.success_reward, shaping.failure_reward, flat);
+        lines += &serde_json::to_string(&record)?;
+        lines.push('\n');
+    }
+    match (args.format, &args.out) {
+        (ExportFormat::Jsonl, None) => {
+            std::io::stdout().lock().write_all(lines.as_bytes())?;
+        }
+        (ExportFormat::Jsonl, Some(file)) => agentcore_fs::write_atomic(file, lines.as_bytes())?,
+        (ExportFormat::Hf, None) => {
+            return Err(InputError("--format hf needs --out DIR".into()).into());
+        }
+        (ExportFormat::Hf, Some(dir)) => {
+            std::fs::create_dir_all(dir.join("data"))?;
+            agentcore_fs::write_atomic(&dir.join("data").join("train.jsonl"), lines.as_bytes())?;
+            let card = format!(
+                "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train.jsonl\n---\n\n\
+                 # Trajectories of agentcore job `{}`\n\n{} trajectories (success_only: {}, min_reward: {:?}). \
+                 Load with `datasets.load_dataset(\"{}\")`. Step `action` and `result` are JSON text.\n",
+                args.job,
+                rows.len(),
+                args.success_only,
+                args.min_reward,
+                dir.display()
+            );
+            agentcore_fs::write_atomic(&dir.join("README.md"), card.as_bytes())?;
+        }
+    }
+    let _ = writeln!(std::io::stderr(), "exported {} trajectories of job {}", rows.len(), args.job);
+    Ok(())
+}
+
+/// `agentcore jobs`: the jobs of the store.
+pub fn jobs(data_dir_flag: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let data_dir = data_dir(data_dir_flag);
+    let path = store_path(&data_dir);
+    if !path.is_file() {
+        write_stdout("no jobs yet")?;
+        return Ok(());
+    }
+    let store = BlockingStore::open(&path)?;
+    let jobs = store.call(|s| s.jobs())?;
+    if json {
+        write_stdout(&serde_json::to_string_pretty(&jobs)?)?;
+        return Ok(());
+    }
+    let mut out = format!(
+        "{:<36}  {:<10}  {:>9}  {:>10}  {}\n",
+        "job", "status", "iteration", "cost", "created"
+    );
+    for j in jobs {
+        out += &format!(
+            "{:<36}  {:<10}  {:>4}/{:<4}  {:>10}  {}\n",
+            j.id, j.status, j.iterations_completed, j.total_iterations, j.cost_usd, j.created_at
+        );
+    }
+    write_stdout(&out)
+}

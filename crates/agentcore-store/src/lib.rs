@@ -1,0 +1,686 @@
+//! Persistence of agentcore: agents, jobs, per-iteration metrics, trajectories (with their
+//! token-exact traces), checkpoints and events, in a SQLite file (sqlx, WAL journal, schema
+//! by migrations in `migrations/sqlite`; `migrations/postgres` is kept in step by a test for
+//! the PostgreSQL deployment).
+//!
+//! [`Store`] is async (the server uses it as is); [`BlockingStore`] wraps it with its own
+//! runtime for the synchronous training loop and the CLI. Queries are built at runtime (no
+//! compile-time checked macros tied to one database).
+#![deny(missing_docs)]
+
+use std::future::Future;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no.
+    #[error("database {path}: {source}")]
+    Database {
+        /// The file.
+        path: String,
+        /// What failed.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("migrating database {path}: {source}")]
+    Migrate {
+        /// The file.
+        path: String,
+        /// What failed.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A stored JSON column does not parse.
+    #[error("stored {what} is not valid JSON: {message}")]
+    Json {
+        /// Which column.
+        what: &'static str,
+        /// The parser's message.
+        message: String,
+    },
+    /// The runtime of the blocking wrapper could not start.
+    #[error("starting the store's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Result of the store.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse(what: &'static str, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| StoreError::Json { what, message: e.to_string() })
+}
+
+/// A job row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRow {
+    /// The job id.
+    pub id: String,
+    /// The agent trained.
+    pub agent_id: String,
+    /// `running`, `completed`, `failed`, `cancelled`, ...
+    pub status: String,
+    /// The job's settings (JSON).
+    pub settings: Value,
+    /// Iterations configured.
+    pub total_iterations: u32,
+    /// Iterations done.
+    pub iterations_completed: u32,
+    /// The budget (decimal string).
+    pub budget_usd: String,
+    /// Spent (decimal string).
+    pub cost_usd: String,
+    /// Best checkpoint.
+    pub best_checkpoint_id: Option<String>,
+    /// Why it stopped.
+    pub stop_reason: Option<String>,
+    /// The summary (JSON) when finished.
+    pub summary: Option<Value>,
+    /// The error when failed.
+    pub error: Option<String>,
+    /// Its run directory.
+    pub run_dir: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+}
+
+/// A new job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The job id.
+    pub id: String,
+    /// The agent trained.
+    pub agent_id: String,
+    /// The job's settings.
+    pub settings: Value,
+    /// Iterations configured.
+    pub total_iterations: u32,
+    /// The budget (decimal string).
+    pub budget_usd: String,
+    /// Its run directory.
+    pub run_dir: String,
+}
+
+/// One stored trajectory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrajectoryRow {
+    /// Row id (the export's `trajectory_id`); ignored on insert.
+    pub id: i64,
+    /// The job.
+    pub job_id: String,
+    /// Iteration.
+    pub iteration: u32,
+    /// Query in the batch.
+    pub query_index: u32,
+    /// Sample in the group.
+    pub sample_index: u32,
+    /// The query.
+    pub query: String,
+    /// The expected outcome.
+    pub expected_outcome: Value,
+    /// Verified.
+    pub success: bool,
+    /// Reward.
+    pub reward: f64,
+    /// Advantage.
+    pub advantage: f64,
+    /// The whole trajectory (steps, tokens, usage) as JSON.
+    pub trajectory: Value,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Which trajectories to read.
+#[derive(Debug, Clone, Default)]
+pub struct TrajectoryFilter {
+    /// Only verified ones.
+    pub success_only: bool,
+    /// Only rewards at least this.
+    pub min_reward: Option<f64>,
+    /// At most this many.
+    pub limit: Option<u32>,
+    /// Skip this many.
+    pub offset: u32,
+}
+
+/// A checkpoint row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRow {
+    /// Its id.
+    pub id: String,
+    /// The job.
+    pub job_id: String,
+    /// Iteration.
+    pub iteration: u32,
+    /// Its directory.
+    pub path: String,
+    /// Validation success at that point.
+    pub eval_success_rate: Option<f64>,
+    /// Removed by retention.
+    pub deleted: bool,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// An event row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// Order.
+    pub id: i64,
+    /// The job.
+    pub job_id: String,
+    /// e.g. `training.iteration`.
+    pub kind: String,
+    /// The payload.
+    pub payload: Value,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// The async store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file at `path` and applies pending migrations.
+    ///
+    /// # Errors
+    /// The file cannot be opened or migrated.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let name = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Database {
+                path: name.clone(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|e| StoreError::Database { path: name.clone(), source: e })?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Database { path: name.clone(), source: e })?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate { path: name.clone(), source: e })?;
+        Ok(Self { pool, path: name })
+    }
+
+    fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+        move |source| StoreError::Database { path: self.path.clone(), source }
+    }
+
+    /// Registers (or replaces) an agent definition.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn register_agent(&self, id: &str, definition: &Value) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agents (id, definition, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET definition = excluded.definition",
+        )
+        .bind(id)
+        .bind(definition.to_string())
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// An agent's definition.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn agent(&self, id: &str) -> Result<Option<Value>> {
+        let row = sqlx::query("SELECT definition FROM agents WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
+        row.map(|r| parse("agent definition", &r.get::<String, _>(0))).transpose()
+    }
+
+    /// Records a new job as `running`, or marks an existing one (a resumed job) `running` again.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn start_job(&self, job: &NewJob) -> Result<()> {
+        let t = now();
+        sqlx::query(
+            "INSERT INTO jobs (id, agent_id, status, settings, total_iterations, \
+             iterations_completed, budget_usd, cost_usd, run_dir, created_at, updated_at) \
+             VALUES (?, ?, 'running', ?, ?, 0, ?, '0', ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET status = 'running', error = NULL, \
+             finished_at = NULL, updated_at = excluded.updated_at",
+        )
+        .bind(&job.id)
+        .bind(&job.agent_id)
+        .bind(job.settings.to_string())
+        .bind(i64::from(job.total_iterations))
+        .bind(&job.budget_usd)
+        .bind(&job.run_dir)
+        .bind(&t)
+        .bind(&t)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Forgets what a job recorded after `iteration` (its resume point): those iterations are
+    /// run again.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn forget_after(&self, job_id: &str, iteration: u32) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        for statement in [
+            "DELETE FROM iterations WHERE job_id = ? AND iteration > ?",
+            "DELETE FROM trajectories WHERE job_id = ? AND iteration > ?",
+        ] {
+            sqlx::query(statement)
+                .bind(job_id)
+                .bind(i64::from(iteration))
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+        }
+        sqlx::query("UPDATE jobs SET iterations_completed = ? WHERE id = ?")
+            .bind(i64::from(iteration))
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Stores an iteration's metrics and the job's progress, in one transaction.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn record_iteration(
+        &self,
+        job_id: &str,
+        iteration: u32,
+        metrics: &Value,
+        cost_usd: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        sqlx::query(
+            "INSERT INTO iterations (job_id, iteration, metrics, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, iteration) DO UPDATE SET metrics = excluded.metrics",
+        )
+        .bind(job_id)
+        .bind(i64::from(iteration))
+        .bind(metrics.to_string())
+        .bind(now())
+        .execute(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        sqlx::query(
+            "UPDATE jobs SET iterations_completed = ?, cost_usd = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(i64::from(iteration))
+        .bind(cost_usd)
+        .bind(now())
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Stores the trajectories of an iteration (replacing those of an earlier attempt).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn insert_trajectories(&self, rows: &[TrajectoryRow]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let t = now();
+        for r in rows {
+            sqlx::query(
+                "INSERT OR REPLACE INTO trajectories (job_id, iteration, query_index, \
+                 sample_index, query, expected_outcome, success, reward, advantage, trajectory, \
+                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.job_id)
+            .bind(i64::from(r.iteration))
+            .bind(i64::from(r.query_index))
+            .bind(i64::from(r.sample_index))
+            .bind(&r.query)
+            .bind(r.expected_outcome.to_string())
+            .bind(r.success)
+            .bind(r.reward)
+            .bind(r.advantage)
+            .bind(r.trajectory.to_string())
+            .bind(&t)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        }
+        tx.commit().await.map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Records a checkpoint.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn record_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (id, job_id, iteration, path, eval_success_rate, deleted, \
+             created_at) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO UPDATE SET \
+             eval_success_rate = excluded.eval_success_rate, deleted = 0",
+        )
+        .bind(&c.id)
+        .bind(&c.job_id)
+        .bind(i64::from(c.iteration))
+        .bind(&c.path)
+        .bind(c.eval_success_rate)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Marks a checkpoint removed by retention.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn mark_checkpoint_deleted(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE checkpoints SET deleted = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Appends an event.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn record_event(&self, job_id: &str, kind: &str, payload: &Value) -> Result<()> {
+        sqlx::query("INSERT INTO events (job_id, kind, payload, created_at) VALUES (?, ?, ?, ?)")
+            .bind(job_id)
+            .bind(kind)
+            .bind(payload.to_string())
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Marks a job finished with `status` (`completed`, `cancelled`, `failed`, ...).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        status: &str,
+        stop_reason: Option<&str>,
+        summary: Option<&Value>,
+        best_checkpoint_id: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let t = now();
+        sqlx::query(
+            "UPDATE jobs SET status = ?, stop_reason = ?, summary = ?, best_checkpoint_id = ?, \
+             error = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(stop_reason)
+        .bind(summary.map(ToString::to_string))
+        .bind(best_checkpoint_id)
+        .bind(error)
+        .bind(&t)
+        .bind(&t)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// A job.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
+        row.map(|r| job_row(&r)).transpose()
+    }
+
+    /// All jobs, newest first.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn jobs(&self) -> Result<Vec<JobRow>> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY created_at DESC, id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// A job's iteration metrics in order.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn iterations(&self, job_id: &str) -> Result<Vec<(u32, Value)>> {
+        let rows = sqlx::query(
+            "SELECT iteration, metrics FROM iterations WHERE job_id = ? ORDER BY iteration",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    u32::try_from(r.get::<i64, _>(0)).unwrap_or(0),
+                    parse("metrics", &r.get::<String, _>(1))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A job's trajectories in insertion order, filtered and paged.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn trajectories(
+        &self,
+        job_id: &str,
+        filter: &TrajectoryFilter,
+    ) -> Result<Vec<TrajectoryRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM trajectories WHERE job_id = ? AND (? = 0 OR success = 1) \
+             AND reward >= ? ORDER BY iteration, query_index, sample_index LIMIT ? OFFSET ?",
+        )
+        .bind(job_id)
+        .bind(filter.success_only)
+        .bind(filter.min_reward.unwrap_or(f64::MIN))
+        .bind(filter.limit.map_or(-1, i64::from))
+        .bind(i64::from(filter.offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrajectoryRow {
+                    id: r.get("id"),
+                    job_id: r.get("job_id"),
+                    iteration: u32::try_from(r.get::<i64, _>("iteration")).unwrap_or(0),
+                    query_index: u32::try_from(r.get::<i64, _>("query_index")).unwrap_or(0),
+                    sample_index: u32::try_from(r.get::<i64, _>("sample_index")).unwrap_or(0),
+                    query: r.get("query"),
+                    expected_outcome: parse("expected_outcome", r.get("expected_outcome"))?,
+                    success: r.get("success"),
+                    reward: r.get("reward"),
+                    advantage: r.get("advantage"),
+                    trajectory: parse("trajectory", r.get("trajectory"))?,
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+
+    /// A job's checkpoints (including those removed by retention, marked `deleted`).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointRow>> {
+        let rows = sqlx::query("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY iteration")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(rows
+            .iter()
+            .map(|r| CheckpointRow {
+                id: r.get("id"),
+                job_id: r.get("job_id"),
+                iteration: u32::try_from(r.get::<i64, _>("iteration")).unwrap_or(0),
+                path: r.get("path"),
+                eval_success_rate: r.get("eval_success_rate"),
+                deleted: r.get("deleted"),
+                created_at: r.get("created_at"),
+            })
+            .collect())
+    }
+
+    /// A job's events in order.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn events(&self, job_id: &str) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query("SELECT * FROM events WHERE job_id = ? ORDER BY id")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRow {
+                    id: r.get("id"),
+                    job_id: r.get("job_id"),
+                    kind: r.get("kind"),
+                    payload: parse("event payload", r.get("payload"))?,
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+
+    /// Closes the pool (flushes the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
+    Ok(JobRow {
+        id: r.get("id"),
+        agent_id: r.get("agent_id"),
+        status: r.get("status"),
+        settings: parse("job settings", r.get("settings"))?,
+        total_iterations: u32::try_from(r.get::<i64, _>("total_iterations")).unwrap_or(0),
+        iterations_completed: u32::try_from(r.get::<i64, _>("iterations_completed")).unwrap_or(0),
+        budget_usd: r.get("budget_usd"),
+        cost_usd: r.get("cost_usd"),
+        best_checkpoint_id: r.get("best_checkpoint_id"),
+        stop_reason: r.get("stop_reason"),
+        summary: r
+            .get::<Option<String>, _>("summary")
+            .map(|s| parse("job summary", &s))
+            .transpose()?,
+        error: r.get("error"),
+        run_dir: r.get("run_dir"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        finished_at: r.get("finished_at"),
+    })
+}
+
+/// [`Store`] for synchronous code: owns a single-threaded runtime and blocks on each call.
+#[derive(Debug)]
+pub struct BlockingStore {
+    runtime: tokio::runtime::Runtime,
+    store: Store,
+}
+
+impl BlockingStore {
+    /// Opens the SQLite file at `path` (see [`Store::open`]).
+    ///
+    /// # Errors
+    /// The runtime cannot start, the file cannot be opened or migrated.
+    pub fn open(path: &Path) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let store = runtime.block_on(Store::open(path))?;
+        Ok(Self { runtime, store })
+    }
+
+    /// The async store, for [`BlockingStore::block_on`].
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs a future to completion; temporaries of the argument live until the statement
+    /// ends: `db.block_on(db.store().record_event("job", "kind", &json!({})))`.
+    pub fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
+        self.runtime.block_on(future)
+    }
+
+    /// Runs one store call to completion: `store.call(|s| s.job("id"))`.
+    pub fn call<'a, F, T>(&'a self, f: impl FnOnce(&'a Store) -> F) -> T
+    where
+        F: Future<Output = T> + 'a,
+    {
+        self.runtime.block_on(f(&self.store))
+    }
+}
+
+impl Drop for BlockingStore {
+    fn drop(&mut self) {
+        self.runtime.block_on(self.store.close());
+    }
+}

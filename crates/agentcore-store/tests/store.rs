@@ -1,0 +1,225 @@
+//! The store against a real SQLite file.
+
+use agentcore_store::{BlockingStore, CheckpointRow, NewJob, TrajectoryFilter, TrajectoryRow};
+use serde_json::json;
+
+fn job(id: &str) -> NewJob {
+    NewJob {
+        id: id.into(),
+        agent_id: "seed-agent".into(),
+        settings: json!({"config": {"n_iterations": 3}}),
+        total_iterations: 3,
+        budget_usd: "1.50".into(),
+        run_dir: format!("/runs/{id}"),
+    }
+}
+
+fn trajectory(
+    job: &str,
+    iteration: u32,
+    q: u32,
+    s: u32,
+    success: bool,
+    reward: f64,
+) -> TrajectoryRow {
+    TrajectoryRow {
+        id: 0,
+        job_id: job.into(),
+        iteration,
+        query_index: q,
+        sample_index: s,
+        query: format!("query {q}"),
+        expected_outcome: json!(q),
+        success,
+        reward,
+        advantage: reward - 0.5,
+        trajectory: json!({"steps": [], "tokens": {"ids": [1, 2, 3], "mask": [0, 1, 1]}}),
+        created_at: String::new(),
+    }
+}
+
+#[test]
+fn a_job_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested").join("agentcore.db");
+    {
+        let store = BlockingStore::open(&path).expect("open");
+        store
+            .block_on(store.store().register_agent("seed-agent", &json!({"name": "seed"})))
+            .expect("agent");
+        store.block_on(store.store().start_job(&job("j1"))).expect("job");
+        for i in 1..=3 {
+            store
+                .block_on(store.store().record_iteration(
+                    "j1",
+                    i,
+                    &json!({"avg_reward": f64::from(i) / 10.0}),
+                    "0.01",
+                ))
+                .expect("iteration");
+        }
+        store
+            .block_on(store.store().insert_trajectories(&[
+                trajectory("j1", 1, 0, 0, true, 1.0),
+                trajectory("j1", 1, 0, 1, false, 0.0),
+                trajectory("j1", 2, 0, 0, true, 1.0),
+            ]))
+            .expect("trajectories");
+        store
+            .block_on(store.store().record_checkpoint(&CheckpointRow {
+                id: "j1-ckpt-00002".into(),
+                job_id: "j1".into(),
+                iteration: 2,
+                path: "/runs/j1/checkpoints/ckpt-00002".into(),
+                eval_success_rate: Some(0.4),
+                deleted: false,
+                created_at: String::new(),
+            }))
+            .expect("checkpoint");
+        store
+            .block_on(store.store().record_event("j1", "training.started", &json!({"a": 1})))
+            .expect("event");
+        store
+            .block_on(store.store().finish_job(
+                "j1",
+                "completed",
+                Some("completed"),
+                Some(&json!({"p": 0.01})),
+                Some("j1-ckpt-00002"),
+                None,
+            ))
+            .expect("finish");
+    }
+    let store = BlockingStore::open(&path).expect("reopen");
+    let j = store.block_on(store.store().job("j1")).expect("read").expect("exists");
+    assert_eq!(j.status, "completed");
+    assert_eq!(j.iterations_completed, 3);
+    assert_eq!(j.cost_usd, "0.01");
+    assert_eq!(j.budget_usd, "1.50");
+    assert_eq!(j.best_checkpoint_id.as_deref(), Some("j1-ckpt-00002"));
+    assert_eq!(j.summary, Some(json!({"p": 0.01})));
+    assert!(j.finished_at.is_some());
+    assert_eq!(
+        store.block_on(store.store().agent("seed-agent")).expect("agent"),
+        Some(json!({"name": "seed"}))
+    );
+    assert_eq!(store.block_on(store.store().agent("nobody")).expect("agent"), None);
+    let its = store.block_on(store.store().iterations("j1")).expect("iterations");
+    assert_eq!(its.iter().map(|i| i.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(its[1].1["avg_reward"], json!(0.2));
+    let all = store
+        .block_on(store.store().trajectories("j1", &TrajectoryFilter::default()))
+        .expect("all");
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].trajectory["tokens"]["ids"], json!([1, 2, 3]));
+    let ok = store
+        .block_on(store.store().trajectories(
+            "j1",
+            &TrajectoryFilter { success_only: true, ..TrajectoryFilter::default() },
+        ))
+        .expect("success");
+    assert_eq!(ok.len(), 2);
+    assert!(ok.iter().all(|t| t.success));
+    let paged = store
+        .block_on(store.store().trajectories(
+            "j1",
+            &TrajectoryFilter { limit: Some(1), offset: 1, ..TrajectoryFilter::default() },
+        ))
+        .expect("page");
+    assert_eq!(paged.len(), 1);
+    assert_eq!((paged[0].iteration, paged[0].sample_index), (1, 1));
+    let rich = store
+        .block_on(store.store().trajectories(
+            "j1",
+            &TrajectoryFilter { min_reward: Some(0.5), ..TrajectoryFilter::default() },
+        ))
+        .expect("min reward");
+    assert_eq!(rich.len(), 2);
+    let events = store.block_on(store.store().events("j1")).expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "training.started");
+    assert_eq!(
+        store.block_on(store.store().checkpoints("j1")).expect("checkpoints")[0].eval_success_rate,
+        Some(0.4)
+    );
+}
+
+#[test]
+fn resuming_forgets_iterations_after_the_checkpoint_and_replaces_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlockingStore::open(&dir.path().join("a.db")).expect("open");
+    store.block_on(store.store().start_job(&job("j2"))).expect("job");
+    for i in 1..=3 {
+        store
+            .block_on(store.store().record_iteration("j2", i, &json!({"i": i}), "0"))
+            .expect("iteration");
+        store
+            .block_on(store.store().insert_trajectories(&[trajectory("j2", i, 0, 0, false, 0.0)]))
+            .expect("t");
+    }
+    store.block_on(store.store().forget_after("j2", 1)).expect("forget");
+    assert_eq!(store.block_on(store.store().iterations("j2")).expect("its").len(), 1);
+    assert_eq!(
+        store
+            .block_on(store.store().trajectories("j2", &TrajectoryFilter::default()))
+            .expect("t")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.block_on(store.store().job("j2")).expect("job").expect("exists").iterations_completed,
+        1
+    );
+    // The second attempt writes the same keys again without a conflict.
+    store.block_on(store.store().start_job(&job("j2"))).expect("restart");
+    store.block_on(store.store().record_iteration("j2", 2, &json!({"i": 22}), "0")).expect("again");
+    store
+        .block_on(store.store().insert_trajectories(&[trajectory("j2", 1, 0, 0, true, 1.0)]))
+        .expect("replace");
+    let t =
+        store.block_on(store.store().trajectories("j2", &TrajectoryFilter::default())).expect("t");
+    assert_eq!(t.len(), 1);
+    assert!(t[0].success);
+    assert_eq!(
+        store.block_on(store.store().job("j2")).expect("job").expect("exists").status,
+        "running"
+    );
+}
+
+/// The PostgreSQL migrations declare the same tables and columns as the SQLite ones.
+#[test]
+fn migration_folders_are_in_step() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let schema = |db: &str| -> Vec<(String, Vec<String>)> {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(db))
+            .expect("folder")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        let mut out = vec![("files".to_string(), names)];
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("read");
+            for block in text.split("CREATE TABLE ").skip(1) {
+                let name = block.split_whitespace().next().expect("table").to_string();
+                let body = &block[block.find('(').expect("(") + 1..block.find(");").expect(");")];
+                let columns = body
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| {
+                        !l.is_empty() && !l.starts_with("PRIMARY") && !l.starts_with("UNIQUE")
+                    })
+                    .map(|l| l.split_whitespace().next().expect("column").to_string())
+                    .collect();
+                out.push((name, columns));
+            }
+        }
+        out
+    };
+    let sqlite = schema("sqlite");
+    assert!(sqlite.len() > 5, "{sqlite:?}");
+    assert_eq!(sqlite, schema("postgres"));
+}
