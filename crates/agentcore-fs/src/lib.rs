@@ -37,6 +37,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     fs::create_dir_all(dir).map_err(err("creating directory", dir))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
+        // Readable like any file the user creates (tempfile's default is 0600); the umask
+        // still applies.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(err("creating a temporary file in", dir))?;
     tmp.write_all(bytes).map_err(err("writing", tmp.path()))?;

@@ -9,17 +9,17 @@ use std::time::Instant;
 
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_grpo::stats::{PairedComparison, SIGNIFICANCE_LEVEL, compare_paired};
-use agentcore_model::checkpoint::load_checkpoint;
 use agentcore_tasks::Task;
 use agentcore_tasks::judge::Verifiers;
-use candle_core::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::TrainError;
-use crate::job::{EvalOutcome, evaluate, job_tasks, list_checkpoints, loaded, read_job_settings};
-use crate::warmstart::warm_start;
+use crate::job::{
+    AgentStyle, EvalOutcome, checkpoint_policy, evaluate, initial_policy, job_tasks,
+    list_checkpoints, read_job_settings,
+};
 
 /// Aggregates of one agent on the evaluation queries (the contract's `metrics`).
 #[derive(Debug, Clone, Serialize)]
@@ -114,10 +114,12 @@ pub fn compare(
     };
     let verifiers = Verifiers { sandbox: Some(Arc::clone(sandbox)), ..Verifiers::default() };
     let max_steps = settings.config.max_steps_per_trajectory.min(4);
-    let (base, _, _) = warm_start(&settings.warm_start, data_dir, sandbox, &mut |_| {})?;
-    let baseline = evaluate(&loaded(base), sandbox, &tasks, &verifiers, max_steps)?;
-    let trained = loaded(load_checkpoint(&chosen.path, &Device::Cpu)?.model);
-    let outcomes = evaluate(&trained, sandbox, &tasks, &verifiers, max_steps)?;
+    let style = AgentStyle::of(&settings);
+    let (base, _) = initial_policy(&settings, data_dir, sandbox, &mut |_| {})?;
+    let baseline = evaluate(&base, &style, sandbox, &tasks, &verifiers, max_steps)?;
+    drop(base);
+    let (trained, _, _) = checkpoint_policy(&settings, &chosen.path)?;
+    let outcomes = evaluate(&trained, &style, sandbox, &tasks, &verifiers, max_steps)?;
     let pass = |xs: &[EvalOutcome]| xs.iter().map(|o| o.passed).collect::<Vec<_>>();
     let reward = |xs: &[EvalOutcome]| xs.iter().map(|o| o.reward).collect::<Vec<_>>();
     let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed);

@@ -24,9 +24,9 @@ use agentcore_grpo::advantages::group_advantages;
 use agentcore_grpo::budget::{Budget, BudgetState};
 use agentcore_grpo::loss::LossSettings;
 use agentcore_grpo::stats::{McNemarTest, mcnemar_exact, wilson_interval};
-use agentcore_model::checkpoint::{checkpoint_files, load_checkpoint};
-use agentcore_model::decoder::Decoder;
-use agentcore_model::hub::LoadedModel;
+use agentcore_model::checkpoint::{checkpoint_files, load_checkpoint, restore_checkpoint};
+use agentcore_model::decoder::{Decoder, LoraConfig};
+use agentcore_model::hub::{LoadedModel, load_model};
 use agentcore_model::optim::{AdamW, AdamWConfig};
 use agentcore_model::tokenizer::{ByteTokenizer, SpecialToken, TextTokenizer};
 use agentcore_tasks::Task;
@@ -73,6 +73,38 @@ pub struct JobSettings {
     /// Price of one hour of this machine in US dollars: the cost of a local model is this
     /// times the job's wall time.
     pub price_per_hour_usd: Decimal,
+    /// A pretrained model (GGUF file or Hugging Face directory) trained with LoRA instead of
+    /// the warm-started built-in model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ExternalModel>,
+}
+
+/// A pretrained policy: loaded dequantized to f32, frozen, with LoRA adapters trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalModel {
+    /// A `.gguf` file or a Hugging Face model directory.
+    pub path: PathBuf,
+    /// The adapters.
+    #[serde(default)]
+    pub lora: LoraConfig,
+    /// The system prompt of the agent.
+    #[serde(default = "default_system_prompt")]
+    pub system_prompt: String,
+}
+
+impl ExternalModel {
+    /// `path` with default LoRA settings and the default system prompt.
+    #[must_use]
+    pub fn default_for(path: PathBuf) -> Self {
+        Self { path, lora: LoraConfig::default(), system_prompt: default_system_prompt() }
+    }
+}
+
+fn default_system_prompt() -> String {
+    "You solve each task by calling the python tool with one Python expression that computes \
+     the answer, then you reply with the tool's result and nothing else."
+        .into()
 }
 
 impl Default for JobSettings {
@@ -84,6 +116,7 @@ impl Default for JobSettings {
             eval_fraction: 0.2,
             max_difficulty: 2,
             price_per_hour_usd: Decimal::new(10, 2),
+            model: None,
         }
     }
 }
@@ -105,6 +138,14 @@ impl JobSettings {
         }
         if self.price_per_hour_usd < Decimal::ZERO {
             out.push(format!("price_per_hour_usd must be >= 0, got {}", self.price_per_hour_usd));
+        }
+        if let Some(m) = &self.model {
+            if !m.path.exists() {
+                out.push(format!("model.path {} does not exist", m.path.display()));
+            }
+            if let Err(e) = m.lora.validate() {
+                out.push(format!("model.lora: {e}"));
+            }
         }
         if self.warm_start.model.max_seq_len < 64 {
             out.push(format!(
@@ -369,10 +410,37 @@ fn crash_point(point: &str, iteration: u32) {
     }
 }
 
-fn runtime(sandbox: &Arc<PythonSandbox>, sampling: Sampling, max_steps: u32) -> AgentRuntime {
+/// How the agent talks: the built-in model's tag format, or a chat model's Hermes tool calls
+/// under a system prompt.
+#[derive(Debug, Clone)]
+pub struct AgentStyle {
+    /// The call format.
+    pub format: CallFormat,
+    /// The system prompt.
+    pub system_prompt: String,
+}
+
+impl AgentStyle {
+    /// The style of a job's agent.
+    #[must_use]
+    pub fn of(settings: &JobSettings) -> Self {
+        match &settings.model {
+            None => Self { format: CallFormat::Tags, system_prompt: String::new() },
+            Some(m) => Self { format: CallFormat::Hermes, system_prompt: m.system_prompt.clone() },
+        }
+    }
+}
+
+fn runtime(
+    sandbox: &Arc<PythonSandbox>,
+    style: &AgentStyle,
+    sampling: Sampling,
+    max_steps: u32,
+) -> AgentRuntime {
     let mut toolbox = Toolbox::new();
     toolbox.add(Arc::new(PythonTool::new(Arc::clone(sandbox)))).expect("one tool");
-    let mut rt = AgentRuntime::new(toolbox, CallFormat::Tags);
+    let mut rt = AgentRuntime::new(toolbox, style.format);
+    rt.system_prompt = style.system_prompt.clone();
     rt.sampling = sampling;
     rt.max_steps = max_steps;
     rt.max_tokens = 200;
@@ -380,6 +448,57 @@ fn runtime(sandbox: &Arc<PythonSandbox>, sampling: Sampling, max_steps: u32) -> 
     // last line, which names the error).
     rt.max_observation_chars = 100;
     rt
+}
+
+/// The policy of a job before training: the warm-started built-in model (trained or from the
+/// cache), or the pretrained model with fresh LoRA adapters. Returns the model and whether the
+/// warm start came from the cache.
+///
+/// # Errors
+/// Model or file errors.
+pub fn initial_policy(
+    settings: &JobSettings,
+    data_dir: &Path,
+    sandbox: &PythonSandbox,
+    progress: &mut dyn FnMut(WarmStartProgress),
+) -> Result<(LoadedModel, bool), TrainError> {
+    match &settings.model {
+        None => {
+            let (model, _dir, cached) =
+                warm_start(&settings.warm_start, data_dir, sandbox, progress)?;
+            Ok((loaded(model), cached))
+        }
+        Some(m) => {
+            let mut model = load_model(&m.path, true, &Device::Cpu)?;
+            // The adapters' initial values come from the job's seed (B starts at 0 anyway).
+            let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ 0x10_7a);
+            model.model.enable_lora(&m.lora, &mut rng)?;
+            Ok((model, true))
+        }
+    }
+}
+
+/// The policy of a checkpoint of a job.
+///
+/// # Errors
+/// Model or file errors, a checkpoint of another model.
+pub fn checkpoint_policy(
+    settings: &JobSettings,
+    dir: &Path,
+) -> Result<(LoadedModel, AdamW, ChaCha8Rng), TrainError> {
+    match &settings.model {
+        None => {
+            let ck = load_checkpoint(dir, &Device::Cpu)?;
+            Ok((loaded(ck.model), ck.optimizer, ck.rng))
+        }
+        Some(m) => {
+            let mut model = load_model(&m.path, true, &Device::Cpu)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ 0x10_7a);
+            model.model.enable_lora(&m.lora, &mut rng)?;
+            let (opt, rng, _) = restore_checkpoint(dir, &model.model)?;
+            Ok((model, opt, rng))
+        }
+    }
 }
 
 /// The built-in model with the byte tokenizer.
@@ -428,6 +547,7 @@ pub struct EvalOutcome {
 /// Model errors.
 pub fn evaluate(
     model: &LoadedModel,
+    style: &AgentStyle,
     sandbox: &Arc<PythonSandbox>,
     tasks: &[Task],
     verifiers: &Verifiers,
@@ -435,7 +555,7 @@ pub fn evaluate(
 ) -> Result<Vec<EvalOutcome>, TrainError> {
     let backend = InProcessBackend::new(model).map_err(|e| TrainError::Job(e.0))?;
     let sampling = Sampling { temperature: 0.0, top_p: 1.0, top_k: None, max_tokens_per_turn: 96 };
-    let rt = runtime(sandbox, sampling, max_steps);
+    let rt = runtime(sandbox, style, sampling, max_steps);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let registry = RewardRegistry::with_builtins(agentcore_grpo::rewards::RewardShaping::default());
     let mut out = Vec::with_capacity(tasks.len());
@@ -667,25 +787,24 @@ pub fn run(
     }
     let verifiers = Verifiers { sandbox: Some(Arc::clone(&sandbox)), ..Verifiers::default() };
     let max_steps = config.max_steps_per_trajectory.min(4);
+    let style = AgentStyle::of(settings);
 
     let resumed = latest_checkpoint(&run_dir)?;
     let resumed_from = resumed.as_ref().map(|(_, s)| s.iteration);
     let (model, mut opt, mut rng, mut state) = match resumed {
         Some((dir, mut state)) => {
-            let ck = load_checkpoint(&dir, &Device::Cpu)?;
+            let (model, opt, rng) = checkpoint_policy(settings, &dir)?;
             // A cancelled job continues when resumed; other stops are final.
             if state.stop_reason == Some(StopReason::Cancelled) {
                 state.stop_reason = None;
             }
-            (loaded(ck.model), ck.optimizer, ck.rng, state)
+            (model, opt, rng, state)
         }
         None => {
             let ws_start = Instant::now();
-            let (model, _dir, cached) =
-                warm_start(&settings.warm_start, &ctx.data_dir, &sandbox, &mut |p| {
-                    on_event(&Event::WarmStart(p));
-                })?;
-            let model = loaded(model);
+            let (model, cached) = initial_policy(settings, &ctx.data_dir, &sandbox, &mut |p| {
+                on_event(&Event::WarmStart(p));
+            })?;
             let opt = AdamW::new(
                 model.model.params(),
                 AdamWConfig {
@@ -722,7 +841,7 @@ pub fn run(
     let wall = |state_started: &Instant| wall_before + state_started.elapsed().as_secs_f64();
     let spent = |seconds: f64, api: Decimal| usd(seconds, settings.price_per_hour_usd) + api;
     if state.baseline.is_empty() {
-        state.baseline = passed(&evaluate(&model, &sandbox, &eval, &verifiers, max_steps)?);
+        state.baseline = passed(&evaluate(&model, &style, &sandbox, &eval, &verifiers, max_steps)?);
     }
     on_event(&Event::Baseline { success_rate: rate(&state.baseline), eval_queries: eval.len() });
 
@@ -739,7 +858,15 @@ pub fn run(
     };
     let group = config.n_trajectories_per_query as usize;
     let batch = (config.batch_size as usize).min(train.len());
-    let pad = ByteTokenizer::new().special(SpecialToken::Pad);
+    // Padding is masked out of the loss; any id of the vocabulary will do.
+    let pad = if settings.model.is_some() {
+        model.stop_token_ids.first().copied().unwrap_or(0)
+    } else {
+        ByteTokenizer::new().special(SpecialToken::Pad)
+    };
+    // Micro-batches hold the logits of every position: fewer tokens for large vocabularies.
+    let token_budget =
+        (UPDATE_TOKEN_BUDGET * 512 / model.model.config().vocab_size.max(1)).max(256);
     let max_len = model.model.config().max_seq_len;
     let mut budget = Budget::with_spent(
         config.max_budget_usd,
@@ -768,7 +895,7 @@ pub fn run(
         let queries: Vec<String> =
             batch_tasks.iter().flat_map(|t| std::iter::repeat_n(t.query.clone(), group)).collect();
         let backend = InProcessBackend::new(&model).map_err(|e| TrainError::Job(e.0))?;
-        let rt = runtime(&sandbox, sampling.clone(), max_steps);
+        let rt = runtime(&sandbox, &style, sampling.clone(), max_steps);
         let trajs: Vec<Trajectory> = run_batch(&rt, &backend, &queries, &mut rng);
         crash_point("rollout", iteration);
         let rollout_seconds = t0.elapsed().as_secs_f64();
@@ -818,7 +945,7 @@ pub fn run(
                 &loss_settings,
                 temperature,
                 pad,
-                UPDATE_TOKEN_BUDGET,
+                token_budget,
             )?;
             stats.get_or_insert(s);
         }
@@ -856,7 +983,7 @@ pub fn run(
         }
         let last = iteration == config.n_iterations || state.stop_reason.is_some();
         let eval_success_rate = if iteration % config.eval_interval.max(1) == 0 || last {
-            let outcomes = evaluate(&model, &sandbox, &eval, &verifiers, max_steps)?;
+            let outcomes = evaluate(&model, &style, &sandbox, &eval, &verifiers, max_steps)?;
             let e = rate(&passed(&outcomes));
             last_eval = Some((iteration, outcomes));
             state.evals.push((iteration, e));
@@ -915,7 +1042,7 @@ pub fn run(
     let baseline = state.baseline.clone();
     let final_outcomes = match last_eval {
         Some((i, outcomes)) if i == state.iteration => outcomes,
-        _ => evaluate(&model, &sandbox, &eval, &verifiers, max_steps)?,
+        _ => evaluate(&model, &style, &sandbox, &eval, &verifiers, max_steps)?,
     };
     let final_results = passed(&final_outcomes);
     let mcnemar = mcnemar_exact(&baseline, &final_results)?;

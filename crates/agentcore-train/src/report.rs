@@ -56,8 +56,13 @@ fn panel<DB: DrawingBackend>(
         .y_label_area_size(52)
         .build_cartesian_2d(0f64..x_max.max(1.0), (lo - pad)..(hi + pad))
         .map_err(plot_err)?;
+    // Enough decimals that neighbouring tick labels differ (cost axes span fractions of a cent).
+    let decimals = (-((hi - lo) / 10.0).log10().floor()).clamp(0.0, 8.0) as usize;
+    let y_label = move |v: &f64| format!("{v:.decimals$}");
     chart
         .configure_mesh()
+        .y_label_formatter(&y_label)
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("iteration")
         .label_style(("sans-serif", 12))
         .draw()
@@ -193,9 +198,19 @@ pub fn markdown(
          `seed` task suite: answer each query with the verified result of a tool call.\n",
         s.agent_id
     );
+    let policy = match &settings.model {
+        Some(m) => format!(
+            "- Policy: `{}` with LoRA (r = {}, alpha = {}, {}); no warm start.\n",
+            m.path.display(),
+            m.lora.r,
+            m.lora.lora_alpha,
+            m.lora.target_modules.join(", ")
+        ),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "## Data\n- {} seed tasks (difficulty 1-{}), split per family: {} for training, {} \
+        "## Data\n{policy}- {} seed tasks (difficulty 1-{}), split per family: {} for training, {} \
          held out for evaluation (unseen queries of the trained families).\n- Warm start: {} \
          supervised steps on {} imperfect demonstrations ({}).\n",
         settings.n_tasks,

@@ -15,7 +15,6 @@ use agentcore_model::decoder::Decoder;
 use agentcore_model::generate::token_logprobs;
 use agentcore_model::loss::{LossBatch, grpo_loss};
 use agentcore_model::optim::AdamW;
-use candle_core::Tensor;
 
 use crate::TrainError;
 
@@ -103,7 +102,7 @@ pub fn policy_update(
     }
     order.sort_by_key(|&i| (rows[i].ids.len(), i));
     let device = model.device().clone();
-    let mut total: Option<Tensor> = None;
+    let mut total: Option<candle_core::backprop::GradStore> = None;
     let (mut loss, mut kl_sum, mut kl_tokens) = (0.0, 0.0, 0usize);
     let (mut clipped, mut units) = (0.0, 0usize);
     for chunk in micro_batches(rows, &order, token_budget.max(1)) {
@@ -147,14 +146,28 @@ pub fn policy_update(
             if settings.loss_type == LossType::Gspo { chunk.len() } else { m.generated_tokens };
         clipped += m.clip_ratio_region * chunk_units as f64;
         units += chunk_units;
-        let weighted = (chunk_loss * weight)?;
+        // Backward per micro-batch (its graph, with the logits, is freed before the next one:
+        // that bounds memory for large vocabularies) and gradients summed.
+        let grads = (chunk_loss * weight)?.backward()?;
         total = Some(match total {
-            Some(t) => (t + weighted)?,
-            None => weighted,
+            None => grads,
+            Some(mut acc) => {
+                for (_, var) in model.params().iter() {
+                    let t = var.as_tensor();
+                    if let Some(g) = grads.get(t) {
+                        let sum = match acc.get(t) {
+                            Some(a) => (a + g)?,
+                            None => g.clone(),
+                        };
+                        acc.insert(t, sum);
+                    }
+                }
+                acc
+            }
         });
     }
     let Some(total) = total else { return Ok(UpdateStats::default()) };
-    let step = opt.step(&total.backward()?)?;
+    let step = opt.step(&total)?;
     Ok(UpdateStats {
         loss,
         kl: (kl_tokens > 0).then(|| kl_sum / kl_tokens as f64),
