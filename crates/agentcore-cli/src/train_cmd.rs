@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use agentcore_grpo::{ConfigFormat, GRPOConfig};
 use agentcore_store::{BlockingStore, CheckpointRow, NewJob, TrajectoryFilter, TrajectoryRow};
 use agentcore_train::job::{
-    Event, JobContext, JobSettings, SEED_AGENT_ID, Summary, read_job_settings, resume_point,
+    Event, JobContext, JobSettings, SEED_AGENT_ID, Summary, agent_id, read_job_settings,
+    resume_point,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -61,6 +62,10 @@ pub struct TrainArgs {
     /// --n-tasks the job then uses 48 tasks (12 held out): generation on CPU is slow.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The reward function: outcome, shaped, response_accuracy, code_quality, task_efficiency
+    /// [default: outcome; response_accuracy with --model].
+    #[arg(long)]
+    reward: Option<String>,
     /// LoRA rank of --model.
     #[arg(long, default_value_t = 8)]
     lora_rank: usize,
@@ -223,6 +228,17 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
         if args.n_tasks.is_none() {
             settings.n_tasks = 48;
         }
+        if args.config.is_none() {
+            // A pretrained model rarely solves a task outright at first: partial credit gives
+            // its groups a spread to learn from; Gemma's recommended sampling.
+            settings.reward = "response_accuracy".into();
+            settings.config.temperature = 1.0;
+            settings.config.top_p = 0.95;
+            settings.config.top_k = Some(64);
+        }
+    }
+    if let Some(r) = &args.reward {
+        settings.reward = r.clone();
     }
     // Validate the whole config (flags included) before any work starts.
     let text = settings.config.to_string_format(ConfigFormat::Json);
@@ -247,17 +263,28 @@ fn changes_settings(args: &TrainArgs) -> bool {
         || args.eval_fraction.is_some()
         || args.warm_start_steps.is_some()
         || args.model.is_some()
+        || args.reward.is_some()
 }
 
 /// The built-in agent's definition, as registered under `seed-agent`.
-fn seed_agent_definition(settings: &JobSettings) -> Value {
-    json!({
-        "id": SEED_AGENT_ID,
-        "model": {"built_in": settings.warm_start.model},
-        "tools": [{"python": {}}],
-        "format": "tags",
-        "tasks": "seed",
-    })
+fn agent_definition(settings: &JobSettings) -> Value {
+    match &settings.model {
+        None => json!({
+            "id": SEED_AGENT_ID,
+            "model": {"built_in": settings.warm_start.model},
+            "tools": [{"python": {}}],
+            "format": "tags",
+            "tasks": "seed",
+        }),
+        Some(m) => json!({
+            "id": agent_id(settings),
+            "model": {"local": m.path, "lora": m.lora},
+            "system_prompt": m.system_prompt,
+            "tools": [{"python": {}}],
+            "format": "hermes",
+            "tasks": "seed",
+        }),
+    }
 }
 
 fn store_path(data_dir: &Path) -> PathBuf {
@@ -540,8 +567,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let sandbox = Arc::new(agentcore_agent::sandbox::PythonSandbox::detect()?);
     let store = BlockingStore::open(&store_path(&data_dir))?;
-    let definition = seed_agent_definition(&settings);
-    store.call(|s| s.register_agent(SEED_AGENT_ID, &definition))?;
+    let definition = agent_definition(&settings);
+    let agent = agent_id(&settings);
+    store.call(|s| s.register_agent(&agent, &definition))?;
     let ctx = JobContext {
         data_dir: data_dir.clone(),
         job_id: job_id.clone(),
@@ -549,7 +577,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let new_job = NewJob {
         id: job_id.clone(),
-        agent_id: SEED_AGENT_ID.into(),
+        agent_id: agent.clone(),
         settings: serde_json::to_value(&settings).unwrap_or(Value::Null),
         total_iterations: settings.config.n_iterations,
         budget_usd: settings.config.max_budget_usd.to_string(),

@@ -143,6 +143,7 @@ fn a_job_runs_records_and_repeats_exactly() {
     let jobs: Value = serde_json::from_slice(&jobs.stdout).expect("json");
     assert_eq!(jobs[0]["id"], job.as_str());
     assert_eq!(jobs[0]["status"], "completed");
+    assert_eq!(jobs[0]["agent_id"], "seed-agent", "the built-in agent's registered id");
     assert_eq!(jobs[0]["iterations_completed"], 4);
     assert_eq!(jobs[0]["best_checkpoint_id"], done["best_checkpoint_id"]);
     let export =

@@ -167,15 +167,17 @@ pub fn load_lora_adapter(dir: &Path, model: &Decoder, device: &Device) -> Result
 
 /// The files of a checkpoint, named as [`save_checkpoint`] writes them: the weights (or the
 /// PEFT adapter), the optimizer moments and `trainer_state.json`. For callers that add files of
-/// their own to the same atomic directory.
+/// their own to the same atomic directory. `base_model` goes into a LoRA adapter's
+/// `base_model_name_or_path`.
 pub fn checkpoint_files(
     model: &Decoder,
     optimizer: &AdamW,
     rng: &ChaCha8Rng,
+    base_model: &str,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut files: Vec<(&'static str, Vec<u8>)> = match model.lora() {
         Some(lora) => {
-            let (config, weights) = peft_files(model, lora, "")?;
+            let (config, weights) = peft_files(model, lora, base_model)?;
             vec![(ADAPTER_CONFIG_FILE, config), (ADAPTER_FILE, weights)]
         }
         None => {
@@ -203,7 +205,7 @@ pub fn save_checkpoint(
     optimizer: &AdamW,
     rng: &ChaCha8Rng,
 ) -> Result<()> {
-    let files = checkpoint_files(model, optimizer, rng)?;
+    let files = checkpoint_files(model, optimizer, rng, "")?;
     write_dir_atomic(dir, |tmp| -> Result<()> {
         for (name, bytes) in &files {
             write_atomic(&tmp.join(name), bytes)?;

@@ -77,6 +77,15 @@ pub struct JobSettings {
     /// the warm-started built-in model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ExternalModel>,
+    /// The reward function by its registry name: `outcome` (1 when verified, else 0; `shaped`
+    /// when `reward_shaping.enabled`), `shaped`, `response_accuracy` (partial credit for a
+    /// close answer), `code_quality`, `task_efficiency`.
+    #[serde(default = "default_reward")]
+    pub reward: String,
+}
+
+fn default_reward() -> String {
+    "outcome".into()
 }
 
 /// A pretrained policy: loaded dequantized to f32, frozen, with LoRA adapters trained.
@@ -117,6 +126,7 @@ impl Default for JobSettings {
             max_difficulty: 2,
             price_per_hour_usd: Decimal::new(10, 2),
             model: None,
+            reward: default_reward(),
         }
     }
 }
@@ -138,6 +148,10 @@ impl JobSettings {
         }
         if self.price_per_hour_usd < Decimal::ZERO {
             out.push(format!("price_per_hour_usd must be >= 0, got {}", self.price_per_hour_usd));
+        }
+        let mut registry = RewardRegistry::with_builtins(self.config.reward_shaping.clone());
+        if let Err(e) = registry.set_default(&self.reward) {
+            out.push(format!("reward: {e}"));
         }
         if let Some(m) = &self.model {
             if !m.path.exists() {
@@ -173,6 +187,19 @@ impl JobContext {
     #[must_use]
     pub fn run_dir(&self) -> PathBuf {
         run_dir(&self.data_dir, &self.job_id)
+    }
+}
+
+/// The agent a job trains: `seed-agent` (the built-in model), or `<model file stem>-agent` for a
+/// pretrained model.
+#[must_use]
+pub fn agent_id(settings: &JobSettings) -> String {
+    match &settings.model {
+        None => SEED_AGENT_ID.to_string(),
+        Some(m) => format!(
+            "{}-agent",
+            m.path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy())
+        ),
     }
 }
 
@@ -469,7 +496,7 @@ pub fn initial_policy(
             Ok((loaded(model), cached))
         }
         Some(m) => {
-            let mut model = load_model(&m.path, true, &Device::Cpu)?;
+            let mut model = load_model(&m.path, false, &Device::Cpu)?;
             // The adapters' initial values come from the job's seed (B starts at 0 anyway).
             let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ 0x10_7a);
             model.model.enable_lora(&m.lora, &mut rng)?;
@@ -492,7 +519,7 @@ pub fn checkpoint_policy(
             Ok((loaded(ck.model), ck.optimizer, ck.rng))
         }
         Some(m) => {
-            let mut model = load_model(&m.path, true, &Device::Cpu)?;
+            let mut model = load_model(&m.path, false, &Device::Cpu)?;
             let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ 0x10_7a);
             model.model.enable_lora(&m.lora, &mut rng)?;
             let (opt, rng, _) = restore_checkpoint(dir, &model.model)?;
@@ -688,6 +715,7 @@ pub fn list_checkpoints(data_dir: &Path, job_id: &str) -> Result<Vec<CheckpointI
 
 fn save(
     ctx: &JobContext,
+    base_model: &str,
     model: &Decoder,
     opt: &AdamW,
     rng: &ChaCha8Rng,
@@ -716,7 +744,7 @@ fn save(
     let dropped: Vec<CheckpointInfo> =
         ranked.iter().skip(KEEP_BEST_CHECKPOINTS).map(|c| (*c).clone()).collect();
     state.checkpoints.retain(|c| !dropped.iter().any(|d| d.iteration == c.iteration));
-    let files = checkpoint_files(model, opt, rng)?;
+    let files = checkpoint_files(model, opt, rng, base_model)?;
     let job_state =
         serde_json::to_vec_pretty(state).map_err(|e| TrainError::Job(format!("job state: {e}")))?;
     write_dir_atomic(&path, |tmp| -> Result<(), TrainError> {
@@ -788,6 +816,8 @@ pub fn run(
     let verifiers = Verifiers { sandbox: Some(Arc::clone(&sandbox)), ..Verifiers::default() };
     let max_steps = config.max_steps_per_trajectory.min(4);
     let style = AgentStyle::of(settings);
+    let base_model =
+        settings.model.as_ref().map(|m| m.path.display().to_string()).unwrap_or_default();
 
     let resumed = latest_checkpoint(&run_dir)?;
     let resumed_from = resumed.as_ref().map(|(_, s)| s.iteration);
@@ -846,9 +876,12 @@ pub fn run(
     on_event(&Event::Baseline { success_rate: rate(&state.baseline), eval_queries: eval.len() });
 
     let mut registry = RewardRegistry::with_builtins(config.reward_shaping.clone());
-    if config.reward_shaping.enabled {
-        registry.set_default("shaped").map_err(|e| TrainError::Job(e.to_string()))?;
-    }
+    let reward_name = if config.reward_shaping.enabled && settings.reward == "outcome" {
+        "shaped"
+    } else {
+        settings.reward.as_str()
+    };
+    registry.set_default(reward_name).map_err(|e| TrainError::Job(e.to_string()))?;
     let loss_settings = LossSettings::from(config);
     let sampling = Sampling {
         temperature: config.temperature,
@@ -1031,13 +1064,13 @@ pub fn run(
         on_event(&Event::Iteration(metrics));
         if state.stop_reason.is_some() || last || iteration % config.checkpoint_interval == 0 {
             state.wall_seconds = wall(&started);
-            save(ctx, &model.model, &opt, &rng, &mut state, on_event)?;
+            save(ctx, &base_model, &model.model, &opt, &rng, &mut state, on_event)?;
         }
     }
     if state.stop_reason == Some(StopReason::BudgetExhausted) {
         // Stopped before an iteration: the last iteration's state may not be saved yet.
         state.wall_seconds = wall(&started);
-        save(ctx, &model.model, &opt, &rng, &mut state, on_event)?;
+        save(ctx, &base_model, &model.model, &opt, &rng, &mut state, on_event)?;
     }
     let baseline = state.baseline.clone();
     let final_outcomes = match last_eval {
@@ -1065,7 +1098,7 @@ pub fn run(
     let best = best_checkpoint(&state.checkpoints);
     let summary = Summary {
         job_id: ctx.job_id.clone(),
-        agent_id: SEED_AGENT_ID.into(),
+        agent_id: agent_id(settings),
         baseline_success_rate: rate(&baseline),
         final_success_rate: rate(&final_results),
         baseline_interval: wilson(&baseline)?,

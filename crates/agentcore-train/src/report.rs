@@ -194,9 +194,13 @@ pub fn markdown(
     let _ = writeln!(out, "# Training report: job `{}`\n", s.job_id);
     let _ = writeln!(
         out,
-        "## Goal\nImprove agent `{}` (the built-in model with a sandboxed `python` tool) on the \
-         `seed` task suite: answer each query with the verified result of a tool call.\n",
-        s.agent_id
+        "## Goal\nImprove agent `{}` ({} with a sandboxed `python` tool) on the `seed` task \
+         suite: answer each query with the verified result of a tool call.\n",
+        s.agent_id,
+        settings
+            .model
+            .as_ref()
+            .map_or("the built-in model".to_string(), |m| format!("`{}`", m.path.display()))
     );
     let policy = match &settings.model {
         Some(m) => format!(
