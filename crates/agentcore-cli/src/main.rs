@@ -275,8 +275,8 @@ fn bench_table(r: &ModelBenchReport) -> String {
     out
 }
 
-/// Reads and validates a config file; the format comes from the extension.
-fn load_config(path: &Path) -> anyhow::Result<GRPOConfig> {
+/// A config file's text and its format (from the extension).
+pub(crate) fn read_config_file(path: &Path) -> anyhow::Result<(String, ConfigFormat)> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let format = ConfigFormat::from_extension(extension).ok_or_else(|| {
         InputError(format!(
@@ -286,6 +286,12 @@ fn load_config(path: &Path) -> anyhow::Result<GRPOConfig> {
     })?;
     let text = fs::read_to_string(path)
         .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    Ok((text, format))
+}
+
+/// Reads and validates a config file; the format comes from the extension.
+fn load_config(path: &Path) -> anyhow::Result<GRPOConfig> {
+    let (text, format) = read_config_file(path)?;
     GRPOConfig::from_str_format(&text, format)
         .map_err(|e: GrpoError| InputError(format!("{}: {e}", path.display())).into())
 }

@@ -111,15 +111,7 @@ pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
 }
 
 fn parse_document(path: &Path) -> anyhow::Result<(Value, ConfigFormat, String)> {
-    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let format = ConfigFormat::from_extension(extension).ok_or_else(|| {
-        InputError(format!(
-            "{}: unknown config format `.{extension}`: use .json, .yaml, .yml or .toml",
-            path.display()
-        ))
-    })?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    let (text, format) = crate::read_config_file(path)?;
     let value: Value = match format {
         ConfigFormat::Json => serde_json::from_str(&text).map_err(|e| e.to_string()),
         ConfigFormat::Yaml => serde_yaml_ng::from_str(&text).map_err(|e| e.to_string()),

@@ -214,6 +214,16 @@ mod tests {
             .collect()
     }
 
+    fn settings(loss_type: LossType) -> LossSettings {
+        LossSettings {
+            loss_type,
+            epsilon_low: 0.2,
+            epsilon_high: 0.2,
+            beta: 0.0,
+            max_completion_length: 40,
+        }
+    }
+
     fn weights(m: &Decoder) -> Vec<f32> {
         m.params()
             .iter()
@@ -228,13 +238,7 @@ mod tests {
     #[test]
     fn micro_batched_update_equals_one_full_batch() {
         for loss_type in [LossType::Dapo, LossType::Grpo, LossType::DrGrpo, LossType::Gspo] {
-            let settings = LossSettings {
-                loss_type,
-                epsilon_low: 0.2,
-                epsilon_high: 0.2,
-                beta: 0.0,
-                max_completion_length: 40,
-            };
+            let settings = settings(loss_type);
             let rows = rows(&mut ChaCha8Rng::seed_from_u64(7));
             let config = AdamWConfig { learning_rate: 1e-2, ..AdamWConfig::default() };
             let small = model(1);
@@ -260,13 +264,7 @@ mod tests {
     /// reports (they change the denominator, not the gradient).
     #[test]
     fn reported_loss_counts_skipped_rows_in_the_denominator() {
-        let settings = LossSettings {
-            loss_type: LossType::Dapo,
-            epsilon_low: 0.2,
-            epsilon_high: 0.2,
-            beta: 0.0,
-            max_completion_length: 40,
-        };
+        let settings = settings(LossType::Dapo);
         let rows = rows(&mut ChaCha8Rng::seed_from_u64(9));
         let m = model(3);
         let seqs: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
@@ -283,13 +281,7 @@ mod tests {
 
     #[test]
     fn all_zero_advantages_take_no_step() {
-        let settings = LossSettings {
-            loss_type: LossType::Dapo,
-            epsilon_low: 0.2,
-            epsilon_high: 0.2,
-            beta: 0.0,
-            max_completion_length: 40,
-        };
+        let settings = settings(LossType::Dapo);
         let mut rows = rows(&mut ChaCha8Rng::seed_from_u64(5));
         for r in &mut rows {
             r.advantage = 0.0;
