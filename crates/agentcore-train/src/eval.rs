@@ -17,8 +17,8 @@ use serde::Serialize;
 
 use crate::TrainError;
 use crate::job::{
-    AgentStyle, EvalOutcome, checkpoint_policy, evaluate, initial_policy, job_tasks,
-    list_checkpoints, read_job_settings,
+    AgentStyle, EvalOutcome, best_checkpoint, checkpoint_policy, evaluate, initial_policy,
+    job_tasks, list_checkpoints, read_job_settings,
 };
 
 /// Aggregates of one agent on the evaluation queries (the contract's `metrics`).
@@ -93,15 +93,7 @@ pub fn compare(
                 checkpoints.iter().map(|c| c.checkpoint_id.as_str()).collect::<Vec<_>>().join(", ")
             ))
         })?,
-        None => checkpoints
-            .iter()
-            .filter(|c| c.eval_success_rate.is_some())
-            .max_by(|a, b| {
-                a.eval_success_rate
-                    .unwrap_or(0.0)
-                    .total_cmp(&b.eval_success_rate.unwrap_or(0.0))
-                    .then(a.iteration.cmp(&b.iteration))
-            })
+        None => best_checkpoint(&checkpoints)
             .or(checkpoints.last())
             .ok_or_else(|| TrainError::Job(format!("job `{job_id}` has no checkpoint yet")))?,
     };

@@ -495,14 +495,17 @@ pub fn initial_policy(
                 warm_start(&settings.warm_start, data_dir, sandbox, progress)?;
             Ok((loaded(model), cached))
         }
-        Some(m) => {
-            let mut model = load_model(&m.path, false, &Device::Cpu)?;
-            // The adapters' initial values come from the job's seed (B starts at 0 anyway).
-            let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ 0x10_7a);
-            model.model.enable_lora(&m.lora, &mut rng)?;
-            Ok((model, true))
-        }
+        Some(m) => Ok((lora_policy(settings, m)?, true)),
     }
+}
+
+/// The pretrained model, frozen, with fresh LoRA adapters (initial values from the job's seed;
+/// B starts at 0 anyway).
+fn lora_policy(settings: &JobSettings, m: &ExternalModel) -> Result<LoadedModel, TrainError> {
+    let mut model = load_model(&m.path, false, &Device::Cpu)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ 0x10_7a);
+    model.model.enable_lora(&m.lora, &mut rng)?;
+    Ok(model)
 }
 
 /// The policy of a checkpoint of a job.
@@ -519,9 +522,7 @@ pub fn checkpoint_policy(
             Ok((loaded(ck.model), ck.optimizer, ck.rng))
         }
         Some(m) => {
-            let mut model = load_model(&m.path, false, &Device::Cpu)?;
-            let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ 0x10_7a);
-            model.model.enable_lora(&m.lora, &mut rng)?;
+            let model = lora_policy(settings, m)?;
             let (opt, rng, _) = restore_checkpoint(dir, &model.model)?;
             Ok((model, opt, rng))
         }
@@ -767,7 +768,7 @@ fn save(
 }
 
 /// The best checkpoint of a job state: highest validation success, the later on ties.
-fn best_checkpoint(checkpoints: &[CheckpointInfo]) -> Option<&CheckpointInfo> {
+pub fn best_checkpoint(checkpoints: &[CheckpointInfo]) -> Option<&CheckpointInfo> {
     checkpoints.iter().filter(|c| c.eval_success_rate.is_some()).max_by(|a, b| {
         a.eval_success_rate
             .unwrap_or(0.0)
