@@ -15,7 +15,10 @@
 //! - **seccomp**: no sockets at all, no new processes or threads (`fork`, `vfork`, `clone`,
 //!   `clone3`), no `ptrace`, no mounts or namespaces, no rlimit changes, no kernel keyring, BPF,
 //!   perf or io_uring.
-//! - **environment**: cleared; the child sees only `PATH`, `HOME` (the scratch dir) and `LANG`.
+//! - **environment**: cleared; the child sees only `PATH`, `HOME` (the scratch dir), `LANG` and
+//!   `PYTHONHASHSEED=0`.
+//! - **repeatability**: string hashing is fixed and default reprs print `at 0x0` instead of a
+//!   memory address, so an observation depends on the code alone and a seeded rollout repeats.
 //! - **wall time and output** are enforced by the parent: a call that runs past its wall limit or
 //!   writes more than the output limit is killed, and the interpreter replaced.
 //!

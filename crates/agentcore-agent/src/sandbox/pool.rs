@@ -90,17 +90,21 @@ struct Worker {
 
 impl Worker {
     fn spawn(config: &SandboxConfig) -> Result<Self, SandboxError> {
-        let scratch = tempfile::Builder::new().prefix("agentcore-py-").tempdir()?;
+        let scratch = tempfile::Builder::new().prefix(&scratch_prefix()).tempdir()?;
         let mut cmd = Command::new(&config.launcher[0]);
         cmd.args(&config.launcher[1..])
             .args(launcher_args(scratch.path(), &config.read_paths, &config.limits))
             .arg(&config.python)
-            .args(["-I", "-S", "-B", "-c", WORKER_PY])
+            // Not `-I`: it implies `-E`, which would ignore PYTHONHASHSEED. The environment is cleared
+            // anyway, `-s` drops the user site, and the worker drops the cwd from `sys.path`.
+            .args(["-s", "-S", "-B", "-c", WORKER_PY])
             .arg(config.limits.output_chars.to_string())
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", scratch.path())
             .env("LANG", "C.UTF-8")
+            // A fixed string hash: set and dict orders of strings repeat from run to run.
+            .env("PYTHONHASHSEED", "0")
             .current_dir(scratch.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -210,6 +214,35 @@ impl std::fmt::Debug for PythonSandbox {
     }
 }
 
+/// Scratch directories are named after the process that owns them, so that the ones a killed
+/// process left behind (its `TempDir`s never dropped) can be recognised and removed.
+fn scratch_prefix() -> String {
+    format!("agentcore-py-{}-", std::process::id())
+}
+
+/// Removes `agentcore-py-<pid>-*` directories in `dir` whose process no longer runs. Best effort:
+/// a directory that cannot be removed is left alone.
+pub(crate) fn remove_stale_scratch_dirs(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("agentcore-py-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = std::path::Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 impl PythonSandbox {
     /// A pool with the given configuration; starts one worker to prove the sandbox works here.
     ///
@@ -217,6 +250,7 @@ impl PythonSandbox {
     /// [`SandboxError::Start`] with the launcher's message when the sandbox cannot be set up
     /// (no Landlock in the kernel, interpreter not readable, ...).
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        remove_stale_scratch_dirs(&std::env::temp_dir());
         let first = Worker::spawn(&config)?;
         Ok(Self { config, idle: Mutex::new(vec![first]) })
     }
@@ -390,5 +424,26 @@ impl PythonSandbox {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_scratch_dirs_of_dead_processes_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Above any pid_max Linux allows (2^22), so never a running process.
+        let dead = tmp.path().join("agentcore-py-4000000000-abc");
+        let mine = tmp.path().join(format!("{}x", scratch_prefix()));
+        let other = tmp.path().join("agentcore-py-notapid");
+        for d in [&dead, &mine, &other] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join("sub/f.py"), "x = 1").unwrap();
+        }
+        assert_eq!(remove_stale_scratch_dirs(tmp.path()), 1);
+        assert!(!dead.exists());
+        assert!(mine.exists() && other.exists());
     }
 }

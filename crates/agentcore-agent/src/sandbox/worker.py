@@ -2,7 +2,18 @@
 # launcher before exec). One JSON request per line on the protocol input, one JSON reply per line
 # on the protocol output. The protocol uses duplicated descriptors; fds 0/1/2 point at /dev/null so
 # that code writing to them directly cannot corrupt replies.
-import ast, builtins, io, json, os, sys, traceback
+import ast, builtins, io, json, os, re, sys, traceback
+
+# The code runs in the scratch directory; modules are not imported from there.
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+# Default reprs name a memory address, which differs from run to run: an observation that the
+# agent sees must be a function of the code alone, or the same seed gives another trajectory.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
+
+
+def _stable(text):
+    return None if text is None else _ADDRESS.sub(" at 0x0>", text)
+
 
 _proto_in = os.fdopen(os.dup(0), "rb")
 _proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -110,5 +121,5 @@ while True:
         del sys.modules[name]
     _clean_scratch()
     os.chdir(_SCRATCH)
-    reply = {"stdout": cap.text(), "error": err, "output_limited": cap.over, "verdict": verdict}
+    reply = {"stdout": _stable(cap.text()), "error": _stable(err), "output_limited": cap.over, "verdict": verdict}
     _proto_out.write(json.dumps(reply).encode() + b"\n")

@@ -87,7 +87,7 @@ fn cannot_read_the_parent_environment() {
     let secret = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it for tests");
     let out = p.run("import os\nprint(sorted(os.environ))");
     assert_eq!(out.status, ExecStatus::Ok, "{out:?}");
-    assert_eq!(out.stdout.trim(), "['HOME', 'LANG', 'PATH']");
+    assert_eq!(out.stdout.trim(), "['HOME', 'LANG', 'PATH', 'PYTHONHASHSEED']");
     let out = p.run("import os\nprint(open('/proc/%d/environ' % os.getppid(), 'rb').read())");
     assert_eq!(out.status, ExecStatus::Error, "{out:?}");
     assert!(!out.observation().contains(&secret));
@@ -168,6 +168,22 @@ fn cannot_raise_limits_or_trace() {
     let out = p.run("import ctypes\nprint(ctypes.CDLL(None).ptrace(16, 1, 0, 0))");
     // PTRACE_ATTACH returns -1 (EPERM) when denied; anything else would be an escape.
     assert!(out.status != ExecStatus::Ok || out.stdout.trim() == "-1", "{out:?}");
+}
+
+/// Observations must not depend on the process: string hashing (set order) and memory addresses
+/// in default reprs differ between interpreters unless pinned, and a seeded rollout would diverge.
+#[test]
+fn observations_repeat_across_interpreters() {
+    let code = "print(list({'alpha', 'beta', 'gamma', 'delta', 'eps', 'zeta'}))\n[1, 2].count";
+    let outputs: Vec<String> = (0..4)
+        .map(|_| {
+            let out = pool().run(code);
+            assert_eq!(out.status, ExecStatus::Ok, "{out:?}");
+            out.stdout
+        })
+        .collect();
+    assert!(outputs[0].contains("<built-in method count of list object at 0x0>"), "{outputs:?}");
+    assert!(outputs.iter().all(|o| *o == outputs[0]), "{outputs:?}");
 }
 
 #[test]
