@@ -17,6 +17,9 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+mod queue;
+pub use queue::{CancelOutcome, JobFilter, Lease, WebhookDelivery, WebhookRow};
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -97,6 +100,27 @@ pub struct JobRow {
     pub updated_at: String,
     /// RFC 3339.
     pub finished_at: Option<String>,
+    /// The organisation that owns the job (`""` for local jobs).
+    #[serde(default)]
+    pub org: String,
+    /// Who started it (the token's subject; `""` for local jobs).
+    #[serde(default)]
+    pub owner: String,
+    /// The caller's free-form metadata, echoed back.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// The worker holding the job's lease.
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// Times a worker claimed the job (more than 1 after a worker died).
+    #[serde(default)]
+    pub attempts: u32,
+    /// A cancel was asked for while the job ran.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// RFC 3339: when a worker first took the job.
+    #[serde(default)]
+    pub started_at: Option<String>,
 }
 
 /// A new job.
@@ -457,7 +481,8 @@ impl Store {
         let t = now();
         sqlx::query(
             "UPDATE jobs SET status = ?, stop_reason = ?, summary = ?, best_checkpoint_id = ?, \
-             error = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+             error = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
+             lease_expires_ms = NULL WHERE id = ?",
         )
         .bind(status)
         .bind(stop_reason)
@@ -595,17 +620,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
-                Ok(EventRow {
-                    id: r.get("id"),
-                    job_id: r.get("job_id"),
-                    kind: r.get("kind"),
-                    payload: parse("event payload", r.get("payload"))?,
-                    created_at: r.get("created_at"),
-                })
-            })
-            .collect()
+        rows.iter().map(event_row).collect()
     }
 
     /// Closes the pool (flushes the WAL).
@@ -614,7 +629,17 @@ impl Store {
     }
 }
 
-fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
+pub(crate) fn event_row(r: &sqlx::sqlite::SqliteRow) -> Result<EventRow> {
+    Ok(EventRow {
+        id: r.get("id"),
+        job_id: r.get("job_id"),
+        kind: r.get("kind"),
+        payload: parse("event payload", r.get("payload"))?,
+        created_at: r.get("created_at"),
+    })
+}
+
+pub(crate) fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
     Ok(JobRow {
         id: r.get("id"),
         agent_id: r.get("agent_id"),
@@ -635,14 +660,32 @@ fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         finished_at: r.get("finished_at"),
+        org: r.get("org"),
+        owner: r.get("owner"),
+        metadata: r
+            .get::<Option<String>, _>("metadata")
+            .map(|s| parse("job metadata", &s))
+            .transpose()?,
+        lease_owner: r.get("lease_owner"),
+        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(0),
+        cancel_requested: r.get::<i64, _>("cancel_requested") != 0,
+        started_at: r.get("started_at"),
     })
 }
 
 /// [`Store`] for synchronous code: owns a single-threaded runtime and blocks on each call.
 #[derive(Debug)]
 pub struct BlockingStore {
-    runtime: tokio::runtime::Runtime,
+    runtime: Runtime,
     store: Store,
+}
+
+#[derive(Debug)]
+enum Runtime {
+    /// Its own single-threaded runtime (the CLI).
+    Own(tokio::runtime::Runtime),
+    /// A runtime owned elsewhere, entered from a blocking thread (a server's worker).
+    Shared(tokio::runtime::Handle),
 }
 
 impl BlockingStore {
@@ -656,7 +699,13 @@ impl BlockingStore {
             .build()
             .map_err(StoreError::Runtime)?;
         let store = runtime.block_on(Store::open(path))?;
-        Ok(Self { runtime, store })
+        Ok(Self { runtime: Runtime::Own(runtime), store })
+    }
+
+    /// Wraps an open store for synchronous code on a blocking thread of `handle`'s runtime
+    /// (`tokio::task::spawn_blocking`); never call it from async code.
+    pub fn with_handle(store: Store, handle: tokio::runtime::Handle) -> Self {
+        Self { runtime: Runtime::Shared(handle), store }
     }
 
     /// The async store, for [`BlockingStore::block_on`].
@@ -667,7 +716,10 @@ impl BlockingStore {
     /// Runs a future to completion; temporaries of the argument live until the statement
     /// ends: `db.block_on(db.store().record_event("job", "kind", &json!({})))`.
     pub fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
-        self.runtime.block_on(future)
+        match &self.runtime {
+            Runtime::Own(r) => r.block_on(future),
+            Runtime::Shared(h) => h.block_on(future),
+        }
     }
 
     /// Runs one store call to completion: `store.call(|s| s.job("id"))`.
@@ -675,12 +727,15 @@ impl BlockingStore {
     where
         F: Future<Output = T> + 'a,
     {
-        self.runtime.block_on(f(&self.store))
+        self.block_on(f(&self.store))
     }
 }
 
 impl Drop for BlockingStore {
     fn drop(&mut self) {
-        self.runtime.block_on(self.store.close());
+        // A shared store belongs to its runtime's owner, which closes it.
+        if let Runtime::Own(r) = &self.runtime {
+            r.block_on(self.store.close());
+        }
     }
 }

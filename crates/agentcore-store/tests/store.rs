@@ -216,6 +216,11 @@ fn migration_folders_are_in_step() {
                     .collect();
                 out.push((name, columns));
             }
+            for line in text.lines().filter(|l| l.starts_with("ALTER TABLE ")) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                // ALTER TABLE <table> ADD COLUMN <column> ...
+                out.push((format!("alter {}", words[2]), vec![words[5].to_string()]));
+            }
         }
         out
     };
