@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentcore_grpo::{ConfigFormat, GRPOConfig};
-use agentcore_store::{BlockingStore, CheckpointRow, NewJob, TrajectoryFilter, TrajectoryRow};
+use agentcore_store::{BlockingStore, NewJob, TrajectoryFilter, TrajectoryRow};
 use agentcore_train::job::{
     Event, JobContext, JobSettings, SEED_AGENT_ID, Summary, agent_id, read_job_settings,
     resume_point,
 };
+use agentcore_train::record::Recorder;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -57,6 +58,14 @@ pub struct TrainArgs {
     /// Warm-start optimizer steps.
     #[arg(long)]
     warm_start_steps: Option<usize>,
+    /// Train on these tasks instead of the generated seed suite: a `.json` array, `.jsonl` or
+    /// `.parquet` file (or a Hugging Face dataset folder) of `{query, expected_outcome}`, at
+    /// least 100.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Held-out tasks for --data [default: a seeded --eval-fraction of --data].
+    #[arg(long, value_name = "FILE", requires = "data")]
+    eval_data: Option<PathBuf>,
     /// Train a pretrained model with LoRA instead of the built-in one: a `.gguf` file (e.g.
     /// Gemma 3 270M from scripts/fetch_gemma3.sh) or a Hugging Face model directory. Without
     /// --n-tasks the job then uses 48 tasks (12 held out): generation on CPU is slow.
@@ -233,6 +242,20 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
     if let Some(r) = &args.reward {
         settings.reward = r.clone();
     }
+    if let Some(path) = &args.data {
+        let load = |p: &Path, split: &str| {
+            agentcore_tasks::data::load_tasks(p, split)
+                .map_err(|e| InputError(format!("--data {}: {e}", p.display())))
+        };
+        let train = load(path, "train")?;
+        agentcore_tasks::data::validate_training(&train, agentcore_tasks::data::MIN_TRAINING_TASKS)
+            .map_err(|e| InputError(format!("--data {}: {e}", path.display())))?;
+        let eval = match &args.eval_data {
+            Some(p) => load(p, "test")?,
+            None => Vec::new(),
+        };
+        settings.data = Some(agentcore_train::job::JobData { train, eval });
+    }
     // Validate the whole config (flags included) before any work starts.
     let text = settings.config.to_string_format(ConfigFormat::Json);
     settings.config = GRPOConfig::from_json_str(&text).map_err(|e| InputError(e.to_string()))?;
@@ -257,6 +280,7 @@ fn changes_settings(args: &TrainArgs) -> bool {
         || args.warm_start_steps.is_some()
         || args.model.is_some()
         || args.reward.is_some()
+        || args.data.is_some()
 }
 
 /// The built-in agent's definition, as registered under `seed-agent`.
@@ -282,109 +306,6 @@ fn agent_definition(settings: &JobSettings) -> Value {
 
 fn store_path(data_dir: &Path) -> PathBuf {
     data_dir.join("agentcore.db")
-}
-
-/// Writes what the job reports into the store.
-struct Recorder<'a> {
-    store: &'a BlockingStore,
-    job_id: String,
-    error: Option<String>,
-}
-
-impl Recorder<'_> {
-    fn record(&mut self, event: &Event) {
-        if self.error.is_some() {
-            return;
-        }
-        let job = self.job_id.as_str();
-        let result = match event {
-            Event::WarmStart(_) => Ok(()),
-            Event::Started { resumed_from, total_iterations, .. } => {
-                let payload =
-                    json!({"resumed_from": resumed_from, "total_iterations": total_iterations});
-                self.store.call(|s| s.record_event(job, "training.started", &payload))
-            }
-            Event::Baseline { success_rate, eval_queries } => {
-                let payload = json!({"success_rate": success_rate, "eval_queries": eval_queries});
-                self.store.call(|s| s.record_event(job, "training.baseline", &payload))
-            }
-            Event::Rollouts { iteration, records } => {
-                let rows: Vec<TrajectoryRow> = records
-                    .iter()
-                    .map(|r| TrajectoryRow {
-                        id: 0,
-                        job_id: job.to_string(),
-                        iteration: *iteration,
-                        query_index: u32::try_from(r.query_index).unwrap_or(u32::MAX),
-                        sample_index: u32::try_from(r.sample_index).unwrap_or(u32::MAX),
-                        query: r.trajectory.query.clone(),
-                        expected_outcome: r.expected_outcome.clone(),
-                        success: r.success,
-                        reward: r.reward,
-                        advantage: r.advantage,
-                        trajectory: serde_json::to_value(&r.trajectory).unwrap_or(Value::Null),
-                        created_at: String::new(),
-                    })
-                    .collect();
-                self.store.call(|s| s.insert_trajectories(&rows))
-            }
-            Event::Iteration(m) => {
-                let metrics = serde_json::to_value(m).unwrap_or(Value::Null);
-                let cost = m.cost_usd.to_string();
-                self.store.call(|s| s.record_iteration(job, m.iteration, &metrics, &cost)).and_then(
-                    |()| self.store.call(|s| s.record_event(job, "training.iteration", &metrics)),
-                )
-            }
-            Event::Checkpoint(c) => {
-                let row = CheckpointRow {
-                    id: c.checkpoint_id.clone(),
-                    job_id: job.to_string(),
-                    iteration: c.iteration,
-                    path: c.path.display().to_string(),
-                    eval_success_rate: c.eval_success_rate,
-                    deleted: false,
-                    created_at: String::new(),
-                };
-                let payload = json!({"checkpoint_id": c.checkpoint_id, "iteration": c.iteration});
-                self.store.call(|s| s.record_checkpoint(&row)).and_then(|()| {
-                    self.store.call(|s| s.record_event(job, "training.checkpoint.saved", &payload))
-                })
-            }
-            Event::CheckpointRemoved { checkpoint_id } => {
-                self.store.call(|s| s.mark_checkpoint_deleted(checkpoint_id))
-            }
-            Event::Budget { state, spent_usd, budget_usd } => {
-                let kind = if *state == agentcore_grpo::budget::BudgetState::Exceeded {
-                    "training.budget.exceeded"
-                } else {
-                    "training.budget.warning"
-                };
-                let payload =
-                    json!({"state": state, "spent_usd": spent_usd, "budget_usd": budget_usd});
-                self.store.call(|s| s.record_event(job, kind, &payload))
-            }
-            Event::Done(summary) => {
-                let value = serde_json::to_value(summary).unwrap_or(Value::Null);
-                let status = match summary.stop_reason {
-                    agentcore_train::job::StopReason::Cancelled => "cancelled",
-                    _ => "completed",
-                };
-                self.store.call(|s| {
-                    s.finish_job(
-                        job,
-                        status,
-                        Some(summary.stop_reason.as_str()),
-                        Some(&value),
-                        summary.best_checkpoint_id.as_deref(),
-                        None,
-                    )
-                })
-            }
-        };
-        if let Err(e) = result {
-            self.error = Some(e.to_string());
-        }
-    }
 }
 
 /// What the terminal shows: a progress bar on a terminal, plain lines otherwise.
@@ -595,12 +516,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         });
     }
     let mut display = Display::new(args.json);
-    let mut recorder = Recorder { store: &store, job_id: job_id.clone(), error: None };
+    let mut recorder = Recorder::new(&store, &job_id);
     let result = agentcore_train::job::run(&settings, &ctx, sandbox, &mut |event| {
         recorder.record(event);
         display.show(event);
     });
-    let recorder_error = recorder.error.take();
+    let recorder_error = recorder.take_error();
     let summary = match result {
         Ok(s) => s,
         Err(e) => {

@@ -394,3 +394,69 @@ fn ctrl_c_stops_after_the_iteration_with_a_checkpoint_and_resume_continues() {
     let _ = child.wait();
     assert_eq!(first, Some(stopped_at + 1));
 }
+
+/// `--data FILE`: the job trains and evaluates on the file's tasks (a seeded share held out, or
+/// `--eval-data`); a file that breaks the rules stops before any work, naming the count or index.
+#[test]
+fn trains_on_a_data_file_and_rejects_bad_ones() {
+    let s = setup();
+    let generate = |n: &str, seed: &str| {
+        let out =
+            agentcore(&["tasks", "generate", "--n", n, "--seed", seed, "--difficulty", "1"], &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let dir = s.data.parent().expect("parent").to_path_buf();
+    let train_file = dir.join("train.jsonl");
+    std::fs::write(&train_file, generate("120", "7")).expect("write");
+    let eval_file = dir.join("eval.jsonl");
+    std::fs::write(&eval_file, generate("30", "8")).expect("write");
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+
+    let (out, events) = train(&s, &["--config", &config(&s), "--data", &path(&train_file)], &[]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let done = of_kind(&events, "done")[0];
+    // 120 tasks in 12 families of 10: ceil(25% of 10) = 3 held out of each.
+    assert_eq!(done["eval_queries"], 36, "{done}");
+    assert_eq!(done["train_queries"], 84, "{done}");
+
+    let (out, events) = train(
+        &s,
+        &[
+            "--config",
+            &config(&s),
+            "--data",
+            &path(&train_file),
+            "--eval-data",
+            &path(&eval_file),
+            "--n-iterations",
+            "2",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let done = of_kind(&events, "done")[0];
+    assert_eq!(
+        (done["eval_queries"].as_u64(), done["train_queries"].as_u64()),
+        (Some(30), Some(120))
+    );
+
+    let small = dir.join("small.jsonl");
+    std::fs::write(&small, generate("50", "9")).expect("write");
+    let bad = dir.join("bad.jsonl");
+    let mut lines: Vec<String> = generate("120", "7").lines().map(str::to_string).collect();
+    lines[17] = r#"{"query": "what?"}"#.to_string();
+    std::fs::write(&bad, lines.join("\n")).expect("write");
+    for (file, needle) in [
+        (&small, "at least 100 queries, got 50"),
+        (&bad, "line 18"),
+        (&dir.join("missing.jsonl"), "missing.jsonl"),
+    ] {
+        let runs_before = std::fs::read_dir(s.data.join("runs")).map(|d| d.count()).unwrap_or(0);
+        let (out, _) = train(&s, &["--config", &config(&s), "--data", &path(file)], &[]);
+        assert_eq!(out.status.code(), Some(2), "{}: {}", file.display(), text(&out.stderr));
+        assert!(text(&out.stderr).contains(needle), "{}: {}", file.display(), text(&out.stderr));
+        let runs_after = std::fs::read_dir(s.data.join("runs")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(runs_before, runs_after, "no job was started");
+    }
+}

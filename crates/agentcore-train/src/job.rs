@@ -82,6 +82,20 @@ pub struct JobSettings {
     /// close answer), `code_quality`, `task_efficiency`.
     #[serde(default = "default_reward")]
     pub reward: String,
+    /// The caller's tasks instead of the generated seed suite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<JobData>,
+}
+
+/// A job's own tasks (the guide's `training_data` / `evaluation_data`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobData {
+    /// Training tasks (at least [`agentcore_tasks::data::MIN_TRAINING_TASKS`]).
+    pub train: Vec<Task>,
+    /// Held-out tasks; when empty, a seeded `eval_fraction` of `train` (per family) is held out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval: Vec<Task>,
 }
 
 fn default_reward() -> String {
@@ -127,6 +141,7 @@ impl Default for JobSettings {
             price_per_hour_usd: Decimal::new(10, 2),
             model: None,
             reward: default_reward(),
+            data: None,
         }
     }
 }
@@ -159,6 +174,20 @@ impl JobSettings {
             }
             if let Err(e) = m.lora.validate() {
                 out.push(format!("model.lora: {e}"));
+            }
+        }
+        if let Some(d) = &self.data {
+            let min = agentcore_tasks::data::MIN_TRAINING_TASKS;
+            if d.train.len() < min {
+                out.push(format!(
+                    "data.train must have at least {min} queries, got {}",
+                    d.train.len()
+                ));
+            }
+            for (name, tasks) in [("train", &d.train), ("eval", &d.eval)] {
+                if let Some(i) = tasks.iter().position(|t| t.query.trim().is_empty()) {
+                    out.push(format!("data.{name}[{i}].query must be a non-empty string"));
+                }
             }
         }
         if self.warm_start.model.max_seq_len < 64 {
@@ -629,7 +658,11 @@ pub fn seed_tasks(n: usize, seed: u64, max_difficulty: u8) -> Result<Vec<Task>, 
 /// # Errors
 /// Bad task settings, an empty split.
 pub fn job_tasks(settings: &JobSettings) -> Result<(Vec<Task>, Vec<Task>), TrainError> {
-    let tasks = seed_tasks(settings.n_tasks, settings.config.seed, settings.max_difficulty)?;
+    let tasks = match &settings.data {
+        Some(d) if !d.eval.is_empty() => return Ok((d.train.clone(), d.eval.clone())),
+        Some(d) => d.train.clone(),
+        None => seed_tasks(settings.n_tasks, settings.config.seed, settings.max_difficulty)?,
+    };
     let split = seed::split(
         tasks,
         &SplitSpec::Stratified {

@@ -5,6 +5,7 @@
 //! - [`warmstart`]: supervised warm start, cached in the data directory.
 //! - [`eval`]: a checkpoint against the agent before training, paired.
 //! - [`job`]: the job itself.
+//! - [`record`]: the job's events into the store.
 //! - [`report`]: `report.md` and the learning curves of a finished job.
 //! - [`update`]: one policy update (micro-batched GRPO loss, AdamW step).
 #![deny(missing_docs)]
@@ -12,6 +13,7 @@
 pub mod demos;
 pub mod eval;
 pub mod job;
+pub mod record;
 pub mod report;
 pub mod update;
 pub mod warmstart;

@@ -1,0 +1,148 @@
+//! Recording a job in the store: every event the job reports becomes rows (iteration metrics,
+//! trajectories with their token traces, checkpoints, events) and, at the end, the job's status.
+
+use agentcore_store::{BlockingStore, CheckpointRow, TrajectoryRow};
+use serde_json::{Value, json};
+
+use crate::job::{Event, StopReason};
+
+/// Writes what the job reports into the store.
+pub struct Recorder<'a> {
+    store: &'a BlockingStore,
+    job_id: String,
+    lease_owner: Option<String>,
+    error: Option<String>,
+}
+
+impl<'a> Recorder<'a> {
+    /// Records the events of `job_id` in `store`.
+    #[must_use]
+    pub fn new(store: &'a BlockingStore, job_id: &str) -> Self {
+        Self { store, job_id: job_id.to_owned(), lease_owner: None, error: None }
+    }
+
+    /// As a queue worker holding the job's lease: the final status is written only while the
+    /// lease is still `worker`'s.
+    #[must_use]
+    pub fn leased(mut self, worker: &str) -> Self {
+        self.lease_owner = Some(worker.to_owned());
+        self
+    }
+
+    /// The first store error, if recording failed (recording stops at the first error).
+    pub fn take_error(&mut self) -> Option<String> {
+        self.error.take()
+    }
+
+    /// Records one event.
+    pub fn record(&mut self, event: &Event) {
+        if self.error.is_some() {
+            return;
+        }
+        let job = self.job_id.as_str();
+        let result = match event {
+            Event::WarmStart(_) => Ok(()),
+            Event::Started { resumed_from, total_iterations, .. } => {
+                let payload =
+                    json!({"resumed_from": resumed_from, "total_iterations": total_iterations});
+                self.store.call(|s| s.record_event(job, "training.job.started", &payload))
+            }
+            Event::Baseline { success_rate, eval_queries } => {
+                let payload = json!({"success_rate": success_rate, "eval_queries": eval_queries});
+                self.store.call(|s| s.record_event(job, "training.baseline", &payload))
+            }
+            Event::Rollouts { iteration, records } => {
+                let rows: Vec<TrajectoryRow> = records
+                    .iter()
+                    .map(|r| TrajectoryRow {
+                        id: 0,
+                        job_id: job.to_string(),
+                        iteration: *iteration,
+                        query_index: u32::try_from(r.query_index).unwrap_or(u32::MAX),
+                        sample_index: u32::try_from(r.sample_index).unwrap_or(u32::MAX),
+                        query: r.trajectory.query.clone(),
+                        expected_outcome: r.expected_outcome.clone(),
+                        success: r.success,
+                        reward: r.reward,
+                        advantage: r.advantage,
+                        trajectory: serde_json::to_value(&r.trajectory).unwrap_or(Value::Null),
+                        created_at: String::new(),
+                    })
+                    .collect();
+                self.store.call(|s| s.insert_trajectories(&rows))
+            }
+            Event::Iteration(m) => {
+                let metrics = serde_json::to_value(m).unwrap_or(Value::Null);
+                let cost = m.cost_usd.to_string();
+                self.store.call(|s| s.record_iteration(job, m.iteration, &metrics, &cost)).and_then(
+                    |()| self.store.call(|s| s.record_event(job, "training.iteration", &metrics)),
+                )
+            }
+            Event::Checkpoint(c) => {
+                let row = CheckpointRow {
+                    id: c.checkpoint_id.clone(),
+                    job_id: job.to_string(),
+                    iteration: c.iteration,
+                    path: c.path.display().to_string(),
+                    eval_success_rate: c.eval_success_rate,
+                    deleted: false,
+                    created_at: String::new(),
+                };
+                let payload = json!({"checkpoint_id": c.checkpoint_id, "iteration": c.iteration});
+                self.store.call(|s| s.record_checkpoint(&row)).and_then(|()| {
+                    self.store.call(|s| s.record_event(job, "training.checkpoint.saved", &payload))
+                })
+            }
+            Event::CheckpointRemoved { checkpoint_id } => {
+                self.store.call(|s| s.mark_checkpoint_deleted(checkpoint_id))
+            }
+            Event::Budget { state, spent_usd, budget_usd } => {
+                let kind = if *state == agentcore_grpo::budget::BudgetState::Exceeded {
+                    "training.budget.exceeded"
+                } else {
+                    "training.budget.warning"
+                };
+                let payload =
+                    json!({"state": state, "spent_usd": spent_usd, "budget_usd": budget_usd});
+                self.store.call(|s| s.record_event(job, kind, &payload))
+            }
+            Event::Done(summary) => {
+                let value = serde_json::to_value(summary).unwrap_or(Value::Null);
+                let status = match summary.stop_reason {
+                    StopReason::Cancelled => "cancelled",
+                    _ => "completed",
+                };
+                let (reason, best) =
+                    (Some(summary.stop_reason.as_str()), summary.best_checkpoint_id.as_deref());
+                let payload = json!({
+                    "status": status,
+                    "stop_reason": reason,
+                    "baseline_success_rate": summary.baseline_success_rate,
+                    "final_success_rate": summary.final_success_rate,
+                    "p_value": summary.p_value,
+                    "best_checkpoint_id": best,
+                    "cost_usd": summary.cost_usd,
+                });
+                let kind = format!("training.job.{status}");
+                if let Err(e) = self.store.call(|s| s.record_event(job, &kind, &payload)) {
+                    self.error = Some(e.to_string());
+                    return;
+                }
+                match &self.lease_owner {
+                    None => self
+                        .store
+                        .call(|s| s.finish_job(job, status, reason, Some(&value), best, None)),
+                    Some(w) => self
+                        .store
+                        .call(|s| {
+                            s.finish_leased_job(job, w, status, reason, Some(&value), best, None)
+                        })
+                        .map(|_| ()),
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.error = Some(e.to_string());
+        }
+    }
+}
