@@ -13,6 +13,7 @@ use agentcore_model::bench::{BenchSettings, ModelBenchReport, run_model_bench};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod service_cmd;
 mod train_cmd;
 
 /// Train LLM agents with GRPO.
@@ -43,7 +44,8 @@ enum Command {
     /// Export a job's trajectories (JSONL in the guide's shape, or a Hugging Face datasets
     /// folder).
     Export(train_cmd::ExportArgs),
-    /// List the jobs of the data directory's store.
+    /// List the jobs of the data directory's store; with a subcommand, talk to a server
+    /// (`agentcore jobs start|status|list|cancel|evaluate|export --url URL`).
     Jobs {
         /// See `train --data-dir`.
         #[arg(long)]
@@ -51,7 +53,16 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// A call to a server.
+        #[command(subcommand)]
+        remote: Option<service_cmd::JobsCommand>,
     },
+    /// Run the training service: JSON-RPC at /api/v1/jsonrpc, WebSocket progress at
+    /// /training/ws/{job_id}, /metrics, /healthz; queued jobs run on in-process workers.
+    Serve(service_cmd::ServeArgs),
+    /// Run queued jobs of a server's store in this process (on this or another machine sharing
+    /// the store and the data directory).
+    Worker(service_cmd::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,7 +208,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train_cmd::train(args)?,
         Command::Eval(args) => train_cmd::eval(args)?,
         Command::Export(args) => train_cmd::export(args)?,
-        Command::Jobs { data_dir, json } => train_cmd::jobs(data_dir, json)?,
+        Command::Jobs { remote: Some(cmd), .. } => service_cmd::jobs_remote(cmd)?,
+        Command::Jobs { data_dir, json, remote: None } => train_cmd::jobs(data_dir, json)?,
+        Command::Serve(args) => service_cmd::serve(args)?,
+        Command::Worker(args) => service_cmd::worker(args)?,
         Command::Tasks(TasksCommand::Generate { suite, n, seed, difficulty }) => {
             if suite != "seed" {
                 return Err(InputError(format!("--suite must be `seed`, got `{suite}`")).into());
@@ -290,7 +304,7 @@ pub(crate) fn read_config_file(path: &Path) -> anyhow::Result<(String, ConfigFor
 }
 
 /// Reads and validates a config file; the format comes from the extension.
-fn load_config(path: &Path) -> anyhow::Result<GRPOConfig> {
+pub(crate) fn load_config(path: &Path) -> anyhow::Result<GRPOConfig> {
     let (text, format) = read_config_file(path)?;
     GRPOConfig::from_str_format(&text, format)
         .map_err(|e: GrpoError| InputError(format!("{}: {e}", path.display())).into())

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentcore_grpo::{ConfigFormat, GRPOConfig};
-use agentcore_store::{BlockingStore, NewJob, TrajectoryFilter, TrajectoryRow};
+use agentcore_store::{BlockingStore, NewJob, TrajectoryFilter};
 use agentcore_train::job::{
     Event, JobContext, JobSettings, SEED_AGENT_ID, Summary, agent_id, read_job_settings,
     resume_point,
 };
-use agentcore_train::record::Recorder;
+use agentcore_train::record::{Recorder, export_record};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -632,52 +632,6 @@ pub struct ExportArgs {
 }
 
 /// One trajectory in the guide's export shape.
-fn export_record(t: &TrajectoryRow, success_reward: f64, failure_reward: f64, flat: bool) -> Value {
-    let steps = t.trajectory.get("steps").cloned().unwrap_or(Value::Array(Vec::new()));
-    let steps = if flat {
-        // Arrow needs one type per column: tool arguments and results as JSON text.
-        Value::Array(
-            steps
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|s| {
-                            json!({
-                                "state": s.get("state").cloned().unwrap_or(Value::Null),
-                                "action": s.get("action").map(Value::to_string),
-                                "result": s.get("result").map(Value::to_string),
-                                "timestamp": s.get("timestamp").cloned().unwrap_or(Value::Null),
-                                "duration_ms": s.get("duration_ms").cloned().unwrap_or(Value::Null),
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        )
-    } else {
-        steps
-    };
-    let span = success_reward - failure_reward;
-    let normalized = if span.abs() < f64::EPSILON {
-        0.0
-    } else {
-        ((t.reward - failure_reward) / span).clamp(0.0, 1.0)
-    };
-    json!({
-        "trajectory_id": t.id,
-        "job_id": t.job_id,
-        "iteration": t.iteration,
-        "query": t.query,
-        "expected_outcome": if flat { Value::String(t.expected_outcome.to_string()) } else { t.expected_outcome.clone() },
-        "final_answer": t.trajectory.get("final_answer").cloned().unwrap_or(Value::Null),
-        "steps": steps,
-        "reward": t.reward,
-        "normalized_reward": normalized,
-        "advantage": t.advantage,
-        "success": t.success,
-        "execution_time_ms": t.trajectory.get("execution_time_ms").cloned().unwrap_or(Value::Null),
-    })
-}
 
 /// `agentcore export`.
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {

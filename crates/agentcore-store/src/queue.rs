@@ -183,6 +183,24 @@ impl Store {
         })
     }
 
+    /// Gives a running job's lease up at once (its worker shuts down): the next claim takes the
+    /// job and continues it from its last checkpoint.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn release_lease(&self, job_id: &str, worker: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET lease_expires_ms = 0 WHERE id = ? AND lease_owner = ? AND \
+             status = 'running'",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
     /// Ends a job as `worker`: only while `worker` holds its lease, so a worker that lost the
     /// job (and another took it over) cannot overwrite the new run's status. Returns whether it
     /// did.
@@ -365,6 +383,79 @@ impl Store {
             .await
             .map_err(self.db())?;
         Ok(row.get(0))
+    }
+
+    /// How many trajectories of a job match `filter` (its limit and offset ignored).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn count_trajectories(
+        &self,
+        job_id: &str,
+        filter: &crate::TrajectoryFilter,
+    ) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM trajectories WHERE job_id = ? AND (? = 0 OR success = 1) \
+             AND reward >= ?",
+        )
+        .bind(job_id)
+        .bind(filter.success_only)
+        .bind(filter.min_reward.unwrap_or(f64::MIN))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(u64::try_from(row.get::<i64, _>(0)).unwrap_or(0))
+    }
+
+    /// All agents: `(id, definition)`, by id.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn agents(&self) -> Result<Vec<(String, Value)>> {
+        let rows = sqlx::query("SELECT id, definition FROM agents ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                Ok((r.get::<String, _>(0), parse("agent definition", &r.get::<String, _>(1))?))
+            })
+            .collect()
+    }
+
+    /// The latest iteration's metrics of a job, if any.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn last_iteration(&self, job_id: &str) -> Result<Option<Value>> {
+        let row = sqlx::query(
+            "SELECT metrics FROM iterations WHERE job_id = ? ORDER BY iteration DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db())?;
+        row.map(|r| parse("iteration metrics", &r.get::<String, _>(0))).transpose()
+    }
+
+    /// The latest validation success of a job (`eval_success_rate` of its iterations).
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn last_validation(&self, job_id: &str) -> Result<Option<f64>> {
+        let rows =
+            sqlx::query("SELECT metrics FROM iterations WHERE job_id = ? ORDER BY iteration DESC")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.db())?;
+        for r in rows {
+            let m = parse("iteration metrics", &r.get::<String, _>(0))?;
+            if let Some(v) = m.get("eval_success_rate").and_then(Value::as_f64) {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     }
 
     /// Adds a webhook subscription.

@@ -315,6 +315,9 @@ pub struct CheckpointInfo {
     pub path: PathBuf,
     /// The latest validation success at or before that iteration (None before the first).
     pub eval_success_rate: Option<f64>,
+    /// Seconds writing it took (in the `checkpoint` event; 0 in the saved job state).
+    #[serde(default)]
+    pub save_seconds: f64,
 }
 
 /// The job's result.
@@ -763,7 +766,9 @@ fn save(
         iteration,
         path: path.clone(),
         eval_success_rate: state.evals.last().map(|e| e.1),
+        save_seconds: 0.0,
     };
+    let save_started = Instant::now();
     // Retention: the best KEEP_BEST_CHECKPOINTS by validation, plus this one (the latest).
     state.checkpoints.retain(|c| c.iteration != iteration);
     state.checkpoints.push(info.clone());
@@ -791,7 +796,10 @@ fn save(
         write_atomic(&tmp.join(JOB_STATE_FILE), &job_state)?;
         Ok(())
     })?;
-    on_event(&Event::Checkpoint(info));
+    on_event(&Event::Checkpoint(CheckpointInfo {
+        save_seconds: save_started.elapsed().as_secs_f64(),
+        ..info
+    }));
     // Only after the new checkpoint is complete may the old ones go.
     for d in dropped {
         let _ = std::fs::remove_dir_all(&d.path);

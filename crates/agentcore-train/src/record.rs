@@ -11,6 +11,7 @@ pub struct Recorder<'a> {
     store: &'a BlockingStore,
     job_id: String,
     lease_owner: Option<String>,
+    hold_finish: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     error: Option<String>,
 }
 
@@ -18,7 +19,7 @@ impl<'a> Recorder<'a> {
     /// Records the events of `job_id` in `store`.
     #[must_use]
     pub fn new(store: &'a BlockingStore, job_id: &str) -> Self {
-        Self { store, job_id: job_id.to_owned(), lease_owner: None, error: None }
+        Self { store, job_id: job_id.to_owned(), lease_owner: None, hold_finish: None, error: None }
     }
 
     /// As a queue worker holding the job's lease: the final status is written only while the
@@ -26,6 +27,14 @@ impl<'a> Recorder<'a> {
     #[must_use]
     pub fn leased(mut self, worker: &str) -> Self {
         self.lease_owner = Some(worker.to_owned());
+        self
+    }
+
+    /// When `flag` is set by the time the job ends, its end is not recorded: the job stopped
+    /// because its worker is shutting down, and another worker continues it.
+    #[must_use]
+    pub fn hold_finish_when(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.hold_finish = Some(flag);
         self
     }
 
@@ -106,6 +115,14 @@ impl<'a> Recorder<'a> {
                     json!({"state": state, "spent_usd": spent_usd, "budget_usd": budget_usd});
                 self.store.call(|s| s.record_event(job, kind, &payload))
             }
+            Event::Done(_)
+                if self
+                    .hold_finish
+                    .as_ref()
+                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) =>
+            {
+                Ok(())
+            }
             Event::Done(summary) => {
                 let value = serde_json::to_value(summary).unwrap_or(Value::Null);
                 let status = match summary.stop_reason {
@@ -145,4 +162,61 @@ impl<'a> Recorder<'a> {
             self.error = Some(e.to_string());
         }
     }
+}
+
+/// A stored trajectory in the guide's export shape (`trajectory_id`, `query`, `steps`, `reward`,
+/// `normalized_reward` in 0..=1 between the failure and success rewards, `advantage`, `success`,
+/// `execution_time_ms`, `iteration`); `flat` writes tool actions and results as JSON text (one
+/// type per column, for Arrow).
+#[must_use]
+pub fn export_record(
+    t: &TrajectoryRow,
+    success_reward: f64,
+    failure_reward: f64,
+    flat: bool,
+) -> Value {
+    let steps = t.trajectory.get("steps").cloned().unwrap_or(Value::Array(Vec::new()));
+    let steps = if flat {
+        // Arrow needs one type per column: tool arguments and results as JSON text.
+        Value::Array(
+            steps
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| {
+                            json!({
+                                "state": s.get("state").cloned().unwrap_or(Value::Null),
+                                "action": s.get("action").map(Value::to_string),
+                                "result": s.get("result").map(Value::to_string),
+                                "timestamp": s.get("timestamp").cloned().unwrap_or(Value::Null),
+                                "duration_ms": s.get("duration_ms").cloned().unwrap_or(Value::Null),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    } else {
+        steps
+    };
+    let span = success_reward - failure_reward;
+    let normalized = if span.abs() < f64::EPSILON {
+        0.0
+    } else {
+        ((t.reward - failure_reward) / span).clamp(0.0, 1.0)
+    };
+    json!({
+        "trajectory_id": t.id,
+        "job_id": t.job_id,
+        "iteration": t.iteration,
+        "query": t.query,
+        "expected_outcome": if flat { Value::String(t.expected_outcome.to_string()) } else { t.expected_outcome.clone() },
+        "final_answer": t.trajectory.get("final_answer").cloned().unwrap_or(Value::Null),
+        "steps": steps,
+        "reward": t.reward,
+        "normalized_reward": normalized,
+        "advantage": t.advantage,
+        "success": t.success,
+        "execution_time_ms": t.trajectory.get("execution_time_ms").cloned().unwrap_or(Value::Null),
+    })
 }

@@ -1,0 +1,323 @@
+//! Wire types of the agentcore service (`../shared/api-contract.md`): the JSON-RPC 2.0
+//! envelope, the error codes, the methods' names, params and results, and the messages of the
+//! WebSocket and of webhooks. Shared by the server, the Rust client and the CLI.
+//!
+//! Results are typed where clients read fields (`StartResult`, `JobStatus`, ...); free-form
+//! parts (metrics, metadata, trajectories' steps) stay JSON values.
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The JSON-RPC endpoint.
+pub const RPC_PATH: &str = "/api/v1/jsonrpc";
+
+/// Error codes of the contract.
+pub mod codes {
+    /// Invalid JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Invalid request, or a config value out of range (`data: {field, error}`).
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Malformed params.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// Internal error (the message carries a correlation id).
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// No such job, checkpoint or agent.
+    pub const NOT_FOUND: i64 = -32001;
+    /// The pre-flight estimate is over `max_budget_usd`.
+    pub const BUDGET_EXCEEDED: i64 = -40001;
+    /// Training data validation failed.
+    pub const DATA_VALIDATION: i64 = -40002;
+    /// The job cannot be cancelled (already ended).
+    pub const CANNOT_CANCEL: i64 = -40003;
+    /// Evaluation failed.
+    pub const EVALUATION_FAILED: i64 = -40004;
+    /// `limit` over 10000.
+    pub const EXPORT_LIMIT: i64 = -40005;
+    /// The token lacks a permission.
+    pub const PERMISSION_DENIED: i64 = -40103;
+}
+
+/// Method names.
+pub mod methods {
+    /// Start a GRPO job.
+    pub const START: &str = "training.start_grpo";
+    /// A job's status.
+    pub const STATUS: &str = "training.get_status";
+    /// Cancel a job.
+    pub const CANCEL: &str = "training.cancel";
+    /// List jobs.
+    pub const LIST: &str = "training.list_jobs";
+    /// Evaluate a checkpoint against the baseline.
+    pub const EVALUATE: &str = "training.evaluate";
+    /// Export trajectories.
+    pub const EXPORT: &str = "training.export_trajectories";
+    /// Subscribe a webhook.
+    pub const SUBSCRIBE: &str = "training.subscribe_webhook";
+    /// Register an agent.
+    pub const AGENTS_REGISTER: &str = "agents.register";
+    /// One agent.
+    pub const AGENTS_GET: &str = "agents.get";
+    /// All agents.
+    pub const AGENTS_LIST: &str = "agents.list";
+    /// The OpenRPC document.
+    pub const DISCOVER: &str = "rpc.discover";
+}
+
+/// A JSON-RPC request (a notification when `id` is absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// The method.
+    pub method: String,
+    /// Its params (an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// The id; absent for a notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+}
+
+impl Request {
+    /// A call with an id.
+    #[must_use]
+    pub fn new(method: &str, params: Value, id: u64) -> Self {
+        Self {
+            jsonrpc: "2.0".into(),
+            method: method.into(),
+            params: Some(params),
+            id: Some(id.into()),
+        }
+    }
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// One of [`codes`].
+    pub code: i64,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Details (e.g. `{field, error}` for a config value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// An error without data.
+    #[must_use]
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), data: None }
+    }
+
+    /// With data.
+    #[must_use]
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code)?;
+        if let Some(d) = &self.data {
+            write!(f, " {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// A JSON-RPC response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+    /// The request's id (`null` when it could not be read).
+    pub id: Value,
+}
+
+impl Response {
+    /// A success.
+    #[must_use]
+    pub fn ok(id: Value, result: Value) -> Self {
+        Self { jsonrpc: "2.0".into(), result: Some(result), error: None, id }
+    }
+
+    /// A failure.
+    #[must_use]
+    pub fn err(id: Value, error: RpcError) -> Self {
+        Self { jsonrpc: "2.0".into(), result: None, error: Some(error), id }
+    }
+}
+
+/// `training.start_grpo` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartResult {
+    /// The new job (a UUID).
+    pub job_id: String,
+    /// `queued`.
+    pub status: String,
+    /// The agent trained.
+    pub agent_id: String,
+    /// Iterations configured.
+    pub total_iterations: u32,
+    /// The budget (decimal string).
+    pub budget_usd: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `progress` of a status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Iterations done.
+    pub current_iteration: u32,
+    /// Iterations configured.
+    pub total_iterations: u32,
+    /// 0..=100.
+    pub percent_complete: f64,
+}
+
+/// `cost` of a status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// Spent (decimal string).
+    pub cost_usd: String,
+    /// The budget (decimal string).
+    pub budget_usd: String,
+    /// Left (decimal string).
+    pub budget_remaining_usd: String,
+}
+
+/// `training.get_status` result (also the items of `training.list_jobs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job.
+    pub job_id: String,
+    /// Its agent.
+    pub agent_id: String,
+    /// `queued`, `running`, `completed`, `failed`, `cancelled`.
+    pub status: String,
+    /// Iterations done.
+    pub current_iteration: u32,
+    /// Iterations configured.
+    pub total_iterations: u32,
+    /// 0..=100.
+    pub progress_percent: f64,
+    /// `train_loss`, `validation_accuracy`, `avg_reward`, `success_rate`,
+    /// `trajectories_generated` and the algorithm metrics of the last iteration.
+    pub metrics: Value,
+    /// Spent (decimal string).
+    pub cost_usd: String,
+    /// The budget (decimal string).
+    pub budget_usd: String,
+    /// Share of the budget left, 0..=100.
+    pub budget_remaining_percent: f64,
+    /// RFC 3339, when a worker took the job.
+    pub started_at: Option<String>,
+    /// RFC 3339, a linear estimate from the iterations so far.
+    pub estimated_completion: Option<String>,
+    /// The best checkpoint so far.
+    pub best_checkpoint_id: Option<String>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// `completed`, `early_stopped`, `budget_exhausted`, `cancelled`, ...
+    pub stop_reason: Option<String>,
+    /// Nested progress.
+    pub progress: Progress,
+    /// Nested cost.
+    pub cost: Cost,
+    /// The caller's metadata.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `training.cancel` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelResult {
+    /// The job.
+    pub job_id: String,
+    /// `cancelled`, or `cancelling` while the worker finishes the iteration.
+    pub status: String,
+    /// RFC 3339.
+    pub cancelled_at: String,
+    /// Iterations done.
+    pub iterations_completed: u32,
+    /// A checkpoint exists for the job (the worker writes one when it stops).
+    pub checkpoint_saved: bool,
+    /// The latest checkpoint, when there is one.
+    pub checkpoint_id: Option<String>,
+}
+
+/// `training.list_jobs` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListResult {
+    /// The page.
+    pub jobs: Vec<JobStatus>,
+    /// Jobs in the page.
+    pub count: usize,
+    /// Jobs matching.
+    pub total_count: u64,
+}
+
+/// `training.subscribe_webhook` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeResult {
+    /// The subscription.
+    pub subscription_id: String,
+    /// The signing secret (`whsec_` + base64).
+    pub secret: String,
+}
+
+/// The webhook events of the contract.
+pub const WEBHOOK_EVENTS: [&str; 7] = [
+    "training.job.started",
+    "training.job.progress",
+    "training.job.completed",
+    "training.job.failed",
+    "training.job.cancelled",
+    "training.budget.warning",
+    "training.checkpoint.saved",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn envelopes_round_trip_and_omit_absent_members() {
+        let r = Request::new(methods::STATUS, json!({"job_id": "x"}), 7);
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"jsonrpc":"2.0","method":"training.get_status","params":{"job_id":"x"},"id":7}"#
+        );
+        let n: Request = serde_json::from_str(r#"{"jsonrpc":"2.0","method":"m"}"#).unwrap();
+        assert_eq!((n.id, n.params), (None, None));
+        let ok = serde_json::to_value(Response::ok(json!(1), json!({"a": 1}))).unwrap();
+        assert_eq!(ok, json!({"jsonrpc": "2.0", "result": {"a": 1}, "id": 1}));
+        let e =
+            RpcError::new(codes::INVALID_REQUEST, "bad").with_data(json!({"field": "batch_size"}));
+        let err = serde_json::to_value(Response::err(Value::Null, e.clone())).unwrap();
+        assert_eq!(
+            err,
+            json!({"jsonrpc": "2.0", "error": {"code": -32600, "message": "bad", "data": {"field": "batch_size"}}, "id": null})
+        );
+        assert_eq!(e.to_string(), r#"bad (code -32600) {"field":"batch_size"}"#);
+    }
+}

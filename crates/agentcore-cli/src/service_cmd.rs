@@ -1,0 +1,359 @@
+//! `agentcore serve`, `agentcore worker` and the remote `agentcore jobs ... --url` calls.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use agentcore_client::TrainingClient;
+use agentcore_server::auth::{ALL_PERMISSIONS, Auth, AuthConfig, AuthKey};
+use agentcore_server::worker::{WorkerConfig, Workers};
+use agentcore_server::{Server, ServerConfig};
+use serde_json::{Value, json};
+
+use crate::{InputError, write_stdout};
+
+/// Where the store is: `--database-url` (a SQLite file path or `sqlite://PATH`) or the data
+/// directory's `agentcore.db`.
+fn database_path(url: Option<&str>, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    match url {
+        None => Ok(data_dir.join("agentcore.db")),
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+            Err(InputError(
+                "--database-url: PostgreSQL is not supported by this build yet (the schema is in \
+             crates/agentcore-store/migrations/postgres); use a SQLite file"
+                    .into(),
+            )
+            .into())
+        }
+        Some(u) => Ok(PathBuf::from(
+            u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")).unwrap_or(u),
+        )),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Arguments of `agentcore serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
+    /// Port (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The store: a SQLite file (`PATH` or `sqlite://PATH`) [default: DATA_DIR/agentcore.db].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Run directories, warm-start cache [default: $AGENTCORE_HOME or ~/.agentcore].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HS256 secret of the bearer tokens [env: AGENTCORE_JWT_SECRET]. Without it (and without
+    /// --jwt-public-key) a random secret is made and a development token printed.
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    /// RS256 public key (PEM file) of the bearer tokens.
+    #[arg(long, value_name = "PEM")]
+    jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long)]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long)]
+    jwt_audience: Option<String>,
+    /// In-process workers running jobs (0: only `agentcore worker` processes).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Deliver webhooks to loopback, private and link-local addresses too.
+    #[arg(long)]
+    allow_private_webhooks: bool,
+    /// Largest request body, MiB.
+    #[arg(long, default_value_t = 32)]
+    body_limit_mib: usize,
+    /// Multiply the contract's rate limits (load tests).
+    #[arg(long, default_value_t = 1)]
+    rate_limit_scale: u32,
+}
+
+/// `agentcore serve`.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = crate::train_cmd::data_dir(args.data_dir);
+    let database = database_path(args.database_url.as_deref(), &data_dir)?;
+    let secret = args.jwt_secret.or_else(|| std::env::var("AGENTCORE_JWT_SECRET").ok());
+    let (key, development) = match (&args.jwt_public_key, secret) {
+        (Some(pem), _) => (
+            AuthKey::Rs256Pem(
+                std::fs::read(pem)
+                    .map_err(|e| InputError(format!("--jwt-public-key {}: {e}", pem.display())))?,
+            ),
+            false,
+        ),
+        (None, Some(s)) if s.len() >= 16 => (AuthKey::Hs256(s.into_bytes()), false),
+        (None, Some(s)) => {
+            return Err(InputError(format!(
+                "the JWT secret must have at least 16 characters, got {}",
+                s.len()
+            ))
+            .into());
+        }
+        (None, None) => {
+            let bytes: [u8; 32] = rand::random();
+            (AuthKey::Hs256(bytes.to_vec()), true)
+        }
+    };
+    let auth = AuthConfig { key, issuer: args.jwt_issuer, audience: args.jwt_audience };
+    let mut config = ServerConfig::new(data_dir.clone(), auth.clone());
+    config.workers = args.workers;
+    config.webhooks.allow_private = args.allow_private_webhooks;
+    config.body_limit = args.body_limit_mib << 20;
+    config.rate_limit_scale = args.rate_limit_scale;
+    let addr = SocketAddr::new(args.host, args.port);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let server = Server::start(config, Some(database.clone()), addr)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let mut err = std::io::stderr().lock();
+        writeln!(err, "agentcore serve: http://{} (store {})", server.addr, database.display())?;
+        if development {
+            let token = Auth::new(&auth)
+                .ok()
+                .and_then(|a| a.issue("developer", "local", &ALL_PERMISSIONS, 30 * 24 * 3600))
+                .unwrap_or_default();
+            writeln!(
+                err,
+                "no JWT secret configured: development token (all permissions, org `local`, 30 \
+                 days, valid until this server stops):\nAGENTCORE_API_KEY={token}"
+            )?;
+        }
+        drop(err);
+        tokio::signal::ctrl_c().await?;
+        let _ =
+            writeln!(std::io::stderr(), "stopping: running jobs checkpoint and are resumed later");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Arguments of `agentcore worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// The store shared with the server: a SQLite file (`PATH` or `sqlite://PATH`).
+    #[arg(long)]
+    database_url: String,
+    /// The data directory shared with the server (run directories, warm-start cache).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Jobs run at once by this process.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+/// `agentcore worker`.
+pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let data_dir = crate::train_cmd::data_dir(args.data_dir);
+    let database = database_path(Some(&args.database_url), &data_dir)?;
+    runtime()?.block_on(async move {
+        let store = agentcore_store::Store::open(&database).await?;
+        let workers = Workers::new(store.clone(), WorkerConfig::new(data_dir), None);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let tasks = workers.spawn(args.workers.max(1), &rx);
+        let _ = writeln!(
+            std::io::stderr(),
+            "agentcore worker: {} worker(s) on {}",
+            args.workers.max(1),
+            database.display()
+        );
+        tokio::signal::ctrl_c().await?;
+        let _ = tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        store.close().await;
+        Ok(())
+    })
+}
+
+/// Where a remote command goes.
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// The server, e.g. http://127.0.0.1:8080 [env: AGENTCORE_URL].
+    #[arg(long)]
+    url: Option<String>,
+    /// Bearer token [env: AGENTCORE_API_KEY].
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(&self) -> anyhow::Result<TrainingClient> {
+        let url = self
+            .url
+            .clone()
+            .or_else(|| std::env::var("AGENTCORE_URL").ok())
+            .ok_or_else(|| InputError("--url (or AGENTCORE_URL) is required".into()))?;
+        let token = self.token.clone().or_else(|| std::env::var("AGENTCORE_API_KEY").ok());
+        Ok(TrainingClient::new(&url, token))
+    }
+}
+
+/// Remote job commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsCommand {
+    /// Queue a GRPO job on the server.
+    Start {
+        #[command(flatten)]
+        remote: Remote,
+        /// The registered agent.
+        #[arg(long, default_value = "seed-agent")]
+        agent_id: String,
+        /// GRPOConfig file (YAML, TOML or JSON).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Training tasks (`.json`, `.jsonl`, `.parquet` or a dataset folder), at least 100.
+        #[arg(long)]
+        data: PathBuf,
+        /// Held-out tasks [default: 20% of --data, seeded].
+        #[arg(long)]
+        eval_data: Option<PathBuf>,
+        /// Override `n_iterations`.
+        #[arg(long)]
+        n_iterations: Option<u32>,
+        /// Override `max_budget_usd`.
+        #[arg(long)]
+        max_budget_usd: Option<rust_decimal::Decimal>,
+    },
+    /// A job's status.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        /// The job.
+        job_id: String,
+    },
+    /// The jobs of the token's organisation.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Cancel a job (a running one stops after its iteration, with a checkpoint).
+    Cancel {
+        #[command(flatten)]
+        remote: Remote,
+        /// The job.
+        job_id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// A checkpoint against the agent before training, paired.
+    Evaluate {
+        #[command(flatten)]
+        remote: Remote,
+        /// The job.
+        job_id: String,
+        /// The checkpoint [default: the best].
+        #[arg(long)]
+        checkpoint: Option<String>,
+    },
+    /// A job's trajectories.
+    Export {
+        #[command(flatten)]
+        remote: Remote,
+        /// The job.
+        job_id: String,
+        /// Only verified ones.
+        #[arg(long)]
+        success_only: bool,
+        /// Only rewards at least this.
+        #[arg(long)]
+        min_reward: Option<f64>,
+        /// At most this many (<= 10000).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Skip this many.
+        #[arg(long)]
+        offset: Option<u32>,
+    },
+}
+
+fn tasks_json(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let tasks = agentcore_tasks::data::load_tasks(path, "train")
+        .map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    Ok(tasks.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect())
+}
+
+fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    write_stdout(&(serde_json::to_string_pretty(value)? + "\n"))?;
+    Ok(())
+}
+
+/// A remote job command.
+pub fn jobs_remote(cmd: JobsCommand) -> anyhow::Result<()> {
+    let rpc = |e: agentcore_client::ClientError| -> anyhow::Error {
+        match e.code() {
+            Some(c) if c == agentcore_api::codes::INTERNAL_ERROR => anyhow::anyhow!(e),
+            Some(_) => InputError(e.to_string()).into(),
+            None => anyhow::anyhow!(e),
+        }
+    };
+    match cmd {
+        JobsCommand::Start {
+            remote,
+            agent_id,
+            config,
+            data,
+            eval_data,
+            n_iterations,
+            max_budget_usd,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => {
+                    let c = crate::load_config(p)?;
+                    serde_json::from_str::<Value>(
+                        &c.to_string_format(agentcore_grpo::ConfigFormat::Json),
+                    )?
+                }
+                None => json!({}),
+            };
+            if let Some(n) = n_iterations {
+                cfg["n_iterations"] = json!(n);
+            }
+            if let Some(b) = max_budget_usd {
+                cfg["max_budget_usd"] = json!(b.to_string());
+            }
+            let train = tasks_json(&data)?;
+            let eval = eval_data.as_deref().map(tasks_json).transpose()?;
+            let r = remote
+                .client()?
+                .start_training(&agent_id, cfg, &train, eval.as_deref())
+                .map_err(rpc)?;
+            print(&r)
+        }
+        JobsCommand::Status { remote, job_id } => {
+            print(&remote.client()?.get_status(&job_id).map_err(rpc)?)
+        }
+        JobsCommand::List { remote, status, limit } => {
+            print(&remote.client()?.list_jobs(None, status.as_deref(), limit, None).map_err(rpc)?)
+        }
+        JobsCommand::Cancel { remote, job_id, reason } => {
+            print(&remote.client()?.cancel(&job_id, reason.as_deref()).map_err(rpc)?)
+        }
+        JobsCommand::Evaluate { remote, job_id, checkpoint } => {
+            print(&remote.client()?.evaluate(&job_id, checkpoint.as_deref()).map_err(rpc)?)
+        }
+        JobsCommand::Export { remote, job_id, success_only, min_reward, limit, offset } => print(
+            &remote
+                .client()?
+                .export_trajectories(&job_id, success_only, min_reward, limit, offset)
+                .map_err(rpc)?,
+        ),
+    }
+}

@@ -1,0 +1,171 @@
+//! The agentcore training service (`../shared/api-contract.md`):
+//!
+//! - `POST /api/v1/jsonrpc`: JSON-RPC 2.0 (single calls, batches, notifications) with the
+//!   contract's methods and error codes; [`rpc`].
+//! - Jobs are queued in the store and run by a pool of in-process workers with leases and
+//!   heartbeats ([`worker`]); `agentcore worker` runs more of them in other processes.
+//! - `GET /training/ws/{job_id}`: live `progress`, `checkpoint`, `status` and `budget` messages
+//!   ([`ws`]).
+//! - Webhooks with Standard Webhooks signatures and retries ([`webhooks`]).
+//! - `GET /metrics` (Prometheus text, [`metrics`]) and `GET /healthz`.
+//! - Bearer JWTs ([`auth`]), per-caller rate limits ([`limits`]) and a body size limit.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod limits;
+pub mod metrics;
+pub mod rpc;
+pub mod webhooks;
+pub mod worker;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agentcore_store::Store;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::auth::Auth;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
+use crate::webhooks::WebhookConfig;
+use crate::worker::{WorkerConfig, Workers};
+
+/// Everything a server needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Run directories, the warm-start cache and (by default) the SQLite store.
+    pub data_dir: PathBuf,
+    /// Token checking.
+    pub auth: auth::AuthConfig,
+    /// In-process workers (0: only `agentcore worker` processes run jobs).
+    pub workers: usize,
+    /// Worker leases and polling.
+    pub worker: WorkerConfig,
+    /// Webhook delivery.
+    pub webhooks: WebhookConfig,
+    /// Largest request body in bytes (default 32 MiB).
+    pub body_limit: usize,
+    /// Multiplies the contract's rate limits (1 in production).
+    pub rate_limit_scale: u32,
+    /// `/metrics` without a token.
+    pub public_metrics: bool,
+}
+
+impl ServerConfig {
+    /// Defaults around a data directory and a key.
+    #[must_use]
+    pub fn new(data_dir: PathBuf, auth: auth::AuthConfig) -> Self {
+        Self {
+            worker: WorkerConfig::new(data_dir.clone()),
+            data_dir,
+            auth,
+            workers: 1,
+            webhooks: WebhookConfig::default(),
+            body_limit: 32 << 20,
+            rate_limit_scale: 1,
+            public_metrics: true,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// The settings.
+    pub config: ServerConfig,
+    /// Token checking.
+    pub auth: Auth,
+    /// Rate limits.
+    pub limiter: RateLimiter,
+    /// Histograms.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.body_limit;
+    Router::new()
+        .route(agentcore_api::RPC_PATH, post(rpc::handle))
+        .route("/training/ws/{job_id}", get(ws::handle))
+        .route("/metrics", get(rpc::metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub state: Arc<AppState>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the store (`<data_dir>/agentcore.db` unless `database` names another file), binds
+    /// `addr`, starts the workers and the webhook deliverer, and serves on the current runtime.
+    ///
+    /// # Errors
+    /// The store, the key or the address.
+    pub async fn start(
+        config: ServerConfig,
+        database: Option<PathBuf>,
+        addr: SocketAddr,
+    ) -> Result<Self, String> {
+        let db = database.unwrap_or_else(|| config.data_dir.join("agentcore.db"));
+        let store = Store::open(&db).await.map_err(|e| e.to_string())?;
+        rpc::register_builtin_agent(&store).await.map_err(|e| e.to_string())?;
+        let auth = Auth::new(&config.auth)?;
+        let metrics = Arc::new(Metrics::new());
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            limiter: RateLimiter::new(config.rate_limit_scale),
+            auth,
+            metrics: Arc::clone(&metrics),
+            config,
+        });
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{addr}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        let app = router(Arc::clone(&state));
+        let mut stop = rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                })
+                .await;
+        }));
+        tasks.push(tokio::spawn(webhooks::run_deliverer(
+            store.clone(),
+            state.config.webhooks.clone(),
+            rx.clone(),
+        )));
+        if state.config.workers > 0 {
+            let workers = Workers::new(store, state.config.worker.clone(), Some(metrics));
+            tasks.extend(workers.spawn(state.config.workers, &rx));
+        }
+        Ok(Self { addr, state, shutdown, tasks })
+    }
+
+    /// Stops accepting calls, asks running jobs to stop with a checkpoint (they are continued by
+    /// the next worker), and waits for everything to end.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.state.store.close().await;
+    }
+}

@@ -1,0 +1,305 @@
+//! Webhooks: subscriptions per organisation, the contract's events, Standard Webhooks
+//! signatures (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of
+//! id.timestamp.body>`), retries with exponential backoff under the same id, a delivery log in
+//! the store, and no delivery to loopback, private or link-local addresses unless allowed.
+//!
+//! The deliverer tails the store's event table (so events of jobs run by other worker processes
+//! are delivered too), starting at the newest event when the server starts.
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentcore_store::{EventRow, Store, WebhookDelivery, WebhookRow};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Deliver to loopback, private and link-local addresses (tests, on-premises receivers).
+    pub allow_private: bool,
+    /// Attempts per message.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled each time after.
+    pub first_backoff: Duration,
+    /// `training.job.progress` every this many iterations.
+    pub progress_every: u32,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            max_attempts: 6,
+            first_backoff: Duration::from_secs(2),
+            progress_every: 10,
+        }
+    }
+}
+
+/// A new signing secret: `whsec_` + base64 of 32 random bytes.
+#[must_use]
+pub fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("whsec_{}", B64.encode(bytes))
+}
+
+/// The `webhook-signature` value for a message.
+#[must_use]
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+    let key = secret
+        .strip_prefix("whsec_")
+        .and_then(|k| B64.decode(k).ok())
+        .unwrap_or_else(|| secret.as_bytes().to_vec());
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+fn forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space (CGNAT)
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+        }
+    }
+}
+
+/// Checks a webhook target: `http(s)://host[:port]/...` whose every address is public (unless
+/// `allow_private`). The error names the rule and the value.
+///
+/// # Errors
+/// A bad URL, a host that does not resolve, or one that resolves to a forbidden address.
+pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|e| format!("url must be an absolute http(s) URL, got {url:?} ({e})"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("url must use http or https, got {url:?}")),
+    }
+    let host = uri.host().ok_or_else(|| format!("url has no host: {url:?}"))?;
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<IpAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("url host {host:?} does not resolve: {e}"))?
+        .map(|a| a.ip())
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("url host {host:?} does not resolve"));
+    }
+    if !allow_private && let Some(ip) = addrs.iter().find(|ip| forbidden(**ip)) {
+        return Err(format!(
+            "url must not point at a loopback, private or link-local address: {host:?} is {ip}"
+        ));
+    }
+    Ok(())
+}
+
+/// The contract's event for a stored event, if it is one that webhooks carry.
+#[must_use]
+pub fn contract_event(e: &EventRow, progress_every: u32) -> Option<&'static str> {
+    Some(match e.kind.as_str() {
+        "training.job.started" => "training.job.started",
+        "training.job.completed" => "training.job.completed",
+        "training.job.failed" => "training.job.failed",
+        "training.job.cancelled" => "training.job.cancelled",
+        "training.budget.warning" => "training.budget.warning",
+        "training.checkpoint.saved" => "training.checkpoint.saved",
+        "training.iteration" => {
+            let it = e.payload.get("iteration").and_then(Value::as_u64)?;
+            if progress_every == 0 || it % u64::from(progress_every) != 0 {
+                return None;
+            }
+            "training.job.progress"
+        }
+        _ => return None,
+    })
+}
+
+/// One attempt: POST with the signature headers; the receiver's status or the transport error.
+fn post(url: &str, id: &str, secret: &str, body: &str) -> (Option<u16>, Option<String>) {
+    let timestamp = chrono::Utc::now().timestamp();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let result = agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", sign(secret, id, timestamp, body))
+        .send(body);
+    match result {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let error = (!(200..300).contains(&status)).then(|| format!("HTTP {status}"));
+            (Some(status), error)
+        }
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
+
+/// Delivers one message to one subscription, retrying with backoff; every attempt is logged.
+pub async fn deliver(
+    store: Store,
+    config: WebhookConfig,
+    hook: WebhookRow,
+    event: String,
+    body: String,
+) {
+    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+    let mut backoff = config.first_backoff;
+    for attempt in 1..=config.max_attempts.max(1) {
+        let (status, error) = match check_target(&hook.url, config.allow_private) {
+            Err(e) => (None, Some(e)),
+            Ok(()) => {
+                let (url, id, secret, body) =
+                    (hook.url.clone(), id.clone(), hook.secret.clone(), body.clone());
+                tokio::task::spawn_blocking(move || post(&url, &id, &secret, &body))
+                    .await
+                    .unwrap_or((None, Some("delivery task failed".into())))
+            }
+        };
+        let ok = error.is_none();
+        let _ = store
+            .record_delivery(&WebhookDelivery {
+                subscription_id: hook.id.clone(),
+                message_id: id.clone(),
+                event: event.clone(),
+                attempt,
+                status_code: status,
+                error,
+                created_at: String::new(),
+            })
+            .await;
+        if ok {
+            return;
+        }
+        if attempt < config.max_attempts {
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+        }
+    }
+}
+
+/// Tails the store's events and delivers the contract's events to the subscriptions of the
+/// job's organisation, until `shutdown` turns true.
+pub async fn run_deliverer(
+    store: Store,
+    config: WebhookConfig,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut cursor = store.last_event_id().await.unwrap_or(0);
+    let config = Arc::new(config);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let events = store.events_after(None, cursor, 500).await.unwrap_or_default();
+        for e in &events {
+            cursor = e.id;
+            let Some(name) = contract_event(e, config.progress_every) else { continue };
+            let Ok(Some(job)) = store.job(&e.job_id).await else { continue };
+            let hooks = store.webhooks(&job.org).await.unwrap_or_default();
+            let status = match name {
+                "training.job.completed" => "completed",
+                "training.job.failed" => "failed",
+                "training.job.cancelled" => "cancelled",
+                _ => "running",
+            };
+            let mut data = json!({"job_id": job.id, "agent_id": job.agent_id, "status": status});
+            if let (Some(d), Some(p)) = (data.as_object_mut(), e.payload.as_object()) {
+                for (k, v) in p {
+                    d.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            let body = json!({"event": name, "timestamp": e.created_at, "data": data}).to_string();
+            for hook in hooks
+                .into_iter()
+                .filter(|h| h.events.is_empty() || h.events.iter().any(|x| x == name))
+            {
+                tokio::spawn(deliver(
+                    store.clone(),
+                    (*config).clone(),
+                    hook,
+                    name.to_owned(),
+                    body.clone(),
+                ));
+            }
+        }
+        if events.len() < 500 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // The example of the Standard Webhooks specification.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = r#"{"test": 2432232314}"#;
+        assert_eq!(
+            sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        let s = new_secret();
+        assert!(s.starts_with("whsec_") && B64.decode(&s[6..]).unwrap().len() == 32);
+    }
+
+    #[test]
+    fn refuses_loopback_private_and_link_local_targets() {
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://localhost/x",
+            "http://10.1.2.3/x",
+            "http://192.168.0.1/x",
+            "http://172.16.5.5/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/x",
+            "http://[fe80::1]/x",
+            "http://0.0.0.0/x",
+        ] {
+            let e = check_target(url, false).unwrap_err();
+            assert!(e.contains("loopback, private or link-local"), "{url}: {e}");
+        }
+        assert!(check_target("ftp://example.com/x", false).unwrap_err().contains("http or https"));
+        assert!(check_target("not a url", false).is_err());
+        assert!(check_target("http://127.0.0.1:9/hook", true).is_ok(), "allowed by the switch");
+        assert!(check_target("http://93.184.215.14/x", false).is_ok(), "a public address");
+    }
+}
