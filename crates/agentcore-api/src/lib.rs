@@ -62,6 +62,8 @@ pub mod methods {
     pub const AGENTS_GET: &str = "agents.get";
     /// All agents.
     pub const AGENTS_LIST: &str = "agents.list";
+    /// Serve an agent type's rewards from an HTTP endpoint (the SDK's registry).
+    pub const REWARDS_REGISTER: &str = "rewards.register_remote";
     /// The OpenRPC document.
     pub const DISCOVER: &str = "rpc.discover";
 }

@@ -149,6 +149,10 @@ pub struct WorkerArgs {
     /// Jobs run at once by this process.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Lease of a claimed job, seconds: renewed every third of it; a job whose worker died is
+    /// taken over after it runs out.
+    #[arg(long, default_value_t = 30)]
+    lease_seconds: u64,
 }
 
 /// `agentcore worker`.
@@ -157,7 +161,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let database = database_path(Some(&args.database_url), &data_dir)?;
     runtime()?.block_on(async move {
         let store = agentcore_store::Store::open(&database).await?;
-        let workers = Workers::new(store.clone(), WorkerConfig::new(data_dir), None);
+        let mut config = WorkerConfig::new(data_dir);
+        config.lease = std::time::Duration::from_secs(args.lease_seconds.max(1));
+        let workers = Workers::new(store.clone(), config, None);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let tasks = workers.spawn(args.workers.max(1), &rx);
         let _ = writeln!(

@@ -631,8 +631,6 @@ pub struct ExportArgs {
     data_dir: Option<PathBuf>,
 }
 
-/// One trajectory in the guide's export shape.
-
 /// `agentcore export`.
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let data_dir = data_dir(args.data_dir);

@@ -237,4 +237,43 @@ mod tests {
         assert!(a.verify(&none).is_err());
         assert!(a.verify("not-a-token").is_err());
     }
+
+    #[test]
+    fn rs256_tokens_verify_with_the_public_key_and_hs256_confusion_is_refused() {
+        let private = include_bytes!("../tests/fixtures/rs256-test-private.pem");
+        let public = include_bytes!("../tests/fixtures/rs256-test-public.pem");
+        let a = Auth::new(&AuthConfig {
+            key: AuthKey::Rs256Pem(public.to_vec()),
+            issuer: Some("idp".into()),
+            audience: None,
+        })
+        .unwrap();
+        assert!(a.issue("x", "o", &[], 60).is_none(), "a public key cannot sign");
+        let claims = Claims {
+            sub: "carol".into(),
+            org: Some("acme".into()),
+            permissions: None,
+            scope: Some("training:view data:export".into()),
+            exp: now() + 60,
+            nbf: None,
+            iss: Some("idp".into()),
+            aud: None,
+        };
+        let key = EncodingKey::from_rsa_pem(private).unwrap();
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
+        let c = a.verify(&t).unwrap();
+        assert_eq!(c.permissions, vec!["training:view".to_string(), "data:export".to_string()]);
+        // Wrong issuer.
+        let other = Claims { iss: Some("elsewhere".into()), ..claims.clone() };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &other, &key).unwrap();
+        assert!(a.verify(&t).unwrap_err().contains("InvalidIssuer"));
+        // The public key used as an HS256 secret (algorithm confusion).
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(public),
+        )
+        .unwrap();
+        assert!(a.verify(&forged).is_err());
+    }
 }

@@ -85,6 +85,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Histograms.
     pub metrics: Arc<Metrics>,
+    /// Turns true when the server stops (WebSocket followers end).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The routes.
@@ -126,7 +128,9 @@ impl Server {
         rpc::register_builtin_agent(&store).await.map_err(|e| e.to_string())?;
         let auth = Auth::new(&config.auth)?;
         let metrics = Arc::new(Metrics::new());
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
         let state = Arc::new(AppState {
+            shutdown: rx.clone(),
             store: store.clone(),
             limiter: RateLimiter::new(config.rate_limit_scale),
             auth,
@@ -136,7 +140,6 @@ impl Server {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (shutdown, rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         let app = router(Arc::clone(&state));
         let mut stop = rx.clone();

@@ -46,11 +46,11 @@ fn unauthorized(message: &str) -> Response {
         .into_response()
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
     let Some(token) = bearer(headers) else {
-        return Err(unauthorized("missing bearer token"));
+        return Err(Box::new(unauthorized("missing bearer token")));
     };
-    state.auth.verify(&token).map_err(|e| unauthorized(&e))
+    state.auth.verify(&token).map_err(|e| Box::new(unauthorized(&e)))
 }
 
 /// The built-in agent of the embedded default, always registered as `seed-agent`.
@@ -96,7 +96,7 @@ pub async fn handle(
 ) -> Response {
     let caller = match authenticate(&state, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -323,6 +323,26 @@ async fn dispatch(
             let agents: Vec<Value> =
                 all.into_iter().filter(|(_, d)| visible(d, caller)).map(|(_, d)| d).collect();
             Ok(json!({"agents": agents, "count": agents.len()}))
+        }
+        methods::REWARDS_REGISTER => {
+            need(caller, "agents:manage")?;
+            let agent_type = required(&params, "agent_type")?;
+            let name = required(&params, "name")?;
+            let url = required(&params, "url")?;
+            let allow = state.config.webhooks.allow_private;
+            let check = url.clone();
+            tokio::task::spawn_blocking(move || crate::webhooks::check_target(&check, allow))
+                .await
+                .map_err(|e| internal(method, e))?
+                .map_err(|e| {
+                    RpcError::new(codes::INVALID_PARAMS, e).with_data(json!({"field": "url"}))
+                })?;
+            state
+                .store
+                .set_reward_endpoint(&caller.org, &agent_type, &name, &url)
+                .await
+                .map_err(|e| internal(method, e))?;
+            Ok(json!({"agent_type": agent_type, "name": name, "url": url}))
         }
         methods::DISCOVER => Ok(openrpc()),
         "training.deploy_checkpoint" | "training.configure_ab_test" | "agents.invoke" => {
@@ -857,7 +877,7 @@ async fn register_agent(
         ));
     }
     if let Ok(Some(existing)) = state.store.agent(&id).await
-        && !(existing.get("org").and_then(Value::as_str) == Some(caller.org.as_str()))
+        && existing.get("org").and_then(Value::as_str) != Some(caller.org.as_str())
     {
         return Err(RpcError::new(codes::INVALID_PARAMS, format!("agent_id {id:?} is taken")));
     }
@@ -931,6 +951,7 @@ pub fn openrpc() -> Value {
             m(methods::AGENTS_REGISTER, "Register an agent", &[("agent_id", true, "string"), ("agent_type", false, "string"), ("model", false, "string"), ("system_prompt", false, "string"), ("tools", false, "array")], "Agent"),
             m(methods::AGENTS_GET, "One agent", &[("agent_id", true, "string")], "Agent"),
             m(methods::AGENTS_LIST, "Agents", &[], "AgentList"),
+            m(methods::REWARDS_REGISTER, "Serve the rewards of an agent type from an HTTP endpoint (the remote-reward protocol)", &[("agent_type", true, "string"), ("name", true, "string"), ("url", true, "string")], "RewardEndpoint"),
             m(methods::DISCOVER, "This document", &[], "OpenRPC"),
         ],
     })
@@ -941,7 +962,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
     if !state.config.public_metrics
         && let Err(r) = authenticate(&state, &headers)
     {
-        return r;
+        return *r;
     }
     match render_metrics(&state).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),

@@ -6,7 +6,6 @@
 //! The deliverer tails the store's event table (so events of jobs run by other worker processes
 //! are delivered too), starting at the newest event when the server starts.
 
-use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,35 +60,9 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
 }
 
-fn forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space (CGNAT)
-                || o[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link-local
-        }
-    }
-}
-
-/// Checks a webhook target: `http(s)://host[:port]/...` whose every address is public (unless
-/// `allow_private`). The error names the rule and the value.
+/// Checks a webhook target: an `http(s)://host[:port]/...` URL whose every address is public
+/// (unless `allow_private`; the address rule is the HTTP tool's). The error names the rule and
+/// the value.
 ///
 /// # Errors
 /// A bad URL, a host that does not resolve, or one that resolves to a forbidden address.
@@ -102,21 +75,11 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
         _ => return Err(format!("url must use http or https, got {url:?}")),
     }
     let host = uri.host().ok_or_else(|| format!("url has no host: {url:?}"))?;
-    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<IpAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("url host {host:?} does not resolve: {e}"))?
-        .map(|a| a.ip())
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("url host {host:?} does not resolve"));
+    if host.is_empty() {
+        return Err(format!("url has no host: {url:?}"));
     }
-    if !allow_private && let Some(ip) = addrs.iter().find(|ip| forbidden(**ip)) {
-        return Err(format!(
-            "url must not point at a loopback, private or link-local address: {host:?} is {ip}"
-        ));
-    }
+    agentcore_agent::tools::check_target(url, allow_private)
+        .map_err(|e| format!("url {url:?}: {e}"))?;
     Ok(())
 }
 
@@ -295,7 +258,7 @@ mod tests {
             "http://0.0.0.0/x",
         ] {
             let e = check_target(url, false).unwrap_err();
-            assert!(e.contains("loopback, private or link-local"), "{url}: {e}");
+            assert!(e.contains("loopback/private/link-local"), "{url}: {e}");
         }
         assert!(check_target("ftp://example.com/x", false).unwrap_err().contains("http or https"));
         assert!(check_target("not a url", false).is_err());

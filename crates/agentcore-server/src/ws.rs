@@ -116,11 +116,15 @@ async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
         return;
     }
     let mut cursor = 0;
+    let mut shutdown = state.shutdown.clone();
     loop {
         let Ok(events) = state.store.events_after(Some(&job_id), cursor, 100).await else { return };
         for e in &events {
             cursor = e.id;
             if let Some(m) = message(e, job.total_iterations) {
+                if let Some(s) = m.get("status").and_then(Value::as_str) {
+                    s.clone_into(&mut status);
+                }
                 if !send(&mut socket, &m).await {
                     return;
                 }
@@ -157,6 +161,10 @@ async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.changed() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
             incoming = socket.recv() => {
                 // The client closed, or sent something we ignore.
                 if matches!(incoming, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {

@@ -458,6 +458,53 @@ impl Store {
         Ok(None)
     }
 
+    /// Serves the rewards of `org`'s agents of `agent_type` from `url` (replacing an earlier
+    /// endpoint).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn set_reward_endpoint(
+        &self,
+        org: &str,
+        agent_type: &str,
+        name: &str,
+        url: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reward_endpoints (org, agent_type, name, url, created_at) VALUES (?, ?, ?, \
+             ?, ?) ON CONFLICT (org, agent_type) DO UPDATE SET name = excluded.name, \
+             url = excluded.url, created_at = excluded.created_at",
+        )
+        .bind(org)
+        .bind(agent_type)
+        .bind(name)
+        .bind(url)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// The reward endpoint of `org`'s agents of `agent_type`: `(name, url)`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn reward_endpoint(
+        &self,
+        org: &str,
+        agent_type: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row =
+            sqlx::query("SELECT name, url FROM reward_endpoints WHERE org = ? AND agent_type = ?")
+                .bind(org)
+                .bind(agent_type)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.db())?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// Adds a webhook subscription.
     ///
     /// # Errors

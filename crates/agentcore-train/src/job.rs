@@ -85,6 +85,24 @@ pub struct JobSettings {
     /// The caller's tasks instead of the generated seed suite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<JobData>,
+    /// A reward computed by an HTTP endpoint (the remote-reward protocol of
+    /// [`agentcore_tasks::judge::remote_reward`]) instead of `reward`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_reward: Option<RemoteReward>,
+}
+
+/// A reward served over HTTP (e.g. a Python function registered with the SDK).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteReward {
+    /// Its registry name.
+    pub name: String,
+    /// The endpoint: POST `{query, expected_outcome, final_answer, steps, success, ...}`,
+    /// answer `{"score": number}`.
+    pub url: String,
+    /// The endpoint may be on a loopback or private address.
+    #[serde(default)]
+    pub allow_private: bool,
 }
 
 /// A job's own tasks (the guide's `training_data` / `evaluation_data`).
@@ -142,6 +160,7 @@ impl Default for JobSettings {
             model: None,
             reward: default_reward(),
             data: None,
+            remote_reward: None,
         }
     }
 }
@@ -923,7 +942,18 @@ pub fn run(
     } else {
         settings.reward.as_str()
     };
-    registry.set_default(reward_name).map_err(|e| TrainError::Job(e.to_string()))?;
+    match &settings.remote_reward {
+        Some(r) => {
+            let f = agentcore_tasks::judge::remote_reward(
+                &r.url,
+                std::time::Duration::from_secs(30),
+                r.allow_private,
+            );
+            registry.register(&r.name, f).map_err(|e| TrainError::Job(e.to_string()))?;
+            registry.set_default(&r.name).map_err(|e| TrainError::Job(e.to_string()))?;
+        }
+        None => registry.set_default(reward_name).map_err(|e| TrainError::Job(e.to_string()))?,
+    }
     let loss_settings = LossSettings::from(config);
     let sampling = Sampling {
         temperature: config.temperature,

@@ -30,3 +30,12 @@ CREATE TABLE webhook_deliveries (
     created_at TEXT NOT NULL
 );
 CREATE INDEX webhook_deliveries_by_message ON webhook_deliveries (message_id, attempt);
+
+CREATE TABLE reward_endpoints (
+    org TEXT NOT NULL,
+    agent_type TEXT NOT NULL,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (org, agent_type)
+);

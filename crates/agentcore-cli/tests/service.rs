@@ -1,0 +1,159 @@
+//! `agentcore serve`, `agentcore worker` and `agentcore jobs ... --url` as processes: a job
+//! queued through the CLI runs on a separate worker process; that worker is killed (SIGKILL)
+//! mid-job and a second worker process takes the job over from its checkpoint and finishes it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentcore");
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("agentcore runs")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn a_job_survives_its_worker_process_being_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8").to_string();
+    let db = format!("{data}/agentcore.db");
+    // The server without workers; read its address and development token from stderr.
+    let mut server = Command::new(BIN)
+        .args(["serve", "--port", "0", "--workers", "0", "--data-dir", &data])
+        .env_remove("AGENTCORE_JWT_SECRET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let stderr = server.stderr.take().expect("stderr");
+    let _server = Killed(server);
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut url, mut token) = (String::new(), String::new());
+    while url.is_empty() || token.is_empty() {
+        let line = lines.next().expect("server output").expect("line");
+        if let Some(rest) = line.strip_prefix("agentcore serve: ") {
+            url = rest.split_whitespace().next().expect("url").to_string();
+        }
+        if let Some(t) = line.strip_prefix("AGENTCORE_API_KEY=") {
+            token = t.to_string();
+        }
+    }
+    let env = [("AGENTCORE_URL", url.as_str()), ("AGENTCORE_API_KEY", token.as_str())];
+
+    // A tiny agent (registered through the SDK's method), tasks, a config; queue the job.
+    let client = agentcore_client::TrainingClient::new(&url, Some(token.clone()));
+    client
+        .call(
+            "agents.register",
+            serde_json::json!({"agent_id": "tiny", "model": {"built_in": {"steps": 6, "n_demos": 30, "batch_size": 4,
+                "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 256}}}}),
+        )
+        .expect("register");
+    let tasks = run(&["tasks", "generate", "--n", "120", "--seed", "3", "--difficulty", "1"], &[]);
+    let tasks_file = dir.path().join("tasks.jsonl");
+    std::fs::write(&tasks_file, &tasks.stdout).expect("write");
+    let config_file = dir.path().join("grpo.json");
+    std::fs::write(
+        &config_file,
+        r#"{"n_iterations": 8, "batch_size": 3, "n_trajectories_per_query": 3, "learning_rate": 0.002,
+            "max_completion_length": 24, "max_steps_per_trajectory": 2, "eval_interval": 2,
+            "checkpoint_interval": 2, "seed": 5}"#,
+    )
+    .expect("write");
+    let started = json(&run(
+        &[
+            "jobs",
+            "start",
+            "--agent-id",
+            "tiny",
+            "--data",
+            tasks_file.to_str().expect("utf-8"),
+            "--config",
+            config_file.to_str().expect("utf-8"),
+        ],
+        &env,
+    ));
+    let job = started["job_id"].as_str().expect("job id").to_string();
+    assert_eq!(started["status"], "queued");
+
+    // Worker 1 takes it; kill -9 it once a checkpoint exists.
+    let worker = |lease: &str| {
+        Command::new(BIN)
+            .args(["worker", "--database-url", &db, "--data-dir", &data, "--lease-seconds", lease])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker")
+    };
+    let mut w1 = worker("2");
+    let status = |job: &str| json(&run(&["jobs", "status", job], &env));
+    let t = Instant::now();
+    while status(&job)["current_iteration"].as_u64().unwrap_or(0) < 3 {
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "worker 1 made no progress: {}",
+            status(&job)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w1.kill().expect("kill -9");
+    let _ = w1.wait();
+    let killed_at = status(&job);
+    assert_eq!(killed_at["status"], "running", "{killed_at}");
+
+    // Worker 2 takes over after the lease runs out and finishes the job.
+    let _w2 = Killed(worker("2"));
+    let t = Instant::now();
+    let done = loop {
+        let s = status(&job);
+        if matches!(s["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(240), "worker 2 did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (done["status"].as_str(), done["current_iteration"].as_u64()),
+        (Some("completed"), Some(8)),
+        "{done}"
+    );
+    let list = json(&run(&["jobs", "list", "--status", "completed"], &env));
+    assert_eq!(list["total_count"], 1);
+    let export = json(&run(&["jobs", "export", &job, "--limit", "5"], &env));
+    assert_eq!(
+        (export["returned_count"].as_u64(), export["has_more"].as_bool()),
+        (Some(5), Some(true))
+    );
+    // Finished: cancelling is refused with the contract's code, as an input error (exit 2).
+    let out = run(&["jobs", "cancel", &job], &env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-40003"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,550 @@
+//! The service on loopback with real components: an axum server, a SQLite file, the worker
+//! pool running real (tiny) GRPO jobs, a WebSocket reader, a webhook receiver.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentcore_server::webhooks::sign;
+use axum::http::{HeaderMap, StatusCode};
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+
+/// A webhook receiver on loopback that fails the first delivery (to see the retry).
+fn receiver(s: &TestServer) -> (String, Received) {
+    let got: Received = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&got);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let mut v = seen.lock().unwrap();
+                v.push((headers, body));
+                if v.len() == 1 {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    s.rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[test]
+fn a_job_runs_through_the_service_with_live_progress_webhooks_and_metrics() {
+    let s = TestServer::start(1);
+    let token = admin("acme");
+    let c = s.client(&token);
+    tiny_agent(&c, "tiny-agent");
+    let (hook_url, received) = receiver(&s);
+    let sub = c.subscribe_webhook(&[], &hook_url).unwrap();
+    assert!(sub.secret.starts_with("whsec_"));
+
+    let job = c.start_training("tiny-agent", small_config(4), &tasks(120, 3), None).unwrap();
+    assert_eq!(
+        (job.status.as_str(), job.total_iterations, job.budget_usd.as_str()),
+        ("queued", 4, "5.00")
+    );
+
+    // WebSocket from the start: every message until the socket closes.
+    let ws_url = format!(
+        "ws://{}/training/ws/{}?token={token}",
+        s.server.as_ref().unwrap().addr,
+        job.job_id
+    );
+    let messages = s.rt.spawn(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                out.push(serde_json::from_str::<Value>(&t).unwrap());
+            }
+        }
+        out
+    });
+
+    let done = wait_for(&c, &job.job_id, finished, Duration::from_secs(300));
+    assert_eq!(done.status, "completed", "{done:?}");
+    assert_eq!((done.current_iteration, done.progress_percent), (4, 100.0));
+    assert_eq!(done.stop_reason.as_deref(), Some("completed"));
+    assert!(done.metrics["train_loss"].is_number(), "{:?}", done.metrics);
+    assert!(done.metrics["validation_accuracy"].is_number(), "{:?}", done.metrics);
+    assert_eq!(done.metrics["trajectories_generated"], 4 * 9);
+    assert!(done.best_checkpoint_id.is_some());
+    assert!(done.cost_usd.parse::<f64>().unwrap() > 0.0);
+    assert_eq!(done.cost.budget_usd, "5.00");
+
+    // The WebSocket saw the job from queued/running to completed, every iteration, checkpoints.
+    let msgs = s.rt.block_on(messages).unwrap();
+    let of = |t: &str| msgs.iter().filter(|m| m["type"] == t).collect::<Vec<_>>();
+    let progress: Vec<u64> =
+        of("progress").iter().map(|m| m["iteration"].as_u64().unwrap()).collect();
+    assert_eq!(progress, [1, 2, 3, 4], "{msgs:?}");
+    assert!(of("progress").iter().all(|m| m["total"] == 4 && m["loss"].is_number()));
+    assert!(of("checkpoint").len() >= 2, "{msgs:?}");
+    let statuses: Vec<&str> = of("status").iter().map(|m| m["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.last(), Some(&"completed"), "{statuses:?}");
+
+    // Webhooks: started, progress (every 2 here), checkpoints, completed; signed; the first
+    // delivery failed and was retried with the same id.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = received.lock().unwrap();
+        if got.iter().any(|(_, b)| b.contains("training.job.completed"))
+            || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+        drop(got);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = received.lock().unwrap().clone();
+    let events: Vec<String> = got
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_str::<Value>(b).unwrap()["event"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for e in [
+        "training.job.started",
+        "training.job.progress",
+        "training.checkpoint.saved",
+        "training.job.completed",
+    ] {
+        assert!(events.iter().any(|x| x == e), "{e} missing from {events:?}");
+    }
+    for (headers, body) in &got {
+        let h = |k: &str| headers.get(k).unwrap().to_str().unwrap().to_owned();
+        let ts: i64 = h("webhook-timestamp").parse().unwrap();
+        assert_eq!(h("webhook-signature"), sign(&sub.secret, &h("webhook-id"), ts, body));
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["data"]["job_id"], job.job_id.as_str());
+    }
+    assert_eq!(got[0].0.get("webhook-id"), got[1].0.get("webhook-id"), "a retry keeps the id");
+    assert_eq!(got[0].1, got[1].1);
+
+    // Export: the guide's shape, paging, filters, and the limit rule.
+    let page = c.export_trajectories(&job.job_id, false, None, Some(10), Some(0)).unwrap();
+    assert_eq!(
+        (page["total_count"].as_u64(), page["returned_count"].as_u64(), page["has_more"].as_bool()),
+        (Some(36), Some(10), Some(true))
+    );
+    let t = &page["trajectories"][0];
+    for k in [
+        "trajectory_id",
+        "query",
+        "steps",
+        "reward",
+        "normalized_reward",
+        "advantage",
+        "success",
+        "execution_time_ms",
+        "iteration",
+    ] {
+        assert!(t.get(k).is_some(), "{k} missing: {t}");
+    }
+    let wins = c.export_trajectories(&job.job_id, true, None, None, None).unwrap();
+    assert!(wins["trajectories"].as_array().unwrap().iter().all(|t| t["success"] == true));
+    let err = c.export_trajectories(&job.job_id, false, None, Some(20_000), None).unwrap_err();
+    assert_eq!(err.code(), Some(-40005), "{err}");
+
+    // Evaluate: paired against the baseline on the held-out split.
+    let ev = c.evaluate(&job.job_id, None).unwrap();
+    assert_eq!(ev["checkpoint_id"], done.best_checkpoint_id.clone().unwrap().as_str());
+    assert!(ev["queries_evaluated"].as_u64().unwrap() >= 12, "{ev}");
+    for k in [
+        "success_rate_improvement",
+        "avg_reward_improvement",
+        "p_value",
+        "statistically_significant",
+        "test",
+        "confidence_interval",
+    ] {
+        assert!(ev["baseline_comparison"].get(k).is_some(), "{k}: {ev}");
+    }
+    for k in ["success_rate", "avg_reward", "avg_steps", "tool_accuracy"] {
+        assert!(ev["metrics"][k].is_number(), "{k}: {ev}");
+    }
+
+    // Listing, and cancelling a finished job.
+    let list = c.list_jobs(None, Some("completed"), None, None).unwrap();
+    assert_eq!((list.total_count, list.jobs[0].job_id.as_str()), (1, job.job_id.as_str()));
+    let err = c.cancel(&job.job_id, None).unwrap_err();
+    assert_eq!(err.code(), Some(-40003), "{err}");
+
+    // Metrics: every name the contract lists (and the dashboard queries) is exported.
+    let (status, text) = s.get("/metrics");
+    assert_eq!(status, 200);
+    for name in metric_names() {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
+    }
+    assert!(text.contains("training_jobs_completed_total 1"), "{text}");
+    assert!(text.contains("training_iteration_duration_seconds_count 4"), "{text}");
+}
+
+fn metric_names() -> Vec<&'static str> {
+    vec![
+        "training_jobs_created_total",
+        "training_jobs_completed_total",
+        "training_jobs_failed_total",
+        "training_jobs_cancelled_total",
+        "training_jobs_active",
+        "training_trajectory_generation_duration_seconds",
+        "training_policy_update_duration_seconds",
+        "training_iteration_duration_seconds",
+        "training_checkpoint_save_duration_seconds",
+        "training_budget_usage_dollars",
+        "training_budget_limit_dollars",
+        "training_loss",
+        "training_reward_mean",
+    ]
+}
+
+/// Every metric the Grafana dashboard and the alert rules query is exported by the server.
+#[test]
+fn the_dashboard_and_alerts_query_only_exported_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dashboard =
+        std::fs::read_to_string(root.join("k8s/monitoring/training-dashboard.json")).unwrap();
+    let rules = std::fs::read_to_string(root.join("k8s/monitoring/training-alerts.yaml")).unwrap();
+    let d: Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(!d["panels"].as_array().unwrap().is_empty());
+    let exported: Vec<String> = metric_names()
+        .iter()
+        .flat_map(|n| {
+            if n.ends_with("_seconds") {
+                vec![format!("{n}_bucket"), format!("{n}_sum"), format!("{n}_count")]
+            } else {
+                vec![(*n).to_owned()]
+            }
+        })
+        .collect();
+    let mut queried = 0;
+    for text in [&dashboard, &rules] {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("training_") {
+                queried += 1;
+                assert!(exported.iter().any(|e| e == word), "queried but not exported: {word}");
+            }
+        }
+    }
+    assert!(queried >= 10, "the dashboard and rules query the metrics ({queried} references)");
+}
+
+#[test]
+fn auth_matrix_refuses_each_bad_caller() {
+    let s = TestServer::start(0);
+    let status = json!({"jsonrpc": "2.0", "method": "training.get_status", "params": {"job_id": "00000000-0000-4000-8000-000000000000"}, "id": 1}).to_string();
+    // No token.
+    assert_eq!(s.post(None, &status).0, 401);
+    // alg: none.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let claims = json!({"sub": "eve", "org": "acme", "aud": AUDIENCE, "exp": exp, "permissions": ["training:view"]});
+    let none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims.to_string())
+    );
+    assert_eq!(s.post(Some(&none), &status).0, 401);
+    // Expired, wrong audience, wrong signature: signed by hand.
+    let sign_with = |secret: &str, claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let expired = sign_with(
+        SECRET,
+        json!({"sub": "eve", "org": "acme", "aud": AUDIENCE, "exp": exp - 7200, "permissions": ["training:view"]}),
+    );
+    let (code, _, body) = s.post(Some(&expired), &status);
+    assert_eq!(code, 401);
+    assert!(body.contains("Expired"), "{body}");
+    let wrong_aud = sign_with(
+        SECRET,
+        json!({"sub": "eve", "org": "acme", "aud": "other", "exp": exp, "permissions": ["training:view"]}),
+    );
+    assert_eq!(s.post(Some(&wrong_aud), &status).0, 401);
+    let forged = sign_with("another-secret-0123456789", claims.clone());
+    let (code, _, body) = s.post(Some(&forged), &status);
+    assert_eq!(code, 401);
+    assert!(!body.contains(&forged), "the token is not echoed");
+    // Missing permission: -40103 naming it.
+    let viewer = token("vic", "acme", &["training:view"]);
+    let err = s.client(&viewer).cancel("00000000-0000-4000-8000-000000000000", None).unwrap_err();
+    assert_eq!(err.code(), Some(-40103), "{err}");
+    assert!(err.to_string().contains("training:cancel"));
+    // Another organisation's job: not found, as if it did not exist.
+    let acme = s.client(&admin("acme"));
+    let job = acme
+        .start_training("seed-agent", json!({"n_iterations": 1}), &tasks(100, 1), None)
+        .unwrap();
+    let globex = s.client(&admin("globex"));
+    assert_eq!(globex.get_status(&job.job_id).unwrap_err().code(), Some(-32001));
+    assert_eq!(globex.cancel(&job.job_id, None).unwrap_err().code(), Some(-32001));
+    assert_eq!(globex.list_jobs(None, None, None, None).unwrap().total_count, 0);
+    assert_eq!(acme.list_jobs(None, None, None, None).unwrap().total_count, 1);
+    // The queued job (no workers here) is cancelled at once by its owner.
+    let c = acme.cancel(&job.job_id, Some("test")).unwrap();
+    assert_eq!((c.status.as_str(), c.checkpoint_saved), ("cancelled", false));
+}
+
+#[test]
+fn envelopes_errors_limits_and_validation() {
+    let s = TestServer::start_with(0, |c| c.body_limit = 1 << 20);
+    let t = admin("acme");
+    let rpc = |body: &str| {
+        let (code, headers, text) = s.post(Some(&t), body);
+        (
+            code,
+            headers,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str::<Value>(&text).unwrap()
+            },
+        )
+    };
+    // Parse error, invalid request, unknown method, notification, batch.
+    assert_eq!(rpc("{not json").2["error"]["code"], -32700);
+    assert_eq!(rpc("[]").2["error"]["code"], -32600);
+    assert_eq!(rpc(r#"{"jsonrpc": "1.0", "method": "x", "id": 1}"#).2["error"]["code"], -32600);
+    assert_eq!(
+        rpc(r#"{"jsonrpc": "2.0", "method": "training.nope", "id": 1}"#).2["error"]["code"],
+        -32601
+    );
+    let (code, _, body) = rpc(r#"{"jsonrpc": "2.0", "method": "agents.list"}"#);
+    assert_eq!((code, body), (204, Value::Null));
+    let (code, _, body) = rpc(
+        r#"[{"jsonrpc": "2.0", "method": "agents.list", "id": "a"}, {"jsonrpc": "2.0", "method": "agents.list"}, {"jsonrpc": "2.0", "method": "rpc.discover", "id": 2}]"#,
+    );
+    assert_eq!(code, 200);
+    let batch = body.as_array().unwrap();
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[0]["id"], "a");
+    assert!(
+        batch[0]["result"]["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["agent_id"] == "seed-agent")
+    );
+    let names: Vec<&str> = batch[1]["result"]["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"training.start_grpo") && names.contains(&"training.export_trajectories"),
+        "{names:?}"
+    );
+
+    let c = s.client(&t);
+    // Malformed job id: -32602 quoting it.
+    let e = c.get_status("12; DROP TABLE jobs").unwrap_err();
+    assert_eq!(e.code(), Some(-32602));
+    assert!(e.to_string().contains("12; DROP TABLE jobs"), "{e}");
+    assert_eq!(
+        c.get_status("00000000-0000-4000-8000-000000000000").unwrap_err().code(),
+        Some(-32001)
+    );
+    // Config out of range and unknown field: -32600 with {field, error}.
+    let data = tasks(100, 2);
+    let e = c.start_training("seed-agent", json!({"batch_size": 500}), &data, None).unwrap_err();
+    let agentcore_client::ClientError::Rpc(r) = &e else { panic!("{e}") };
+    assert_eq!((r.code, r.data.as_ref().unwrap()["field"].as_str()), (-32600, Some("batch_size")));
+    assert!(r.data.as_ref().unwrap()["error"].as_str().unwrap().contains("500"), "{r}");
+    let e = c.start_training("seed-agent", json!({"learning_rte": 0.1}), &data, None).unwrap_err();
+    assert!(e.to_string().contains("learning_rte") && e.code() == Some(-32600), "{e}");
+    // Data: too few, and a bad item named by index.
+    let e = c.start_training("seed-agent", json!({}), &data[..50], None).unwrap_err();
+    assert_eq!(e.code(), Some(-40002));
+    assert!(e.to_string().contains("got 50"), "{e}");
+    let mut bad = data.clone();
+    bad[7] = json!({"query": "no outcome"});
+    let e = c.start_training("seed-agent", json!({}), &bad, None).unwrap_err();
+    assert_eq!(e.code(), Some(-40002));
+    assert!(
+        e.to_string().contains("training_data[7]") && e.to_string().contains("expected_outcome"),
+        "{e}"
+    );
+    // Unknown agent; budget pre-flight.
+    assert_eq!(c.start_training("ghost", json!({}), &data, None).unwrap_err().code(), Some(-32001));
+    let e = c
+        .start_training(
+            "seed-agent",
+            json!({"n_iterations": 10000, "max_budget_usd": "0.01"}),
+            &data,
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(-40001), "{e}");
+    // Webhook targets: loopback refused unless allowed (this server does not allow... it does:
+    // tests allow private targets), unknown events refused.
+    let e = c.subscribe_webhook(&["training.job.exploded"], "https://example.com/h").unwrap_err();
+    assert_eq!(e.code(), Some(-32602));
+    let e = c.subscribe_webhook(&[], "ftp://example.com/h").unwrap_err();
+    assert!(e.to_string().contains("http or https"), "{e}");
+
+    // Body limit: 413.
+    let big = format!(
+        r#"{{"jsonrpc": "2.0", "method": "agents.list", "id": 1, "pad": "{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    assert_eq!(s.post(Some(&t), &big).0, 413);
+
+    // Rate limit: evaluate 5 per minute per caller, then 429 with Retry-After and the headers.
+    let call = json!({"jsonrpc": "2.0", "method": "training.evaluate", "params": {"job_id": "00000000-0000-4000-8000-000000000000"}, "id": 1}).to_string();
+    let mut last = (0, Vec::new());
+    for k in 0..6 {
+        let (code, headers, _) = s.post(Some(&t), &call);
+        if k < 5 {
+            assert_eq!(code, 200, "call {k}");
+            let remaining =
+                headers.iter().find(|(h, _)| h == "x-ratelimit-remaining").unwrap().1.clone();
+            assert_eq!(remaining, (4 - k).to_string());
+        }
+        last = (code, headers);
+    }
+    assert_eq!(last.0, 429);
+    let h = |k: &str| last.1.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert!(h("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(h("x-ratelimit-limit").as_deref(), Some("5"));
+    // Another caller has its own budget.
+    let (code, _, _) = s.post(Some(&token("other", "acme", &["training:evaluate"])), &call);
+    assert_eq!(code, 200);
+}
+
+/// A job whose worker died (its lease expired) is taken over and finished by another worker;
+/// a job running when its server stops continues, from its checkpoint, when a server starts
+/// again on the same store.
+#[test]
+fn jobs_survive_dead_workers_and_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let t = admin("acme");
+    // Server 1 without workers: queue two jobs; a "ghost" worker claims the first and dies.
+    let mut s1 = TestServer::on(data_dir.clone(), 0, |_| {});
+    let c = s1.client(&t);
+    tiny_agent(&c, "tiny-agent");
+    let ghost_job = c.start_training("tiny-agent", small_config(2), &tasks(120, 4), None).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let restart_job =
+        c.start_training("tiny-agent", small_config(6), &tasks(120, 5), None).unwrap();
+    let store = s1.server.as_ref().unwrap().state.store.clone();
+    let claimed =
+        s1.rt.block_on(store.claim_job("ghost", Duration::from_millis(500))).unwrap().unwrap();
+    assert_eq!(claimed.id, ghost_job.job_id);
+    s1.stop();
+    // The ghost's lease runs out before the next server starts.
+    std::thread::sleep(Duration::from_millis(700));
+
+    // Server 2 with a worker: finishes the ghost's job after its lease expired, then starts
+    // the second job; stop it once a checkpoint exists.
+    let mut s2 = TestServer::on(data_dir.clone(), 1, |_| {});
+    let c2 = s2.client(&t);
+    let done = wait_for(&c2, &ghost_job.job_id, finished, Duration::from_secs(300));
+    assert_eq!(done.status, "completed", "{done:?}");
+    let row = s2
+        .rt
+        .block_on(s2.server.as_ref().unwrap().state.store.job(&ghost_job.job_id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.attempts, 2, "claimed by the ghost, then by the live worker");
+    let mid =
+        wait_for(&c2, &restart_job.job_id, |s| s.current_iteration >= 2, Duration::from_secs(300));
+    assert_eq!(mid.status, "running");
+    s2.stop();
+    let paused = {
+        let s3 = TestServer::on(data_dir.clone(), 0, |_| {});
+        s3.client(&t).get_status(&restart_job.job_id).unwrap()
+    };
+    assert_eq!(paused.status, "running", "a job stopped by a shutdown is not finished: {paused:?}");
+    assert!(paused.current_iteration >= 2 && paused.current_iteration < 6, "{paused:?}");
+
+    // Server 4: continues the job from its checkpoint to the end.
+    let s4 = TestServer::on(data_dir, 1, |_| {});
+    let c4 = s4.client(&t);
+    let done = wait_for(&c4, &restart_job.job_id, finished, Duration::from_secs(300));
+    assert_eq!((done.status.as_str(), done.current_iteration), ("completed", 6), "{done:?}");
+    let events = s4
+        .rt
+        .block_on(s4.server.as_ref().unwrap().state.store.events(&restart_job.job_id))
+        .unwrap();
+    let starts: Vec<&Value> =
+        events.iter().filter(|e| e.kind == "training.job.started").map(|e| &e.payload).collect();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(starts[1]["resumed_from"].as_u64().unwrap() >= 2, "{starts:?}");
+    // Iterations are recorded once each, 1..=6.
+    let its = s4
+        .rt
+        .block_on(s4.server.as_ref().unwrap().state.store.iterations(&restart_job.job_id))
+        .unwrap();
+    assert_eq!(its.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+}
+
+/// The remote-reward protocol: an agent type's rewards come from an HTTP endpoint (what the
+/// Python SDK's registry serves); every trajectory's reward is the endpoint's score.
+#[test]
+fn an_agent_types_rewards_come_from_its_registered_endpoint() {
+    let s = TestServer::start(1);
+    let c = s.client(&admin("acme"));
+    c.call(
+        "agents.register",
+        json!({"agent_id": "scored", "agent_type": "my-agent-type", "model": {"built_in": {
+            "steps": 6, "n_demos": 30, "batch_size": 4,
+            "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 256}}}}),
+    )
+    .unwrap();
+    let calls = Arc::new(Mutex::new(0usize));
+    let seen = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/rewards/my_reward",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                *seen.lock().unwrap() += 1;
+                assert!(
+                    body["query"].is_string() && body["expected_outcome"].is_object(),
+                    "{body}"
+                );
+                let score = if body["success"] == true { 0.7 } else { 0.1 };
+                axum::Json(json!({"score": score}))
+            }
+        }),
+    );
+    let listener = s.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    s.rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let url = format!("http://{addr}/rewards/my_reward");
+    c.call(
+        "rewards.register_remote",
+        json!({"agent_type": "my-agent-type", "name": "my_reward", "url": url}),
+    )
+    .unwrap();
+    let job = c.start_training("scored", small_config(2), &tasks(100, 6), None).unwrap();
+    let done = wait_for(&c, &job.job_id, finished, Duration::from_secs(300));
+    assert_eq!(done.status, "completed", "{done:?}");
+    let page = c.export_trajectories(&job.job_id, false, None, None, None).unwrap();
+    let ts = page["trajectories"].as_array().unwrap();
+    assert_eq!(ts.len(), 18);
+    for t in ts {
+        let expected = if t["success"] == true { 0.7 } else { 0.1 };
+        assert!((t["reward"].as_f64().unwrap() - expected).abs() < 1e-12, "{t}");
+    }
+    assert!(*calls.lock().unwrap() >= 18);
+}

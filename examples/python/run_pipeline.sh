@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs the guide's "Complete Training Pipeline" (complete_pipeline.py) against a local
+# `agentcore serve`: starts the server with a fresh data directory, registers the agent, writes
+# the data file, runs the example unchanged but for URL, key, data file and config, and stops the
+# server. AGENTCORE_BIN: the binary (default: target/release/agentcore, built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${AGENTCORE_BIN:-target/release/agentcore}
+[ -x "$BIN" ] || cargo build --release -q -p agentcore-cli
+work=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work"' EXIT
+secret=$(head -c 24 /dev/urandom | base64)
+AGENTCORE_JWT_SECRET=$secret "$BIN" serve --port 0 --data-dir "$work" --allow-private-webhooks \
+  2> "$work/server.log" &
+server=$!
+for _ in $(seq 100); do grep -q "agentcore serve: http" "$work/server.log" 2>/dev/null && break; sleep 0.1; done
+url=$(grep -o "http://[0-9.:]*" "$work/server.log" | head -1)
+# A token for the pipeline, signed with the server's secret (HS256).
+token=$(python3 - "$secret" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=")
+h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+p = b(json.dumps({"sub": "pipeline", "org": "examples", "exp": int(time.time()) + 7200,
+                  "permissions": ["training:start", "training:view", "training:cancel",
+                                  "training:evaluate", "data:export", "agents:manage"]}).encode())
+s = b(hmac.new(sys.argv[1].encode(), h + b"." + p, hashlib.sha256).digest())
+print((h + b"." + p + b"." + s).decode())
+PY
+)
+export AGENTCORE_URL=$url AGENTCORE_API_KEY=$token AGENTCORE_DATA=$work/training_data.json AGENTCORE_BIN=$BIN
+python3 examples/python/setup_agent.py
+PYTHONPATH=python python3 examples/python/complete_pipeline.py | tee "$work/pipeline.out"
+grep -q "Training completed successfully" "$work/pipeline.out"
