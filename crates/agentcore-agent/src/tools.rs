@@ -207,13 +207,14 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let default_port = if url.starts_with("https://") { 443 } else { 80 };
-    let host_port = if authority.starts_with('[')
-        || authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
+    let has_port = if authority.starts_with('[') {
+        // [v6]:port
+        authority.contains("]:")
     } else {
-        format!("{authority}:{default_port}")
+        authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
     };
+    let host_port =
+        if has_port { authority.to_owned() } else { format!("{authority}:{default_port}") };
     let addrs =
         host_port.to_socket_addrs().map_err(|e| format!("cannot resolve {authority:?}: {e}"))?;
     for a in addrs {

@@ -462,6 +462,19 @@ async fn start(
         }
         settings.model = Some(m);
     }
+    let agent_type = agent.get("agent_type").and_then(Value::as_str).unwrap_or("default");
+    if let Some((name, url)) = state
+        .store
+        .reward_endpoint(&caller.org, agent_type)
+        .await
+        .map_err(|e| internal("start", e))?
+    {
+        settings.remote_reward = Some(agentcore_train::job::RemoteReward {
+            name,
+            url,
+            allow_private: state.config.webhooks.allow_private,
+        });
+    }
     let problems = settings.violations();
     if !problems.is_empty() {
         return Err(RpcError::new(
