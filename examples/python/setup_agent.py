@@ -16,8 +16,8 @@ client = TrainingClient(os.environ["AGENTCORE_URL"], os.environ["AGENTCORE_API_K
 client.register_agent(
     "code-generator-v2",
     agent_type="code",
-    model={"built_in": {"steps": int(os.getenv("WARM_START_STEPS", "40")), "n_demos": 200, "batch_size": 8,
-                        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 256}}},
+    model={"built_in": {"steps": int(os.getenv("WARM_START_STEPS", "300")), "n_demos": 600, "batch_size": 16,
+                        "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128, "max_seq_len": 256}}},
 )
 agentcore = os.environ.get("AGENTCORE_BIN", "agentcore")
 def generate(n, seed):
