@@ -644,12 +644,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let job = store
         .call(|s| s.job(&args.job))?
         .ok_or_else(|| InputError(format!("no job `{}` in {}", args.job, path.display())))?;
-    let shaping: agentcore_grpo::rewards::RewardShaping = job
-        .settings
-        .get("config")
-        .and_then(|c| c.get("reward_shaping"))
-        .and_then(|r| serde_json::from_value(r.clone()).ok())
-        .unwrap_or_default();
+    let shaping = agentcore_train::record::reward_shaping(&job.settings);
     let filter = TrajectoryFilter {
         success_only: args.success_only,
         min_reward: args.min_reward,

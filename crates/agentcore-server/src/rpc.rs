@@ -784,12 +784,7 @@ async fn export(
     let total =
         state.store.count_trajectories(&id, &filter).await.map_err(|e| internal("export", e))?;
     let rows = state.store.trajectories(&id, &filter).await.map_err(|e| internal("export", e))?;
-    let shaping: agentcore_grpo::rewards::RewardShaping = job
-        .settings
-        .get("config")
-        .and_then(|c| c.get("reward_shaping"))
-        .and_then(|r| serde_json::from_value(r.clone()).ok())
-        .unwrap_or_default();
+    let shaping = agentcore_train::record::reward_shaping(&job.settings);
     let trajectories: Vec<Value> = rows
         .iter()
         .map(|r| {

@@ -443,19 +443,17 @@ impl Store {
     /// # Errors
     /// Database errors, a corrupt JSON column.
     pub async fn last_validation(&self, job_id: &str) -> Result<Option<f64>> {
-        let rows =
-            sqlx::query("SELECT metrics FROM iterations WHERE job_id = ? ORDER BY iteration DESC")
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(self.db())?;
-        for r in rows {
-            let m = parse("iteration metrics", &r.get::<String, _>(0))?;
-            if let Some(v) = m.get("eval_success_rate").and_then(Value::as_f64) {
-                return Ok(Some(v));
-            }
-        }
-        Ok(None)
+        // One row, found by the index on (job_id, iteration) and read from the end.
+        let row = sqlx::query(
+            "SELECT json_extract(metrics, '$.eval_success_rate') FROM iterations WHERE job_id = ? \
+             AND json_extract(metrics, '$.eval_success_rate') IS NOT NULL ORDER BY iteration DESC \
+             LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db())?;
+        Ok(row.map(|r| r.get::<f64, _>(0)))
     }
 
     /// Serves the rewards of `org`'s agents of `agent_type` from `url` (replacing an earlier

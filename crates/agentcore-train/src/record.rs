@@ -220,3 +220,14 @@ pub fn export_record(
         "execution_time_ms": t.trajectory.get("execution_time_ms").cloned().unwrap_or(Value::Null),
     })
 }
+
+/// The reward shaping of a stored job's settings (`config.reward_shaping`; the default when
+/// absent): what [`export_record`] normalizes rewards with.
+#[must_use]
+pub fn reward_shaping(settings: &Value) -> agentcore_grpo::rewards::RewardShaping {
+    settings
+        .get("config")
+        .and_then(|c| c.get("reward_shaping"))
+        .and_then(|r| serde_json::from_value(r.clone()).ok())
+        .unwrap_or_default()
+}
