@@ -304,7 +304,8 @@ fn auth_matrix_refuses_each_bad_caller() {
 
 #[test]
 fn envelopes_errors_limits_and_validation() {
-    let s = TestServer::start_with(0, |c| c.body_limit = 1 << 20);
+    // A small body limit: the client's whole body fits in the socket buffers before the 413.
+    let s = TestServer::start_with(0, |c| c.body_limit = 256 << 10);
     let t = admin("acme");
     let rpc = |body: &str| {
         let (code, headers, text) = s.post(Some(&t), body);
@@ -400,12 +401,26 @@ fn envelopes_errors_limits_and_validation() {
     let e = c.subscribe_webhook(&[], "ftp://example.com/h").unwrap_err();
     assert!(e.to_string().contains("http or https"), "{e}");
 
-    // Body limit: 413.
-    let big = format!(
-        r#"{{"jsonrpc": "2.0", "method": "agents.list", "id": 1, "pad": "{}"}}"#,
-        "x".repeat(2 << 20)
-    );
-    assert_eq!(s.post(Some(&t), &big).0, 413);
+    // Body limit: 413. The body is one byte over the limit, so the server reads all of it
+    // before refusing (no race between the refusal and the client's write).
+    {
+        use std::io::{Read, Write};
+        let addr = s.server.as_ref().unwrap().addr;
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        let body = vec![b'x'; (256 << 10) + 1];
+        write!(
+            conn,
+            "POST /api/v1/jsonrpc HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        conn.write_all(&body).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = [0u8; 12];
+        conn.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 413");
+    }
 
     // Rate limit: evaluate 5 per minute per caller, then 429 with Retry-After and the headers.
     let call = json!({"jsonrpc": "2.0", "method": "training.evaluate", "params": {"job_id": "00000000-0000-4000-8000-000000000000"}, "id": 1}).to_string();
