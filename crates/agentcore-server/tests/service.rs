@@ -244,8 +244,9 @@ fn the_dashboard_and_alerts_query_only_exported_metrics() {
 fn auth_matrix_refuses_each_bad_caller() {
     let s = TestServer::start(0);
     let status = json!({"jsonrpc": "2.0", "method": "training.get_status", "params": {"job_id": "00000000-0000-4000-8000-000000000000"}, "id": 1}).to_string();
-    // No token.
+    // No token: refused; /healthz needs none.
     assert_eq!(s.post(None, &status).0, 401);
+    assert_eq!(s.get("/healthz"), (200, "ok".to_string()));
     // alg: none.
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
