@@ -202,8 +202,8 @@ impl TextTokenizer {
 }
 
 /// Builds a Hugging Face tokenizer from the metadata of a GGUF file whose
-/// `tokenizer.ggml.model` is `llama` (SentencePiece, as in Gemma and Llama 2): a Unigram model
-/// over the token scores with byte fallback, spaces written as `▁`, and the control and
+/// `tokenizer.ggml.model` is `llama` (SentencePiece BPE, as in Gemma and Llama 2): merges by
+/// the pieces' scores with byte fallback, spaces written as `▁`, and the control and
 /// user-defined tokens (token types 3 and 4) as special tokens so they encode as one id.
 /// `gpt2` (byte-level BPE) models go through candle's converter.
 pub fn tokenizer_from_gguf(
@@ -216,7 +216,6 @@ pub fn tokenizer_from_gguf(
     use tokenizers::decoders::fuse::Fuse;
     use tokenizers::decoders::sequence::Sequence;
     use tokenizers::decoders::strip::Strip;
-    use tokenizers::models::unigram::Unigram;
     use tokenizers::normalizers::{Prepend, Replace};
     let err = |message: String| crate::ModelError::File { path: source.to_string(), message };
     let get = |key: &str| content.metadata.get(key);
@@ -253,8 +252,37 @@ pub fn tokenizer_from_gguf(
     }
     let id_of = |key: &str| get(key).and_then(|v| v.to_u32().ok());
     let unk = id_of("tokenizer.ggml.unknown_token_id").map(|i| i as usize);
-    let vocab: Vec<(String, f64)> = tokens.iter().cloned().zip(scores).collect();
-    let model = Unigram::from(vocab, unk, true).map_err(|e| err(e.to_string()))?;
+    // SentencePiece BPE (what llama.cpp's `llama` tokenizer runs): repeatedly merge the adjacent
+    // pair whose merged piece has the highest score. As a BPE model: every split of a piece into
+    // two pieces of the vocabulary is a merge, ranked by the merged piece's score (the way
+    // Hugging Face converts SentencePiece BPE models). Scoring the pieces as a Unigram model
+    // instead segments text into fragments the model never saw in training.
+    let normal = |i: usize| !matches!(types.get(i), Some(3 | 4 | 6));
+    let index: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| normal(*i))
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut ranked: Vec<(f64, usize, String, String)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate().filter(|(i, _)| normal(*i)) {
+        for (k, _) in piece.char_indices().skip(1) {
+            let (a, b) = piece.split_at(k);
+            if index.contains_key(a) && index.contains_key(b) {
+                ranked.push((scores[i], i, a.to_owned(), b.to_owned()));
+            }
+        }
+    }
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, a, b)| (a, b)).collect();
+    let vocab: tokenizers::models::bpe::Vocab =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let mut builder =
+        tokenizers::models::bpe::BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if let Some(u) = unk.and_then(|u| tokens.get(u)) {
+        builder = builder.unk_token(u.clone()).fuse_unk(true);
+    }
+    let model = builder.build().map_err(|e| err(e.to_string()))?;
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     let add_space_prefix =
         get("tokenizer.ggml.add_space_prefix").and_then(|v| v.to_bool().ok()).unwrap_or(true);

@@ -78,6 +78,18 @@ fn gemma3_tokenizer_from_gguf_metadata() {
     assert!(ids.len() < text.len(), "subword tokens, not bytes: {ids:?}");
     assert_eq!(tok.decode(&ids).expect("decode"), text);
     assert_eq!(tok.encode("<start_of_turn>user").expect("encode")[0], 105);
+    // The ids llama.cpp gives (llama-cpp-python 0.3, `Llama.tokenize(text, add_bos=False)`):
+    // SentencePiece BPE merges by score. A Unigram reading of the same scores splits " quick"
+    // into fragments, and the model then writes garbled text.
+    let text = "The quick brown fox jumps over the lazy dog near the river bank. \nQuestion: What \
+                is the capital of France?\nAnswer:";
+    assert_eq!(
+        tok.encode(text).expect("encode"),
+        [
+            818, 3823, 8864, 37423, 38167, 1024, 506, 31770, 4799, 3541, 506, 8858, 4856, 236761,
+            236743, 107, 14977, 236787, 2900, 563, 506, 5279, 529, 7001, 236881, 107, 7925, 236787
+        ]
+    );
     assert_eq!(loaded.stop_token_ids, vec![1, 106]);
 
     let template = loaded.chat_template.as_ref().expect("template");
