@@ -25,6 +25,8 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde_json::{Map, Value, json};
 
+use agentcore_tasks::data::kind;
+
 use crate::AppState;
 use crate::auth::Caller;
 use crate::limits::{Decision, unix_now};
@@ -189,17 +191,6 @@ async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<Rpc
         Ok(v) => RpcResponse::ok(id, v),
         Err(e) => RpcResponse::err(id, e),
     })
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn internal(context: &str, e: impl std::fmt::Display) -> RpcError {

@@ -17,6 +17,14 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
+/// The WHERE clause of [`TrajectoryFilter`]: binds job id, `success_only`, minimum reward.
+macro_rules! trajectory_filter {
+    () => {
+        "job_id = ? AND (? = 0 OR success = 1) AND reward >= ?"
+    };
+}
+pub(crate) use trajectory_filter;
+
 mod queue;
 pub use queue::{CancelOutcome, JobFilter, Lease, WebhookDelivery, WebhookRow};
 
@@ -554,10 +562,11 @@ impl Store {
         job_id: &str,
         filter: &TrajectoryFilter,
     ) -> Result<Vec<TrajectoryRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM trajectories WHERE job_id = ? AND (? = 0 OR success = 1) \
-             AND reward >= ? ORDER BY iteration, query_index, sample_index LIMIT ? OFFSET ?",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT * FROM trajectories WHERE ",
+            trajectory_filter!(),
+            " ORDER BY iteration, query_index, sample_index LIMIT ? OFFSET ?"
+        ))
         .bind(job_id)
         .bind(filter.success_only)
         .bind(filter.min_reward.unwrap_or(f64::MIN))

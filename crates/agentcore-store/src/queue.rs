@@ -394,10 +394,10 @@ impl Store {
         job_id: &str,
         filter: &crate::TrajectoryFilter,
     ) -> Result<u64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM trajectories WHERE job_id = ? AND (? = 0 OR success = 1) \
-             AND reward >= ?",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT COUNT(*) FROM trajectories WHERE ",
+            crate::trajectory_filter!()
+        ))
         .bind(job_id)
         .bind(filter.success_only)
         .bind(filter.min_reward.unwrap_or(f64::MIN))

@@ -57,7 +57,10 @@ pub fn task_from_value(index: usize, value: Value) -> Result<Task> {
     Ok(Task { query, expected_outcome, metadata })
 }
 
-fn kind(v: &Value) -> String {
+/// A value for an error message: its JSON kind and its text, cut to 40 characters
+/// (`a string ("abc")`).
+#[must_use]
+pub fn kind(v: &Value) -> String {
     let s = v.to_string();
     let s = if s.chars().count() > 40 {
         format!("{}...", s.chars().take(37).collect::<String>())
