@@ -12,23 +12,10 @@ use serde_json::{Value, json};
 
 use crate::{InputError, write_stdout};
 
-/// Where the store is: `--database-url` (a SQLite file path or `sqlite://PATH`) or the data
-/// directory's `agentcore.db`.
-fn database_path(url: Option<&str>, data_dir: &Path) -> anyhow::Result<PathBuf> {
-    match url {
-        None => Ok(data_dir.join("agentcore.db")),
-        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-            Err(InputError(
-                "--database-url: PostgreSQL is not supported by this build yet (the schema is in \
-             crates/agentcore-store/migrations/postgres); use a SQLite file"
-                    .into(),
-            )
-            .into())
-        }
-        Some(u) => Ok(PathBuf::from(
-            u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")).unwrap_or(u),
-        )),
-    }
+/// Where the store is: `--database-url` (`postgres://...`, a SQLite file path or
+/// `sqlite://PATH`) or the data directory's `agentcore.db`.
+fn database_url(url: Option<&str>, data_dir: &Path) -> String {
+    url.map_or_else(|| data_dir.join("agentcore.db").display().to_string(), str::to_owned)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -44,7 +31,8 @@ pub struct ServeArgs {
     /// Port (0: any free port, printed at start).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// The store: a SQLite file (`PATH` or `sqlite://PATH`) [default: DATA_DIR/agentcore.db].
+    /// The store: `postgres://USER:PASSWORD@HOST/DB`, or a SQLite file (`PATH` or
+    /// `sqlite://PATH`) [default: DATA_DIR/agentcore.db].
     #[arg(long)]
     database_url: Option<String>,
     /// Run directories, warm-start cache [default: $AGENTCORE_HOME or ~/.agentcore].
@@ -80,7 +68,7 @@ pub struct ServeArgs {
 /// `agentcore serve`.
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = crate::train_cmd::data_dir(args.data_dir);
-    let database = database_path(args.database_url.as_deref(), &data_dir)?;
+    let database = database_url(args.database_url.as_deref(), &data_dir);
     let secret = args.jwt_secret.or_else(|| std::env::var("AGENTCORE_JWT_SECRET").ok());
     let (key, development) = match (&args.jwt_public_key, secret) {
         (Some(pem), _) => (
@@ -112,11 +100,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     let rt = runtime()?;
     rt.block_on(async move {
-        let server = Server::start(config, Some(database.clone()), addr)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let server =
+            Server::start(config, Some(database), addr).await.map_err(|e| anyhow::anyhow!(e))?;
         let mut err = std::io::stderr().lock();
-        writeln!(err, "agentcore serve: http://{} (store {})", server.addr, database.display())?;
+        writeln!(
+            err,
+            "agentcore serve: http://{} (store {})",
+            server.addr,
+            server.state.store.location()
+        )?;
         if development {
             let token = Auth::new(&auth)
                 .ok()
@@ -140,7 +132,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Arguments of `agentcore worker`.
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
-    /// The store shared with the server: a SQLite file (`PATH` or `sqlite://PATH`).
+    /// The store shared with the server: `postgres://USER:PASSWORD@HOST/DB`, or a SQLite file
+    /// (`PATH` or `sqlite://PATH`) on the same machine.
     #[arg(long)]
     database_url: String,
     /// The data directory shared with the server (run directories, warm-start cache).
@@ -158,9 +151,8 @@ pub struct WorkerArgs {
 /// `agentcore worker`.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let data_dir = crate::train_cmd::data_dir(args.data_dir);
-    let database = database_path(Some(&args.database_url), &data_dir)?;
     runtime()?.block_on(async move {
-        let store = agentcore_store::Store::open(&database).await?;
+        let store = agentcore_store::Store::connect(&args.database_url).await?;
         let mut config = WorkerConfig::new(data_dir);
         config.lease = std::time::Duration::from_secs(args.lease_seconds.max(1));
         let workers = Workers::new(store.clone(), config, None);
@@ -170,7 +162,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             std::io::stderr(),
             "agentcore worker: {} worker(s) on {}",
             args.workers.max(1),
-            database.display()
+            store.location()
         );
         tokio::signal::ctrl_c().await?;
         let _ = tx.send(true);

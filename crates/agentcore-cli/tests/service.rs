@@ -1,6 +1,7 @@
 //! `agentcore serve`, `agentcore worker` and `agentcore jobs ... --url` as processes: a job
 //! queued through the CLI runs on a separate worker process; that worker is killed (SIGKILL)
-//! mid-job and a second worker process takes the job over from its checkpoint and finishes it.
+//! mid-job and a second worker process takes the job over from its checkpoint and finishes it;
+//! with the queue in a SQLite file, and in PostgreSQL.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,12 +37,32 @@ fn json(out: &Output) -> Value {
 
 #[test]
 fn a_job_survives_its_worker_process_being_killed() {
+    worker_killed_and_replaced(None);
+}
+
+/// The same with the queue in PostgreSQL (`AGENTCORE_TEST_POSTGRES_URL`; CI starts a server):
+/// server and workers share nothing but the database URL and the data directory.
+#[test]
+fn a_job_survives_its_worker_process_being_killed_on_postgres() {
+    let Some(server) = agentcore_store::testing::postgres_server() else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = runtime.block_on(agentcore_store::testing::fresh_postgres_schema(&server));
+    worker_killed_and_replaced(Some(url.expect("fresh schema")));
+}
+
+/// Serve (no in-process workers) on `database` (default: the data directory's SQLite file),
+/// queue a job, kill -9 its worker process mid-job, and let a second worker finish it.
+fn worker_killed_and_replaced(database: Option<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().expect("utf-8").to_string();
-    let db = format!("{data}/agentcore.db");
+    let db = database.clone().unwrap_or_else(|| format!("{data}/agentcore.db"));
     // The server without workers; read its address and development token from stderr.
+    let mut serve = vec!["serve", "--port", "0", "--workers", "0", "--data-dir", &data];
+    if let Some(url) = &database {
+        serve.extend(["--database-url", url]);
+    }
     let mut server = Command::new(BIN)
-        .args(["serve", "--port", "0", "--workers", "0", "--data-dir", &data])
+        .args(&serve)
         .env_remove("AGENTCORE_JWT_SECRET")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -56,6 +77,9 @@ fn a_job_survives_its_worker_process_being_killed() {
         let line = lines.next().expect("server output").expect("line");
         if let Some(rest) = line.strip_prefix("agentcore serve: ") {
             url = rest.split_whitespace().next().expect("url").to_string();
+            if database.is_some() {
+                assert!(rest.contains("(store postgres://"), "{rest}");
+            }
         }
         if let Some(t) = line.strip_prefix("AGENTCORE_API_KEY=") {
             token = t.to_string();

@@ -113,18 +113,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store (`<data_dir>/agentcore.db` unless `database` names another file), binds
+    /// Opens the store (`<data_dir>/agentcore.db` unless `database` names another: a SQLite
+    /// path or URL, or `postgres://...`; see [`Store::connect`]), binds
     /// `addr`, starts the workers and the webhook deliverer, and serves on the current runtime.
     ///
     /// # Errors
     /// The store, the key or the address.
     pub async fn start(
         config: ServerConfig,
-        database: Option<PathBuf>,
+        database: Option<String>,
         addr: SocketAddr,
     ) -> Result<Self, String> {
-        let db = database.unwrap_or_else(|| config.data_dir.join("agentcore.db"));
-        let store = Store::open(&db).await.map_err(|e| e.to_string())?;
+        let store = match database {
+            Some(url) => Store::connect(&url).await,
+            None => Store::open(&config.data_dir.join("agentcore.db")).await,
+        }
+        .map_err(|e| e.to_string())?;
         rpc::register_builtin_agent(&store).await.map_err(|e| e.to_string())?;
         let auth = Auth::new(&config.auth)?;
         let metrics = Arc::new(Metrics::new());

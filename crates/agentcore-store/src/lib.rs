@@ -1,7 +1,12 @@
 //! Persistence of agentcore: agents, jobs, per-iteration metrics, trajectories (with their
-//! token-exact traces), checkpoints and events, in a SQLite file (sqlx, WAL journal, schema
-//! by migrations in `migrations/sqlite`; `migrations/postgres` is kept in step by a test for
-//! the PostgreSQL deployment).
+//! token-exact traces), checkpoints and events, in a SQLite file (the default; WAL journal) or
+//! a PostgreSQL database (by URL, for a service whose workers run on several machines).
+//!
+//! Both go through sqlx's `Any` driver with the same SQL (`$N` placeholders, which SQLite
+//! accepts too; integers as `BIGINT`, flags as 0/1, JSON as text); the two statements that
+//! differ are chosen by [`Backend`]. The schemas are migrations in `migrations/sqlite` and
+//! `migrations/postgres`, kept in step by a test. The store's tests run against both databases
+//! (PostgreSQL from `AGENTCORE_TEST_POSTGRES_URL`, see `scripts/setup_postgres.sh`).
 //!
 //! [`Store`] is async (the server uses it as is); [`BlockingStore`] wraps it with its own
 //! runtime for the synchronous training loop and the CLI. Queries are built at runtime (no
@@ -14,19 +19,30 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::AnyPool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 
-/// The WHERE clause of [`TrajectoryFilter`]: binds job id, `success_only`, minimum reward.
+/// The WHERE clause of [`TrajectoryFilter`]: binds job id (`$1`), `success_only` as 0/1 (`$2`),
+/// minimum reward (`$3`).
 macro_rules! trajectory_filter {
     () => {
-        "job_id = ? AND (? = 0 OR success = 1) AND reward >= ?"
+        "job_id = $1 AND ($2 = 0 OR success = 1) AND reward >= $3"
     };
 }
 pub(crate) use trajectory_filter;
 
 mod queue;
 pub use queue::{CancelOutcome, JobFilter, Lease, WebhookDelivery, WebhookRow};
+
+/// The database behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +76,14 @@ pub enum StoreError {
     /// The runtime of the blocking wrapper could not start.
     #[error("starting the store's runtime: {0}")]
     Runtime(std::io::Error),
+    /// A database URL this store cannot use.
+    #[error("database URL {url}: {message}")]
+    Url {
+        /// The URL (password removed).
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// Result of the store.
@@ -227,8 +251,21 @@ pub struct EventRow {
 /// The async store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
     path: String,
+    backend: Backend,
+}
+
+/// `url` without its password, for messages and logs.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Store {
@@ -237,6 +274,7 @@ impl Store {
     /// # Errors
     /// The file cannot be opened or migrated.
     pub async fn open(path: &Path) -> Result<Self> {
+        sqlx::any::install_default_drivers();
         let name = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Database {
@@ -244,15 +282,25 @@ impl Store {
                 source: sqlx::Error::Io(e),
             })?;
         }
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|e| StoreError::Database { path: name.clone(), source: e })?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        // The SQLite driver's own options give the URL (it percent-encodes the path).
+        let sqlite =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+        let options = AnyConnectOptions::from_url(&sqlite.to_url_lossy())
+            .map_err(|e| StoreError::Database { path: name.clone(), source: e })?;
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Readers never wait for the writer; writers wait their turn (10 s) rather
+                    // than fail; references are checked.
+                    conn.execute(
+                        "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                         PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database { path: name.clone(), source: e })?;
@@ -260,7 +308,62 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate { path: name.clone(), source: e })?;
-        Ok(Self { pool, path: name })
+        Ok(Self { pool, path: name, backend: Backend::Sqlite })
+    }
+
+    /// Opens the store a URL names: `postgres://` / `postgresql://` (the database must exist;
+    /// pending migrations are applied), `sqlite://PATH` / `sqlite:PATH`, or a plain SQLite file
+    /// path.
+    ///
+    /// # Errors
+    /// The server cannot be reached, the file cannot be opened, migrations fail.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            if path.is_empty() || path.starts_with(':') || url.contains("://") && path == url {
+                return Err(StoreError::Url {
+                    url: url.to_owned(),
+                    message: "expected postgres://..., sqlite://PATH or a file path".into(),
+                });
+            }
+            return Self::open(Path::new(path)).await;
+        }
+        sqlx::any::install_default_drivers();
+        let name = redact_url(url);
+        let options = AnyConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database { path: name.clone(), source: e })?;
+        // One connection first: an unreachable server or a refused login fails at once with
+        // the server's reason, rather than after the pool's retries.
+        let probe = sqlx::AnyConnection::connect_with(&options)
+            .await
+            .map_err(|e| StoreError::Database { path: name.clone(), source: e })?;
+        let _ = probe.close().await;
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Database { path: name.clone(), source: e })?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Migrate { path: name.clone(), source: e })?;
+        Ok(Self { pool, path: name, backend: Backend::Postgres })
+    }
+
+    /// Which database this is.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The file path or the URL (without password) of the database.
+    #[must_use]
+    pub fn location(&self) -> &str {
+        &self.path
     }
 
     fn db(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
@@ -273,7 +376,7 @@ impl Store {
     /// Database errors.
     pub async fn register_agent(&self, id: &str, definition: &Value) -> Result<()> {
         sqlx::query(
-            "INSERT INTO agents (id, definition, created_at) VALUES (?, ?, ?) \
+            "INSERT INTO agents (id, definition, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET definition = excluded.definition",
         )
         .bind(id)
@@ -290,7 +393,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn agent(&self, id: &str) -> Result<Option<Value>> {
-        let row = sqlx::query("SELECT definition FROM agents WHERE id = ?")
+        let row = sqlx::query("SELECT definition FROM agents WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -307,7 +410,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO jobs (id, agent_id, status, settings, total_iterations, \
              iterations_completed, budget_usd, cost_usd, run_dir, created_at, updated_at) \
-             VALUES (?, ?, 'running', ?, ?, 0, ?, '0', ?, ?, ?) \
+             VALUES ($1, $2, 'running', $3, $4, 0, $5, '0', $6, $7, $8) \
              ON CONFLICT (id) DO UPDATE SET status = 'running', error = NULL, \
              finished_at = NULL, updated_at = excluded.updated_at",
         )
@@ -333,8 +436,8 @@ impl Store {
     pub async fn forget_after(&self, job_id: &str, iteration: u32) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         for statement in [
-            "DELETE FROM iterations WHERE job_id = ? AND iteration > ?",
-            "DELETE FROM trajectories WHERE job_id = ? AND iteration > ?",
+            "DELETE FROM iterations WHERE job_id = $1 AND iteration > $2",
+            "DELETE FROM trajectories WHERE job_id = $1 AND iteration > $2",
         ] {
             sqlx::query(statement)
                 .bind(job_id)
@@ -343,7 +446,7 @@ impl Store {
                 .await
                 .map_err(self.db())?;
         }
-        sqlx::query("UPDATE jobs SET iterations_completed = ? WHERE id = ?")
+        sqlx::query("UPDATE jobs SET iterations_completed = $1 WHERE id = $2")
             .bind(i64::from(iteration))
             .bind(job_id)
             .execute(&mut *tx)
@@ -366,7 +469,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         sqlx::query(
-            "INSERT INTO iterations (job_id, iteration, metrics, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO iterations (job_id, iteration, metrics, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (job_id, iteration) DO UPDATE SET metrics = excluded.metrics",
         )
         .bind(job_id)
@@ -377,7 +480,7 @@ impl Store {
         .await
         .map_err(self.db())?;
         sqlx::query(
-            "UPDATE jobs SET iterations_completed = ?, cost_usd = ?, updated_at = ? WHERE id = ?",
+            "UPDATE jobs SET iterations_completed = $1, cost_usd = $2, updated_at = $3 WHERE id = $4",
         )
         .bind(i64::from(iteration))
         .bind(cost_usd)
@@ -399,9 +502,13 @@ impl Store {
         let t = now();
         for r in rows {
             sqlx::query(
-                "INSERT OR REPLACE INTO trajectories (job_id, iteration, query_index, \
-                 sample_index, query, expected_outcome, success, reward, advantage, trajectory, \
-                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO trajectories (job_id, iteration, query_index, sample_index, query, \
+                 expected_outcome, success, reward, advantage, trajectory, created_at) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (job_id, iteration, \
+                 query_index, sample_index) DO UPDATE SET query = excluded.query, \
+                 expected_outcome = excluded.expected_outcome, success = excluded.success, \
+                 reward = excluded.reward, advantage = excluded.advantage, \
+                 trajectory = excluded.trajectory, created_at = excluded.created_at",
             )
             .bind(&r.job_id)
             .bind(i64::from(r.iteration))
@@ -409,7 +516,7 @@ impl Store {
             .bind(i64::from(r.sample_index))
             .bind(&r.query)
             .bind(r.expected_outcome.to_string())
-            .bind(r.success)
+            .bind(i64::from(r.success))
             .bind(r.reward)
             .bind(r.advantage)
             .bind(r.trajectory.to_string())
@@ -429,7 +536,7 @@ impl Store {
     pub async fn record_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO checkpoints (id, job_id, iteration, path, eval_success_rate, deleted, \
-             created_at) VALUES (?, ?, ?, ?, ?, 0, ?) ON CONFLICT (id) DO UPDATE SET \
+             created_at) VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (id) DO UPDATE SET \
              eval_success_rate = excluded.eval_success_rate, deleted = 0",
         )
         .bind(&c.id)
@@ -449,7 +556,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn mark_checkpoint_deleted(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE checkpoints SET deleted = 1 WHERE id = ?")
+        sqlx::query("UPDATE checkpoints SET deleted = 1 WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await
@@ -462,14 +569,16 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn record_event(&self, job_id: &str, kind: &str, payload: &Value) -> Result<()> {
-        sqlx::query("INSERT INTO events (job_id, kind, payload, created_at) VALUES (?, ?, ?, ?)")
-            .bind(job_id)
-            .bind(kind)
-            .bind(payload.to_string())
-            .bind(now())
-            .execute(&self.pool)
-            .await
-            .map_err(self.db())?;
+        sqlx::query(
+            "INSERT INTO events (job_id, kind, payload, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(job_id)
+        .bind(kind)
+        .bind(payload.to_string())
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
         Ok(())
     }
 
@@ -488,9 +597,9 @@ impl Store {
     ) -> Result<()> {
         let t = now();
         sqlx::query(
-            "UPDATE jobs SET status = ?, stop_reason = ?, summary = ?, best_checkpoint_id = ?, \
-             error = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
-             lease_expires_ms = NULL WHERE id = ?",
+            "UPDATE jobs SET status = $1, stop_reason = $2, summary = $3, best_checkpoint_id = $4, \
+             error = $5, finished_at = $6, updated_at = $7, lease_owner = NULL, \
+             lease_expires_ms = NULL WHERE id = $8",
         )
         .bind(status)
         .bind(stop_reason)
@@ -511,7 +620,7 @@ impl Store {
     /// # Errors
     /// Database errors, a corrupt JSON column.
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -537,7 +646,7 @@ impl Store {
     /// Database errors, a corrupt JSON column.
     pub async fn iterations(&self, job_id: &str) -> Result<Vec<(u32, Value)>> {
         let rows = sqlx::query(
-            "SELECT iteration, metrics FROM iterations WHERE job_id = ? ORDER BY iteration",
+            "SELECT iteration, metrics FROM iterations WHERE job_id = $1 ORDER BY iteration",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -565,12 +674,12 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT * FROM trajectories WHERE ",
             trajectory_filter!(),
-            " ORDER BY iteration, query_index, sample_index LIMIT ? OFFSET ?"
+            " ORDER BY iteration, query_index, sample_index LIMIT $4 OFFSET $5"
         ))
         .bind(job_id)
-        .bind(filter.success_only)
+        .bind(i64::from(filter.success_only))
         .bind(filter.min_reward.unwrap_or(f64::MIN))
-        .bind(filter.limit.map_or(-1, i64::from))
+        .bind(filter.limit.map_or(i64::MAX, i64::from))
         .bind(i64::from(filter.offset))
         .fetch_all(&self.pool)
         .await
@@ -585,7 +694,7 @@ impl Store {
                     sample_index: u32::try_from(r.get::<i64, _>("sample_index")).unwrap_or(0),
                     query: r.get("query"),
                     expected_outcome: parse("expected_outcome", r.get("expected_outcome"))?,
-                    success: r.get("success"),
+                    success: r.get::<i64, _>("success") != 0,
                     reward: r.get("reward"),
                     advantage: r.get("advantage"),
                     trajectory: parse("trajectory", r.get("trajectory"))?,
@@ -600,7 +709,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointRow>> {
-        let rows = sqlx::query("SELECT * FROM checkpoints WHERE job_id = ? ORDER BY iteration")
+        let rows = sqlx::query("SELECT * FROM checkpoints WHERE job_id = $1 ORDER BY iteration")
             .bind(job_id)
             .fetch_all(&self.pool)
             .await
@@ -613,7 +722,7 @@ impl Store {
                 iteration: u32::try_from(r.get::<i64, _>("iteration")).unwrap_or(0),
                 path: r.get("path"),
                 eval_success_rate: r.get("eval_success_rate"),
-                deleted: r.get("deleted"),
+                deleted: r.get::<i64, _>("deleted") != 0,
                 created_at: r.get("created_at"),
             })
             .collect())
@@ -624,7 +733,7 @@ impl Store {
     /// # Errors
     /// Database errors, a corrupt JSON column.
     pub async fn events(&self, job_id: &str) -> Result<Vec<EventRow>> {
-        let rows = sqlx::query("SELECT * FROM events WHERE job_id = ? ORDER BY id")
+        let rows = sqlx::query("SELECT * FROM events WHERE job_id = $1 ORDER BY id")
             .bind(job_id)
             .fetch_all(&self.pool)
             .await
@@ -638,7 +747,7 @@ impl Store {
     }
 }
 
-pub(crate) fn event_row(r: &sqlx::sqlite::SqliteRow) -> Result<EventRow> {
+pub(crate) fn event_row(r: &AnyRow) -> Result<EventRow> {
     Ok(EventRow {
         id: r.get("id"),
         job_id: r.get("job_id"),
@@ -648,7 +757,7 @@ pub(crate) fn event_row(r: &sqlx::sqlite::SqliteRow) -> Result<EventRow> {
     })
 }
 
-pub(crate) fn job_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
+pub(crate) fn job_row(r: &AnyRow) -> Result<JobRow> {
     Ok(JobRow {
         id: r.get("id"),
         agent_id: r.get("agent_id"),
@@ -711,6 +820,19 @@ impl BlockingStore {
         Ok(Self { runtime: Runtime::Own(runtime), store })
     }
 
+    /// Opens the store a URL names (see [`Store::connect`]).
+    ///
+    /// # Errors
+    /// The runtime cannot start, the database cannot be opened or migrated.
+    pub fn connect(url: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let store = runtime.block_on(Store::connect(url))?;
+        Ok(Self { runtime: Runtime::Own(runtime), store })
+    }
+
     /// Wraps an open store for synchronous code on a blocking thread of `handle`'s runtime
     /// (`tokio::task::spawn_blocking`); never call it from async code.
     pub fn with_handle(store: Store, handle: tokio::runtime::Handle) -> Self {
@@ -746,5 +868,83 @@ impl Drop for BlockingStore {
         if let Runtime::Own(r) = &self.runtime {
             r.block_on(self.store.close());
         }
+    }
+}
+
+/// Databases for tests of this crate and the crates above it: each test gets its own SQLite
+/// file, and its own schema on the PostgreSQL server of `AGENTCORE_TEST_POSTGRES_URL`
+/// (`scripts/setup_postgres.sh` starts one on loopback and prints the URL).
+pub mod testing {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use sqlx::{Connection, Executor};
+
+    use crate::{Result, StoreError, redact_url};
+
+    /// The PostgreSQL server for tests: `AGENTCORE_TEST_POSTGRES_URL`. `None` when it is unset,
+    /// and the PostgreSQL half of a test is skipped with a note on stderr, unless
+    /// `AGENTCORE_REQUIRE_POSTGRES=1` (CI sets it), where a missing server fails the test.
+    ///
+    /// # Panics
+    /// When PostgreSQL is required and the variable is unset.
+    #[must_use]
+    pub fn postgres_server() -> Option<String> {
+        match std::env::var("AGENTCORE_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                assert!(
+                    std::env::var("AGENTCORE_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "AGENTCORE_REQUIRE_POSTGRES=1 but AGENTCORE_TEST_POSTGRES_URL is unset: run \
+                     `export AGENTCORE_TEST_POSTGRES_URL=$(scripts/setup_postgres.sh)`"
+                );
+                #[expect(clippy::print_stderr, reason = "a skipped half of a test says so")]
+                {
+                    eprintln!(
+                        "AGENTCORE_TEST_POSTGRES_URL is unset: the PostgreSQL half of this test is \
+                         skipped (scripts/setup_postgres.sh starts a server)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Creates an empty schema on the server at `server_url` and returns a URL whose
+    /// connections use it (`options[search_path]=...`): a fresh store for one test.
+    ///
+    /// # Errors
+    /// The server cannot be reached or refuses.
+    pub async fn fresh_postgres_schema(server_url: &str) -> Result<String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        sqlx::any::install_default_drivers();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!(
+            "agentcore_test_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let err = |source| StoreError::Database { path: redact_url(server_url), source };
+        let mut conn = sqlx::AnyConnection::connect(server_url).await.map_err(err)?;
+        // The name is made of digits, underscores and ASCII letters only.
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).await.map_err(err)?;
+        conn.close().await.map_err(err)?;
+        let separator = if server_url.contains('?') { '&' } else { '?' };
+        Ok(format!("{server_url}{separator}options[search_path]={schema}"))
+    }
+
+    /// The stores a test runs against: a SQLite file in `dir`, and a fresh PostgreSQL schema
+    /// when a server is configured (see [`postgres_server`]).
+    ///
+    /// # Errors
+    /// The PostgreSQL server cannot be reached.
+    pub async fn store_urls(dir: &Path) -> Result<Vec<String>> {
+        let mut urls = vec![dir.join("agentcore.db").display().to_string()];
+        if let Some(server) = postgres_server() {
+            urls.push(fresh_postgres_schema(&server).await?);
+        }
+        Ok(urls)
     }
 }

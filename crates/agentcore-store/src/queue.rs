@@ -112,7 +112,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO jobs (id, agent_id, status, settings, total_iterations, \
              iterations_completed, budget_usd, cost_usd, run_dir, created_at, updated_at, org, \
-             owner, metadata) VALUES (?, ?, 'queued', ?, ?, 0, ?, '0', ?, ?, ?, ?, ?, ?)",
+             owner, metadata) VALUES ($1, $2, 'queued', $3, $4, 0, $5, '0', $6, $7, $8, $9, $10, $11)",
         )
         .bind(&job.id)
         .bind(&job.agent_id)
@@ -140,20 +140,24 @@ impl Store {
         let t = now();
         let now = now_ms();
         let claimable = "(status = 'queued' OR (status = 'running' AND lease_expires_ms IS NOT \
-                         NULL AND lease_expires_ms < ?))";
+                         NULL AND lease_expires_ms < $4))";
+        // PostgreSQL runs claims side by side: the candidate row is locked, and one that
+        // another claim holds is skipped. (SQLite runs writes one at a time.)
+        let lock = match self.backend {
+            crate::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            crate::Backend::Sqlite => "",
+        };
         let sql = format!(
-            "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires_ms = ?, \
-             attempts = attempts + 1, started_at = COALESCE(started_at, ?), updated_at = ? \
-             WHERE id = (SELECT id FROM jobs WHERE {claimable} ORDER BY created_at, id LIMIT 1) \
-             AND {claimable} RETURNING *"
+            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_ms = $2, \
+             attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3 \
+             WHERE id = (SELECT id FROM jobs WHERE {claimable} ORDER BY created_at, id LIMIT 1\
+             {lock}) AND {claimable} RETURNING *"
         );
         // Built from constant fragments only; values are bound.
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker)
             .bind(now.saturating_add(millis(lease)))
             .bind(&t)
-            .bind(&t)
-            .bind(now)
             .bind(now)
             .fetch_optional(&self.pool)
             .await
@@ -168,7 +172,7 @@ impl Store {
     /// Database errors.
     pub async fn heartbeat(&self, job_id: &str, worker: &str, lease: Duration) -> Result<Lease> {
         let row = sqlx::query(
-            "UPDATE jobs SET lease_expires_ms = ? WHERE id = ? AND lease_owner = ? AND \
+            "UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND lease_owner = $3 AND \
              status = 'running' RETURNING cancel_requested",
         )
         .bind(now_ms().saturating_add(millis(lease)))
@@ -190,7 +194,7 @@ impl Store {
     /// Database errors.
     pub async fn release_lease(&self, job_id: &str, worker: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE jobs SET lease_expires_ms = 0 WHERE id = ? AND lease_owner = ? AND \
+            "UPDATE jobs SET lease_expires_ms = 0 WHERE id = $1 AND lease_owner = $2 AND \
              status = 'running'",
         )
         .bind(job_id)
@@ -223,9 +227,9 @@ impl Store {
     ) -> Result<bool> {
         let t = now();
         let done = sqlx::query(
-            "UPDATE jobs SET status = ?, stop_reason = ?, summary = ?, best_checkpoint_id = ?, \
-             error = ?, finished_at = ?, updated_at = ?, lease_owner = NULL, \
-             lease_expires_ms = NULL WHERE id = ? AND lease_owner = ?",
+            "UPDATE jobs SET status = $1, stop_reason = $2, summary = $3, best_checkpoint_id = $4, \
+             error = $5, finished_at = $6, updated_at = $7, lease_owner = NULL, \
+             lease_expires_ms = NULL WHERE id = $8 AND lease_owner = $9",
         )
         .bind(status)
         .bind(stop_reason)
@@ -253,8 +257,8 @@ impl Store {
     ) -> Result<CancelOutcome> {
         let t = now();
         let queued = sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', stop_reason = 'cancelled', error = ?, \
-             finished_at = ?, updated_at = ? WHERE id = ? AND status = 'queued'",
+            "UPDATE jobs SET status = 'cancelled', stop_reason = 'cancelled', error = $1, \
+             finished_at = $2, updated_at = $3 WHERE id = $4 AND status = 'queued'",
         )
         .bind(reason)
         .bind(&t)
@@ -267,7 +271,7 @@ impl Store {
             return Ok(CancelOutcome::Cancelled);
         }
         let running = sqlx::query(
-            "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND \
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2 AND \
              status = 'running'",
         )
         .bind(&t)
@@ -295,8 +299,8 @@ impl Store {
             [("org", &filter.org), ("agent_id", &filter.agent_id), ("status", &filter.status)]
         {
             if let Some(v) = value {
-                clauses.push(format!("{column} = ?"));
                 binds.push(v);
+                clauses.push(format!("{column} = ${}", binds.len()));
             }
         }
         let wheres = if clauses.is_empty() {
@@ -311,8 +315,11 @@ impl Store {
             count = count.bind(*b);
         }
         let total: i64 = count.fetch_one(&self.pool).await.map_err(self.db())?.get(0);
-        let sql =
-            format!("SELECT * FROM jobs {wheres} ORDER BY created_at DESC, id LIMIT ? OFFSET ?");
+        let sql = format!(
+            "SELECT * FROM jobs {wheres} ORDER BY created_at DESC, id LIMIT ${} OFFSET ${}",
+            binds.len() + 1,
+            binds.len() + 2
+        );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for b in &binds {
             query = query.bind(*b);
@@ -354,15 +361,17 @@ impl Store {
     ) -> Result<Vec<EventRow>> {
         let rows = match job_id {
             Some(job) => {
-                sqlx::query("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?")
-                    .bind(job)
-                    .bind(after)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await
+                sqlx::query(
+                    "SELECT * FROM events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(job)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
             }
             None => {
-                sqlx::query("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?")
+                sqlx::query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
                     .bind(after)
                     .bind(i64::from(limit))
                     .fetch_all(&self.pool)
@@ -399,7 +408,7 @@ impl Store {
             crate::trajectory_filter!()
         ))
         .bind(job_id)
-        .bind(filter.success_only)
+        .bind(i64::from(filter.success_only))
         .bind(filter.min_reward.unwrap_or(f64::MIN))
         .fetch_one(&self.pool)
         .await
@@ -429,7 +438,7 @@ impl Store {
     /// Database errors, a corrupt JSON column.
     pub async fn last_iteration(&self, job_id: &str) -> Result<Option<Value>> {
         let row = sqlx::query(
-            "SELECT metrics FROM iterations WHERE job_id = ? ORDER BY iteration DESC LIMIT 1",
+            "SELECT metrics FROM iterations WHERE job_id = $1 ORDER BY iteration DESC LIMIT 1",
         )
         .bind(job_id)
         .fetch_optional(&self.pool)
@@ -444,15 +453,22 @@ impl Store {
     /// Database errors, a corrupt JSON column.
     pub async fn last_validation(&self, job_id: &str) -> Result<Option<f64>> {
         // One row, found by the index on (job_id, iteration) and read from the end.
-        let row = sqlx::query(
-            "SELECT json_extract(metrics, '$.eval_success_rate') FROM iterations WHERE job_id = ? \
-             AND json_extract(metrics, '$.eval_success_rate') IS NOT NULL ORDER BY iteration DESC \
-             LIMIT 1",
-        )
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.db())?;
+        let value = match self.backend {
+            crate::Backend::Sqlite => "json_extract(metrics, '$.eval_success_rate')",
+            crate::Backend::Postgres => {
+                "CAST(metrics::jsonb ->> 'eval_success_rate' AS DOUBLE PRECISION)"
+            }
+        };
+        let sql = format!(
+            "SELECT {value} FROM iterations WHERE job_id = $1 AND {value} IS NOT NULL ORDER BY \
+             iteration DESC LIMIT 1"
+        );
+        // Built from constant fragments only; the job id is bound.
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
         Ok(row.map(|r| r.get::<f64, _>(0)))
     }
 
@@ -469,8 +485,8 @@ impl Store {
         url: &str,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO reward_endpoints (org, agent_type, name, url, created_at) VALUES (?, ?, ?, \
-             ?, ?) ON CONFLICT (org, agent_type) DO UPDATE SET name = excluded.name, \
+            "INSERT INTO reward_endpoints (org, agent_type, name, url, created_at) VALUES ($1, $2, $3, \
+             $4, $5) ON CONFLICT (org, agent_type) DO UPDATE SET name = excluded.name, \
              url = excluded.url, created_at = excluded.created_at",
         )
         .bind(org)
@@ -493,13 +509,14 @@ impl Store {
         org: &str,
         agent_type: &str,
     ) -> Result<Option<(String, String)>> {
-        let row =
-            sqlx::query("SELECT name, url FROM reward_endpoints WHERE org = ? AND agent_type = ?")
-                .bind(org)
-                .bind(agent_type)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(self.db())?;
+        let row = sqlx::query(
+            "SELECT name, url FROM reward_endpoints WHERE org = $1 AND agent_type = $2",
+        )
+        .bind(org)
+        .bind(agent_type)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.db())?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
@@ -509,8 +526,8 @@ impl Store {
     /// Database errors.
     pub async fn add_webhook(&self, hook: &WebhookRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO webhooks (id, org, url, events, secret, created_at) VALUES (?, ?, ?, ?, \
-             ?, ?)",
+            "INSERT INTO webhooks (id, org, url, events, secret, created_at) VALUES ($1, $2, $3, $4, \
+             $5, $6)",
         )
         .bind(&hook.id)
         .bind(&hook.org)
@@ -529,7 +546,7 @@ impl Store {
     /// # Errors
     /// Database errors, a corrupt JSON column.
     pub async fn webhooks(&self, org: &str) -> Result<Vec<WebhookRow>> {
-        let rows = sqlx::query("SELECT * FROM webhooks WHERE org = ? ORDER BY created_at, id")
+        let rows = sqlx::query("SELECT * FROM webhooks WHERE org = $1 ORDER BY created_at, id")
             .bind(org)
             .fetch_all(&self.pool)
             .await
@@ -556,7 +573,7 @@ impl Store {
     pub async fn record_delivery(&self, d: &WebhookDelivery) -> Result<()> {
         sqlx::query(
             "INSERT INTO webhook_deliveries (subscription_id, message_id, event, attempt, \
-             status_code, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             status_code, error, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&d.subscription_id)
         .bind(&d.message_id)
@@ -577,7 +594,7 @@ impl Store {
     /// Database errors.
     pub async fn deliveries(&self, subscription_id: &str) -> Result<Vec<WebhookDelivery>> {
         let rows =
-            sqlx::query("SELECT * FROM webhook_deliveries WHERE subscription_id = ? ORDER BY id")
+            sqlx::query("SELECT * FROM webhook_deliveries WHERE subscription_id = $1 ORDER BY id")
                 .bind(subscription_id)
                 .fetch_all(&self.pool)
                 .await

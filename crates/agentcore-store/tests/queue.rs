@@ -1,5 +1,7 @@
-//! The job queue against a real SQLite file: claims, leases, heartbeats, cancellation, listing,
-//! webhooks; and two workers (two connection pools, as two processes would have) racing.
+//! The job queue against a real SQLite file and a real PostgreSQL database (when
+//! `AGENTCORE_TEST_POSTGRES_URL` names a server; CI starts one): claims, leases, heartbeats,
+//! cancellation, listing, webhooks; and two workers (two connection pools, as two processes
+//! would have) racing.
 
 use std::time::Duration;
 
@@ -21,54 +23,68 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
+/// The stores each test runs against (a SQLite file in `dir`; a fresh PostgreSQL schema).
+async fn urls(dir: &std::path::Path) -> Vec<String> {
+    let urls = agentcore_store::testing::store_urls(dir).await.unwrap();
+    #[expect(clippy::print_stderr, reason = "a failing test says which database it ran on")]
+    {
+        eprintln!("stores: {urls:?}");
+    }
+    urls
+}
+
 const LONG: Duration = Duration::from_secs(60);
 
 #[test]
 fn claims_in_order_renews_and_hands_over_an_expired_lease() {
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let s = Store::open(&dir.path().join("q.db")).await.unwrap();
-        assert!(s.claim_job("w1", LONG).await.unwrap().is_none());
-        s.enqueue_job(&job("a"), "org1", "alice", Some(&json!({"team": "x"}))).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        s.enqueue_job(&job("b"), "org1", "alice", None).await.unwrap();
-        let queued = s.job("a").await.unwrap().unwrap();
-        assert_eq!(queued.status, "queued");
-        assert_eq!(queued.metadata, Some(json!({"team": "x"})));
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            assert!(s.claim_job("w1", LONG).await.unwrap().is_none());
+            s.enqueue_job(&job("a"), "org1", "alice", Some(&json!({"team": "x"}))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            s.enqueue_job(&job("b"), "org1", "alice", None).await.unwrap();
+            let queued = s.job("a").await.unwrap().unwrap();
+            assert_eq!(queued.status, "queued");
+            assert_eq!(queued.metadata, Some(json!({"team": "x"})));
 
-        let first = s.claim_job("w1", LONG).await.unwrap().unwrap();
-        assert_eq!((first.id.as_str(), first.status.as_str()), ("a", "running"));
-        assert_eq!(first.lease_owner.as_deref(), Some("w1"));
-        assert_eq!(first.attempts, 1);
-        assert!(first.started_at.is_some());
-        // w1 holds `a` on a short lease: w2 gets `b`, then nothing.
-        let lease = s.heartbeat("a", "w1", Duration::from_millis(50)).await.unwrap();
-        assert!(lease.held && !lease.cancel_requested);
-        assert_eq!(s.claim_job("w2", LONG).await.unwrap().unwrap().id, "b");
-        assert!(s.claim_job("w2", LONG).await.unwrap().is_none());
-        // A stranger's heartbeat does not hold the lease.
-        assert!(!s.heartbeat("a", "w2", LONG).await.unwrap().held);
-        // w1 dies: after the lease expires, w3 takes `a` over.
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        let taken = s.claim_job("w3", LONG).await.unwrap().unwrap();
-        assert_eq!((taken.id.as_str(), taken.attempts), ("a", 2));
-        assert_eq!(taken.started_at, first.started_at, "the first start is kept");
-        // w1 comes back: its heartbeat and its finish are refused.
-        assert!(!s.heartbeat("a", "w1", LONG).await.unwrap().held);
-        assert!(
-            !s.finish_leased_job("a", "w1", "failed", None, None, None, Some("x")).await.unwrap()
-        );
-        assert_eq!(s.job("a").await.unwrap().unwrap().status, "running");
-        assert!(
-            s.finish_leased_job("a", "w3", "completed", Some("completed"), None, None, None)
-                .await
-                .unwrap()
-        );
-        let done = s.job("a").await.unwrap().unwrap();
-        assert_eq!(done.status, "completed");
-        assert_eq!(done.lease_owner, None);
-        // A finished job is never claimed again, even with an old lease time.
-        assert!(s.claim_job("w4", LONG).await.unwrap().is_none());
+            let first = s.claim_job("w1", LONG).await.unwrap().unwrap();
+            assert_eq!((first.id.as_str(), first.status.as_str()), ("a", "running"));
+            assert_eq!(first.lease_owner.as_deref(), Some("w1"));
+            assert_eq!(first.attempts, 1);
+            assert!(first.started_at.is_some());
+            // w1 holds `a` on a short lease: w2 gets `b`, then nothing.
+            let lease = s.heartbeat("a", "w1", Duration::from_millis(50)).await.unwrap();
+            assert!(lease.held && !lease.cancel_requested);
+            assert_eq!(s.claim_job("w2", LONG).await.unwrap().unwrap().id, "b");
+            assert!(s.claim_job("w2", LONG).await.unwrap().is_none());
+            // A stranger's heartbeat does not hold the lease.
+            assert!(!s.heartbeat("a", "w2", LONG).await.unwrap().held);
+            // w1 dies: after the lease expires, w3 takes `a` over.
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            let taken = s.claim_job("w3", LONG).await.unwrap().unwrap();
+            assert_eq!((taken.id.as_str(), taken.attempts), ("a", 2));
+            assert_eq!(taken.started_at, first.started_at, "the first start is kept");
+            // w1 comes back: its heartbeat and its finish are refused.
+            assert!(!s.heartbeat("a", "w1", LONG).await.unwrap().held);
+            assert!(
+                !s.finish_leased_job("a", "w1", "failed", None, None, None, Some("x"))
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(s.job("a").await.unwrap().unwrap().status, "running");
+            assert!(
+                s.finish_leased_job("a", "w3", "completed", Some("completed"), None, None, None)
+                    .await
+                    .unwrap()
+            );
+            let done = s.job("a").await.unwrap().unwrap();
+            assert_eq!(done.status, "completed");
+            assert_eq!(done.lease_owner, None);
+            // A finished job is never claimed again, even with an old lease time.
+            assert!(s.claim_job("w4", LONG).await.unwrap().is_none());
+        }
     });
 }
 
@@ -76,30 +92,38 @@ fn claims_in_order_renews_and_hands_over_an_expired_lease() {
 fn cancel_queued_running_and_finished_jobs() {
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let s = Store::open(&dir.path().join("q.db")).await.unwrap();
-        s.enqueue_job(&job("run"), "o", "u", None).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        s.enqueue_job(&job("wait"), "o", "u", None).await.unwrap();
-        assert_eq!(s.claim_job("w", LONG).await.unwrap().unwrap().id, "run");
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            s.enqueue_job(&job("run"), "o", "u", None).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            s.enqueue_job(&job("wait"), "o", "u", None).await.unwrap();
+            assert_eq!(s.claim_job("w", LONG).await.unwrap().unwrap().id, "run");
 
-        assert_eq!(
-            s.request_cancel("wait", Some("changed my mind")).await.unwrap(),
-            CancelOutcome::Cancelled
-        );
-        let w = s.job("wait").await.unwrap().unwrap();
-        assert_eq!((w.status.as_str(), w.stop_reason.as_deref()), ("cancelled", Some("cancelled")));
-        assert!(w.finished_at.is_some());
-        assert!(s.claim_job("w2", LONG).await.unwrap().is_none(), "a cancelled job is not claimed");
+            assert_eq!(
+                s.request_cancel("wait", Some("changed my mind")).await.unwrap(),
+                CancelOutcome::Cancelled
+            );
+            let w = s.job("wait").await.unwrap().unwrap();
+            assert_eq!(
+                (w.status.as_str(), w.stop_reason.as_deref()),
+                ("cancelled", Some("cancelled"))
+            );
+            assert!(w.finished_at.is_some());
+            assert!(
+                s.claim_job("w2", LONG).await.unwrap().is_none(),
+                "a cancelled job is not claimed"
+            );
 
-        assert_eq!(s.request_cancel("run", None).await.unwrap(), CancelOutcome::Requested);
-        let lease = s.heartbeat("run", "w", LONG).await.unwrap();
-        assert!(lease.held && lease.cancel_requested);
+            assert_eq!(s.request_cancel("run", None).await.unwrap(), CancelOutcome::Requested);
+            let lease = s.heartbeat("run", "w", LONG).await.unwrap();
+            assert!(lease.held && lease.cancel_requested);
 
-        assert_eq!(
-            s.request_cancel("wait", None).await.unwrap(),
-            CancelOutcome::Finished("cancelled".into())
-        );
-        assert_eq!(s.request_cancel("nope", None).await.unwrap(), CancelOutcome::NotFound);
+            assert_eq!(
+                s.request_cancel("wait", None).await.unwrap(),
+                CancelOutcome::Finished("cancelled".into())
+            );
+            assert_eq!(s.request_cancel("nope", None).await.unwrap(), CancelOutcome::NotFound);
+        }
     });
 }
 
@@ -107,33 +131,35 @@ fn cancel_queued_running_and_finished_jobs() {
 fn lists_with_filters_pages_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let s = Store::open(&dir.path().join("q.db")).await.unwrap();
-        for i in 0..5 {
-            let org = if i < 3 { "o1" } else { "o2" };
-            let mut j = job(&format!("j{i}"));
-            if i == 4 {
-                j.agent_id = "other-agent".into();
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            for i in 0..5 {
+                let org = if i < 3 { "o1" } else { "o2" };
+                let mut j = job(&format!("j{i}"));
+                if i == 4 {
+                    j.agent_id = "other-agent".into();
+                }
+                s.enqueue_job(&j, org, "u", None).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
             }
-            s.enqueue_job(&j, org, "u", None).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            s.claim_job("w", LONG).await.unwrap();
+            let all =
+                |org: &str| JobFilter { org: Some(org.into()), limit: 50, ..JobFilter::default() };
+            let (jobs, total) = s.list_jobs(&all("o1")).await.unwrap();
+            assert_eq!(total, 3);
+            assert_eq!(jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["j2", "j1", "j0"]);
+            let page = JobFilter { limit: 1, offset: 1, ..all("o1") };
+            let (jobs, total) = s.list_jobs(&page).await.unwrap();
+            assert_eq!((jobs.len(), jobs[0].id.as_str(), total), (1, "j1", 3));
+            let running = JobFilter { status: Some("running".into()), ..all("o1") };
+            let (jobs, total) = s.list_jobs(&running).await.unwrap();
+            assert_eq!((jobs[0].id.as_str(), total), ("j0", 1));
+            let agent = JobFilter { agent_id: Some("other-agent".into()), ..all("o2") };
+            assert_eq!(s.list_jobs(&agent).await.unwrap().1, 1);
+            assert_eq!(s.list_jobs(&all("o3")).await.unwrap().1, 0);
+            let counts = s.job_counts().await.unwrap();
+            assert_eq!(counts, vec![("queued".to_string(), 4), ("running".to_string(), 1)]);
         }
-        s.claim_job("w", LONG).await.unwrap();
-        let all =
-            |org: &str| JobFilter { org: Some(org.into()), limit: 50, ..JobFilter::default() };
-        let (jobs, total) = s.list_jobs(&all("o1")).await.unwrap();
-        assert_eq!(total, 3);
-        assert_eq!(jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["j2", "j1", "j0"]);
-        let page = JobFilter { limit: 1, offset: 1, ..all("o1") };
-        let (jobs, total) = s.list_jobs(&page).await.unwrap();
-        assert_eq!((jobs.len(), jobs[0].id.as_str(), total), (1, "j1", 3));
-        let running = JobFilter { status: Some("running".into()), ..all("o1") };
-        let (jobs, total) = s.list_jobs(&running).await.unwrap();
-        assert_eq!((jobs[0].id.as_str(), total), ("j0", 1));
-        let agent = JobFilter { agent_id: Some("other-agent".into()), ..all("o2") };
-        assert_eq!(s.list_jobs(&agent).await.unwrap().1, 1);
-        assert_eq!(s.list_jobs(&all("o3")).await.unwrap().1, 0);
-        let counts = s.job_counts().await.unwrap();
-        assert_eq!(counts, vec![("queued".to_string(), 4), ("running".to_string(), 1)]);
     });
 }
 
@@ -142,28 +168,29 @@ fn lists_with_filters_pages_and_counts() {
 #[test]
 fn two_workers_never_claim_the_same_job() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("race.db");
     runtime().block_on(async {
-        let a = Store::open(&path).await.unwrap();
-        let b = Store::open(&path).await.unwrap();
-        for trial in 0..100 {
-            let id = format!("job-{trial}");
-            a.enqueue_job(&job(&id), "o", "u", None).await.unwrap();
-            let ta = tokio::spawn({
-                let a = a.clone();
-                async move { a.claim_job("worker-a", LONG).await.unwrap() }
-            });
-            let tb = tokio::spawn({
-                let b = b.clone();
-                async move { b.claim_job("worker-b", LONG).await.unwrap() }
-            });
-            let (ra, rb) = (ta.await, tb.await);
-            let winners: Vec<String> =
-                [ra.unwrap(), rb.unwrap()].into_iter().flatten().map(|j| j.id).collect();
-            assert_eq!(winners, vec![id.clone()], "trial {trial}");
-            let row = a.job(&id).await.unwrap().unwrap();
-            assert_eq!(row.attempts, 1, "trial {trial}: claimed twice");
-            a.finish_job(&id, "completed", None, None, None, None).await.unwrap();
+        for url in urls(dir.path()).await {
+            let a = Store::connect(&url).await.unwrap();
+            let b = Store::connect(&url).await.unwrap();
+            for trial in 0..100 {
+                let id = format!("job-{trial}");
+                a.enqueue_job(&job(&id), "o", "u", None).await.unwrap();
+                let ta = tokio::spawn({
+                    let a = a.clone();
+                    async move { a.claim_job("worker-a", LONG).await.unwrap() }
+                });
+                let tb = tokio::spawn({
+                    let b = b.clone();
+                    async move { b.claim_job("worker-b", LONG).await.unwrap() }
+                });
+                let (ra, rb) = (ta.await, tb.await);
+                let winners: Vec<String> =
+                    [ra.unwrap(), rb.unwrap()].into_iter().flatten().map(|j| j.id).collect();
+                assert_eq!(winners, vec![id.clone()], "trial {trial}");
+                let row = a.job(&id).await.unwrap().unwrap();
+                assert_eq!(row.attempts, 1, "trial {trial}: claimed twice");
+                a.finish_job(&id, "completed", None, None, None, None).await.unwrap();
+            }
         }
     });
 }
@@ -172,52 +199,54 @@ fn two_workers_never_claim_the_same_job() {
 fn webhooks_events_and_the_delivery_log() {
     let dir = tempfile::tempdir().unwrap();
     runtime().block_on(async {
-        let s = Store::open(&dir.path().join("q.db")).await.unwrap();
-        let hook = WebhookRow {
-            id: "sub1".into(),
-            org: "o".into(),
-            url: "https://example.com/hook".into(),
-            events: vec!["training.job.completed".into()],
-            secret: "whsec_abc".into(),
-            created_at: String::new(),
-        };
-        s.add_webhook(&hook).await.unwrap();
-        let hooks = s.webhooks("o").await.unwrap();
-        assert_eq!(hooks.len(), 1);
-        assert_eq!(
-            (hooks[0].url.as_str(), hooks[0].events.clone()),
-            (hook.url.as_str(), hook.events)
-        );
-        assert!(s.webhooks("other").await.unwrap().is_empty());
-        for attempt in 1..=2 {
-            s.record_delivery(&WebhookDelivery {
-                subscription_id: "sub1".into(),
-                message_id: "msg_1".into(),
-                event: "training.job.completed".into(),
-                attempt,
-                status_code: (attempt == 2).then_some(200),
-                error: (attempt == 1).then(|| "connection refused".into()),
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            let hook = WebhookRow {
+                id: "sub1".into(),
+                org: "o".into(),
+                url: "https://example.com/hook".into(),
+                events: vec!["training.job.completed".into()],
+                secret: "whsec_abc".into(),
                 created_at: String::new(),
-            })
-            .await
-            .unwrap();
-        }
-        let log = s.deliveries("sub1").await.unwrap();
-        assert_eq!(
-            log.iter().map(|d| (d.attempt, d.status_code)).collect::<Vec<_>>(),
-            [(1, None), (2, Some(200))]
-        );
+            };
+            s.add_webhook(&hook).await.unwrap();
+            let hooks = s.webhooks("o").await.unwrap();
+            assert_eq!(hooks.len(), 1);
+            assert_eq!(
+                (hooks[0].url.as_str(), hooks[0].events.clone()),
+                (hook.url.as_str(), hook.events)
+            );
+            assert!(s.webhooks("other").await.unwrap().is_empty());
+            for attempt in 1..=2 {
+                s.record_delivery(&WebhookDelivery {
+                    subscription_id: "sub1".into(),
+                    message_id: "msg_1".into(),
+                    event: "training.job.completed".into(),
+                    attempt,
+                    status_code: (attempt == 2).then_some(200),
+                    error: (attempt == 1).then(|| "connection refused".into()),
+                    created_at: String::new(),
+                })
+                .await
+                .unwrap();
+            }
+            let log = s.deliveries("sub1").await.unwrap();
+            assert_eq!(
+                log.iter().map(|d| (d.attempt, d.status_code)).collect::<Vec<_>>(),
+                [(1, None), (2, Some(200))]
+            );
 
-        s.enqueue_job(&job("j"), "o", "u", None).await.unwrap();
-        assert_eq!(s.last_event_id().await.unwrap(), 0);
-        for k in 0..3 {
-            s.record_event("j", "training.iteration", &json!({"iteration": k})).await.unwrap();
+            s.enqueue_job(&job("j"), "o", "u", None).await.unwrap();
+            assert_eq!(s.last_event_id().await.unwrap(), 0);
+            for k in 0..3 {
+                s.record_event("j", "training.iteration", &json!({"iteration": k})).await.unwrap();
+            }
+            let first = s.events_after(Some("j"), 0, 2).await.unwrap();
+            assert_eq!(first.len(), 2);
+            let rest = s.events_after(None, first[1].id, 10).await.unwrap();
+            assert_eq!(rest.len(), 1);
+            assert_eq!(rest[0].payload, json!({"iteration": 2}));
+            assert_eq!(s.last_event_id().await.unwrap(), rest[0].id);
         }
-        let first = s.events_after(Some("j"), 0, 2).await.unwrap();
-        assert_eq!(first.len(), 2);
-        let rest = s.events_after(None, first[1].id, 10).await.unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].payload, json!({"iteration": 2}));
-        assert_eq!(s.last_event_id().await.unwrap(), rest[0].id);
     });
 }

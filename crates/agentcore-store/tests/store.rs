@@ -1,6 +1,9 @@
-//! The store against a real SQLite file.
+//! The store against a real SQLite file and a real PostgreSQL database (when
+//! `AGENTCORE_TEST_POSTGRES_URL` names a server; CI starts one).
 
-use agentcore_store::{BlockingStore, CheckpointRow, NewJob, TrajectoryFilter, TrajectoryRow};
+use agentcore_store::{
+    BlockingStore, CheckpointRow, NewJob, Store, StoreError, TrajectoryFilter, TrajectoryRow,
+};
 use serde_json::json;
 
 fn job(id: &str) -> NewJob {
@@ -38,152 +41,179 @@ fn trajectory(
     }
 }
 
+/// The stores each test runs against (a SQLite file in `dir`; a fresh PostgreSQL schema).
+fn urls(dir: &std::path::Path) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let urls = runtime.block_on(agentcore_store::testing::store_urls(dir)).unwrap();
+    #[expect(clippy::print_stderr, reason = "a failing test says which database it ran on")]
+    {
+        eprintln!("stores: {urls:?}");
+    }
+    urls
+}
+
 #[test]
 fn a_job_survives_reopening_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("nested").join("agentcore.db");
-    {
-        let store = BlockingStore::open(&path).expect("open");
-        store
-            .block_on(store.store().register_agent("seed-agent", &json!({"name": "seed"})))
-            .expect("agent");
-        store.block_on(store.store().start_job(&job("j1"))).expect("job");
-        for i in 1..=3 {
+    let mut urls = urls(dir.path());
+    // The SQLite file's folders are made on open.
+    urls[0] = dir.path().join("nested").join("agentcore.db").display().to_string();
+    for url in urls {
+        {
+            let store = BlockingStore::connect(&url).expect("open");
             store
-                .block_on(store.store().record_iteration(
+                .block_on(store.store().register_agent("seed-agent", &json!({"name": "seed"})))
+                .expect("agent");
+            store.block_on(store.store().start_job(&job("j1"))).expect("job");
+            for i in 1..=3 {
+                store
+                    .block_on(store.store().record_iteration(
+                        "j1",
+                        i,
+                        &json!({"avg_reward": f64::from(i) / 10.0}),
+                        "0.01",
+                    ))
+                    .expect("iteration");
+            }
+            store
+                .block_on(store.store().insert_trajectories(&[
+                    trajectory("j1", 1, 0, 0, true, 1.0),
+                    trajectory("j1", 1, 0, 1, false, 0.0),
+                    trajectory("j1", 2, 0, 0, true, 1.0),
+                ]))
+                .expect("trajectories");
+            store
+                .block_on(store.store().record_checkpoint(&CheckpointRow {
+                    id: "j1-ckpt-00002".into(),
+                    job_id: "j1".into(),
+                    iteration: 2,
+                    path: "/runs/j1/checkpoints/ckpt-00002".into(),
+                    eval_success_rate: Some(0.4),
+                    deleted: false,
+                    created_at: String::new(),
+                }))
+                .expect("checkpoint");
+            store
+                .block_on(store.store().record_event("j1", "training.started", &json!({"a": 1})))
+                .expect("event");
+            store
+                .block_on(store.store().finish_job(
                     "j1",
-                    i,
-                    &json!({"avg_reward": f64::from(i) / 10.0}),
-                    "0.01",
+                    "completed",
+                    Some("completed"),
+                    Some(&json!({"p": 0.01})),
+                    Some("j1-ckpt-00002"),
+                    None,
                 ))
-                .expect("iteration");
+                .expect("finish");
         }
-        store
-            .block_on(store.store().insert_trajectories(&[
-                trajectory("j1", 1, 0, 0, true, 1.0),
-                trajectory("j1", 1, 0, 1, false, 0.0),
-                trajectory("j1", 2, 0, 0, true, 1.0),
-            ]))
-            .expect("trajectories");
-        store
-            .block_on(store.store().record_checkpoint(&CheckpointRow {
-                id: "j1-ckpt-00002".into(),
-                job_id: "j1".into(),
-                iteration: 2,
-                path: "/runs/j1/checkpoints/ckpt-00002".into(),
-                eval_success_rate: Some(0.4),
-                deleted: false,
-                created_at: String::new(),
-            }))
-            .expect("checkpoint");
-        store
-            .block_on(store.store().record_event("j1", "training.started", &json!({"a": 1})))
-            .expect("event");
-        store
-            .block_on(store.store().finish_job(
+        let store = BlockingStore::connect(&url).expect("reopen");
+        let j = store.block_on(store.store().job("j1")).expect("read").expect("exists");
+        assert_eq!(j.status, "completed");
+        assert_eq!(j.iterations_completed, 3);
+        assert_eq!(j.cost_usd, "0.01");
+        assert_eq!(j.budget_usd, "1.50");
+        assert_eq!(j.best_checkpoint_id.as_deref(), Some("j1-ckpt-00002"));
+        assert_eq!(j.summary, Some(json!({"p": 0.01})));
+        assert!(j.finished_at.is_some());
+        assert_eq!(
+            store.block_on(store.store().agent("seed-agent")).expect("agent"),
+            Some(json!({"name": "seed"}))
+        );
+        assert_eq!(store.block_on(store.store().agent("nobody")).expect("agent"), None);
+        let its = store.block_on(store.store().iterations("j1")).expect("iterations");
+        assert_eq!(its.iter().map(|i| i.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(its[1].1["avg_reward"], json!(0.2));
+        let all = store
+            .block_on(store.store().trajectories("j1", &TrajectoryFilter::default()))
+            .expect("all");
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].trajectory["tokens"]["ids"], json!([1, 2, 3]));
+        let ok = store
+            .block_on(store.store().trajectories(
                 "j1",
-                "completed",
-                Some("completed"),
-                Some(&json!({"p": 0.01})),
-                Some("j1-ckpt-00002"),
-                None,
+                &TrajectoryFilter { success_only: true, ..TrajectoryFilter::default() },
             ))
-            .expect("finish");
+            .expect("success");
+        assert_eq!(ok.len(), 2);
+        assert!(ok.iter().all(|t| t.success));
+        let paged = store
+            .block_on(store.store().trajectories(
+                "j1",
+                &TrajectoryFilter { limit: Some(1), offset: 1, ..TrajectoryFilter::default() },
+            ))
+            .expect("page");
+        assert_eq!(paged.len(), 1);
+        assert_eq!((paged[0].iteration, paged[0].sample_index), (1, 1));
+        let rich = store
+            .block_on(store.store().trajectories(
+                "j1",
+                &TrajectoryFilter { min_reward: Some(0.5), ..TrajectoryFilter::default() },
+            ))
+            .expect("min reward");
+        assert_eq!(rich.len(), 2);
+        let events = store.block_on(store.store().events("j1")).expect("events");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "training.started");
+        assert_eq!(
+            store.block_on(store.store().checkpoints("j1")).expect("checkpoints")[0]
+                .eval_success_rate,
+            Some(0.4)
+        );
     }
-    let store = BlockingStore::open(&path).expect("reopen");
-    let j = store.block_on(store.store().job("j1")).expect("read").expect("exists");
-    assert_eq!(j.status, "completed");
-    assert_eq!(j.iterations_completed, 3);
-    assert_eq!(j.cost_usd, "0.01");
-    assert_eq!(j.budget_usd, "1.50");
-    assert_eq!(j.best_checkpoint_id.as_deref(), Some("j1-ckpt-00002"));
-    assert_eq!(j.summary, Some(json!({"p": 0.01})));
-    assert!(j.finished_at.is_some());
-    assert_eq!(
-        store.block_on(store.store().agent("seed-agent")).expect("agent"),
-        Some(json!({"name": "seed"}))
-    );
-    assert_eq!(store.block_on(store.store().agent("nobody")).expect("agent"), None);
-    let its = store.block_on(store.store().iterations("j1")).expect("iterations");
-    assert_eq!(its.iter().map(|i| i.0).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert_eq!(its[1].1["avg_reward"], json!(0.2));
-    let all = store
-        .block_on(store.store().trajectories("j1", &TrajectoryFilter::default()))
-        .expect("all");
-    assert_eq!(all.len(), 3);
-    assert_eq!(all[0].trajectory["tokens"]["ids"], json!([1, 2, 3]));
-    let ok = store
-        .block_on(store.store().trajectories(
-            "j1",
-            &TrajectoryFilter { success_only: true, ..TrajectoryFilter::default() },
-        ))
-        .expect("success");
-    assert_eq!(ok.len(), 2);
-    assert!(ok.iter().all(|t| t.success));
-    let paged = store
-        .block_on(store.store().trajectories(
-            "j1",
-            &TrajectoryFilter { limit: Some(1), offset: 1, ..TrajectoryFilter::default() },
-        ))
-        .expect("page");
-    assert_eq!(paged.len(), 1);
-    assert_eq!((paged[0].iteration, paged[0].sample_index), (1, 1));
-    let rich = store
-        .block_on(store.store().trajectories(
-            "j1",
-            &TrajectoryFilter { min_reward: Some(0.5), ..TrajectoryFilter::default() },
-        ))
-        .expect("min reward");
-    assert_eq!(rich.len(), 2);
-    let events = store.block_on(store.store().events("j1")).expect("events");
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].kind, "training.started");
-    assert_eq!(
-        store.block_on(store.store().checkpoints("j1")).expect("checkpoints")[0].eval_success_rate,
-        Some(0.4)
-    );
 }
 
 #[test]
 fn resuming_forgets_iterations_after_the_checkpoint_and_replaces_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = BlockingStore::open(&dir.path().join("a.db")).expect("open");
-    store.block_on(store.store().start_job(&job("j2"))).expect("job");
-    for i in 1..=3 {
+    for url in urls(dir.path()) {
+        let store = BlockingStore::connect(&url).expect("open");
+        store.block_on(store.store().start_job(&job("j2"))).expect("job");
+        for i in 1..=3 {
+            store
+                .block_on(store.store().record_iteration("j2", i, &json!({"i": i}), "0"))
+                .expect("iteration");
+            store
+                .block_on(
+                    store.store().insert_trajectories(&[trajectory("j2", i, 0, 0, false, 0.0)]),
+                )
+                .expect("t");
+        }
+        store.block_on(store.store().forget_after("j2", 1)).expect("forget");
+        assert_eq!(store.block_on(store.store().iterations("j2")).expect("its").len(), 1);
+        assert_eq!(
+            store
+                .block_on(store.store().trajectories("j2", &TrajectoryFilter::default()))
+                .expect("t")
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .block_on(store.store().job("j2"))
+                .expect("job")
+                .expect("exists")
+                .iterations_completed,
+            1
+        );
+        // The second attempt writes the same keys again without a conflict.
+        store.block_on(store.store().start_job(&job("j2"))).expect("restart");
         store
-            .block_on(store.store().record_iteration("j2", i, &json!({"i": i}), "0"))
-            .expect("iteration");
+            .block_on(store.store().record_iteration("j2", 2, &json!({"i": 22}), "0"))
+            .expect("again");
         store
-            .block_on(store.store().insert_trajectories(&[trajectory("j2", i, 0, 0, false, 0.0)]))
-            .expect("t");
-    }
-    store.block_on(store.store().forget_after("j2", 1)).expect("forget");
-    assert_eq!(store.block_on(store.store().iterations("j2")).expect("its").len(), 1);
-    assert_eq!(
-        store
+            .block_on(store.store().insert_trajectories(&[trajectory("j2", 1, 0, 0, true, 1.0)]))
+            .expect("replace");
+        let t = store
             .block_on(store.store().trajectories("j2", &TrajectoryFilter::default()))
-            .expect("t")
-            .len(),
-        1
-    );
-    assert_eq!(
-        store.block_on(store.store().job("j2")).expect("job").expect("exists").iterations_completed,
-        1
-    );
-    // The second attempt writes the same keys again without a conflict.
-    store.block_on(store.store().start_job(&job("j2"))).expect("restart");
-    store.block_on(store.store().record_iteration("j2", 2, &json!({"i": 22}), "0")).expect("again");
-    store
-        .block_on(store.store().insert_trajectories(&[trajectory("j2", 1, 0, 0, true, 1.0)]))
-        .expect("replace");
-    let t =
-        store.block_on(store.store().trajectories("j2", &TrajectoryFilter::default())).expect("t");
-    assert_eq!(t.len(), 1);
-    assert!(t[0].success);
-    assert_eq!(
-        store.block_on(store.store().job("j2")).expect("job").expect("exists").status,
-        "running"
-    );
+            .expect("t");
+        assert_eq!(t.len(), 1);
+        assert!(t[0].success);
+        assert_eq!(
+            store.block_on(store.store().job("j2")).expect("job").expect("exists").status,
+            "running"
+        );
+    }
 }
 
 /// The PostgreSQL migrations declare the same tables and columns as the SQLite ones.
@@ -227,4 +257,59 @@ fn migration_folders_are_in_step() {
     let sqlite = schema("sqlite");
     assert!(sqlite.len() > 5, "{sqlite:?}");
     assert_eq!(sqlite, schema("postgres"));
+}
+
+/// `Store::connect` takes `postgres://`, `sqlite://PATH`, `sqlite:PATH` and plain paths, and
+/// names the rule for anything else.
+#[test]
+fn database_urls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        for url in [
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+            format!("sqlite:{}", dir.path().join("b.db").display()),
+        ] {
+            let store = Store::connect(&url).await.expect("sqlite url");
+            assert_eq!(store.backend(), agentcore_store::Backend::Sqlite);
+            assert!(!store.location().starts_with("sqlite"), "{}", store.location());
+            store.close().await;
+        }
+        assert!(dir.path().join("a.db").exists() && dir.path().join("b.db").exists());
+        for bad in ["mysql://root@localhost/db", "sqlite:", "sqlite::memory:"] {
+            let err = Store::connect(bad).await.expect_err(bad);
+            assert!(matches!(err, StoreError::Url { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("postgres://"), "{err}");
+        }
+        // A password never reaches a message.
+        let err =
+            Store::connect("postgres://user:hunter2@127.0.0.1:1/db").await.expect_err("port 1");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("***"), "{err}");
+    });
+}
+
+/// The latest validation score is read from the iterations' JSON (a database-specific
+/// expression).
+#[test]
+fn last_validation_reads_the_newest_scored_iteration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in urls(dir.path()) {
+        let store = BlockingStore::connect(&url).expect("open");
+        store.block_on(store.store().start_job(&job("v"))).expect("job");
+        assert_eq!(store.block_on(store.store().last_validation("v")).expect("none"), None);
+        for (i, metrics) in [
+            json!({"eval_success_rate": 0.25}),
+            json!({"eval_success_rate": 0.5, "avg_reward": 1}),
+            json!({"eval_success_rate": null}),
+            json!({"avg_reward": 0.1}),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let i = u32::try_from(i).unwrap() + 1;
+            store.block_on(store.store().record_iteration("v", i, metrics, "0")).expect("it");
+        }
+        assert_eq!(store.block_on(store.store().last_validation("v")).expect("v"), Some(0.5));
+    }
 }
