@@ -32,6 +32,13 @@ macro_rules! trajectory_filter {
 }
 pub(crate) use trajectory_filter;
 
+/// The PostgreSQL advisory lock key that orders event inserts ("agentcore events").
+macro_rules! events_lock {
+    () => {
+        "7302951644"
+    };
+}
+
 mod queue;
 pub use queue::{CancelOutcome, JobFilter, Lease, WebhookDelivery, WebhookRow};
 
@@ -566,9 +573,26 @@ impl Store {
 
     /// Appends an event.
     ///
+    /// Readers tail events by id ([`Store::events_after`]), so an event must never become
+    /// visible after one with a higher id. SQLite writes one transaction at a time; on
+    /// PostgreSQL two workers' inserts could commit out of id order, so there each insert holds
+    /// a transaction-scoped advisory lock until it commits.
+    ///
     /// # Errors
     /// Database errors.
     pub async fn record_event(&self, job_id: &str, kind: &str, payload: &Value) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        if self.backend == Backend::Postgres {
+            // (Counted: the Any driver cannot decode the function's `void`.)
+            sqlx::query(concat!(
+                "SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock(",
+                events_lock!(),
+                ")) AS l"
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        }
         sqlx::query(
             "INSERT INTO events (job_id, kind, payload, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -576,9 +600,10 @@ impl Store {
         .bind(kind)
         .bind(payload.to_string())
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.db())?;
+        tx.commit().await.map_err(self.db())?;
         Ok(())
     }
 
