@@ -4,12 +4,16 @@
 //! the store, and no delivery to loopback, private or link-local addresses unless allowed.
 //!
 //! The deliverer tails the store's event table (so events of jobs run by other worker processes
-//! are delivered too), starting at the newest event when the server starts.
+//! are delivered too) from a cursor kept in the store, and delivers through an outbox there:
+//! nothing is lost when a server stops or crashes mid-retry, and several servers on one
+//! (PostgreSQL) database share the deliveries without doubling them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcore_store::{EventRow, Store, WebhookDelivery, WebhookRow};
+use agentcore_store::{
+    AttemptOutcome, ClaimedMessage, EventRow, OutboxMessage, Store, WebhookDelivery,
+};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -130,95 +134,139 @@ fn post(url: &str, id: &str, secret: &str, body: &str) -> (Option<u16>, Option<S
     }
 }
 
-/// Delivers one message to one subscription, retrying with backoff; every attempt is logged.
-pub async fn deliver(
+/// How long a deliverer holds a message for one attempt (the POST times out after 10 s); a
+/// message whose deliverer died is taken up again after it.
+const ATTEMPT_LEASE: Duration = Duration::from_secs(60);
+
+/// Attempts in flight at once per deliverer.
+const MAX_IN_FLIGHT: usize = 8;
+
+/// One attempt at a claimed message: POST, log it, and record the outcome (delivered, retry
+/// after the backoff, or given up after `max_attempts`).
+async fn attempt(
     store: Store,
-    config: WebhookConfig,
-    hook: WebhookRow,
-    event: String,
-    body: String,
+    config: Arc<WebhookConfig>,
+    deliverer: Arc<str>,
+    claimed: ClaimedMessage,
 ) {
-    let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
-    let mut backoff = config.first_backoff;
-    for attempt in 1..=config.max_attempts.max(1) {
-        let (status, error) = match check_target(&hook.url, config.allow_private) {
+    let number = claimed.attempts + 1;
+    let m = claimed.message;
+    let hook = store.webhook(&m.subscription_id).await.ok().flatten();
+    let (status, error) = match hook {
+        None => (None, Some("the subscription is gone".to_owned())),
+        Some(hook) => match check_target(&hook.url, config.allow_private) {
             Err(e) => (None, Some(e)),
             Ok(()) => {
-                let (url, id, secret, body) =
-                    (hook.url.clone(), id.clone(), hook.secret.clone(), body.clone());
+                let (url, id, secret, body) = (hook.url, m.message_id.clone(), hook.secret, m.body);
                 tokio::task::spawn_blocking(move || post(&url, &id, &secret, &body))
                     .await
                     .unwrap_or((None, Some("delivery task failed".into())))
             }
-        };
-        let ok = error.is_none();
-        let _ = store
-            .record_delivery(&WebhookDelivery {
-                subscription_id: hook.id.clone(),
-                message_id: id.clone(),
-                event: event.clone(),
-                attempt,
-                status_code: status,
-                error,
-                created_at: String::new(),
-            })
-            .await;
-        if ok {
-            return;
-        }
-        if attempt < config.max_attempts {
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
-        }
-    }
+        },
+    };
+    let delivered = error.is_none();
+    let _ = store
+        .record_delivery(&WebhookDelivery {
+            subscription_id: m.subscription_id,
+            message_id: m.message_id,
+            event: m.event,
+            attempt: number,
+            status_code: status,
+            error,
+            created_at: String::new(),
+        })
+        .await;
+    let outcome = if delivered {
+        AttemptOutcome::Delivered
+    } else if number >= config.max_attempts.max(1) {
+        AttemptOutcome::GaveUp
+    } else {
+        let doublings = (number - 1).min(20);
+        AttemptOutcome::RetryAfter(config.first_backoff.saturating_mul(1 << doublings))
+    };
+    let _ = store.finish_webhook_attempt(claimed.id, &deliverer, outcome).await;
 }
 
-/// Tails the store's events and delivers the contract's events to the subscriptions of the
-/// job's organisation, until `shutdown` turns true.
+/// The outbox messages of a batch of events: one per matching subscription of each contract
+/// event, for the job's organisation.
+async fn messages_for(
+    store: &Store,
+    config: &WebhookConfig,
+    events: &[EventRow],
+) -> Vec<OutboxMessage> {
+    let mut out = Vec::new();
+    for e in events {
+        let Some(name) = contract_event(e, config.progress_every) else { continue };
+        let Ok(Some(job)) = store.job(&e.job_id).await else { continue };
+        let hooks = store.webhooks(&job.org).await.unwrap_or_default();
+        let status = match name {
+            "training.job.completed" => "completed",
+            "training.job.failed" => "failed",
+            "training.job.cancelled" => "cancelled",
+            _ => "running",
+        };
+        let mut data = json!({"job_id": job.id, "agent_id": job.agent_id, "status": status});
+        if let (Some(d), Some(p)) = (data.as_object_mut(), e.payload.as_object()) {
+            for (k, v) in p {
+                d.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let body = json!({"event": name, "timestamp": e.created_at, "data": data}).to_string();
+        for hook in
+            hooks.iter().filter(|h| h.events.is_empty() || h.events.iter().any(|x| x == name))
+        {
+            out.push(OutboxMessage {
+                message_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+                subscription_id: hook.id.clone(),
+                event: name.to_owned(),
+                body: body.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Delivers the contract's events to the subscriptions of each job's organisation until
+/// `shutdown` turns true: events are turned into outbox messages (moving the store's cursor in
+/// the same transaction), and due messages are claimed and attempted, at most
+/// [`MAX_IN_FLIGHT`] at once. Attempts in flight at shutdown are taken up again by the next
+/// deliverer once their lease runs out; several servers on one database share the work.
 pub async fn run_deliverer(
     store: Store,
     config: WebhookConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut cursor = store.last_event_id().await.unwrap_or(0);
     let config = Arc::new(config);
+    let deliverer: Arc<str> = format!("deliverer-{}", uuid::Uuid::new_v4().simple()).into();
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let events = store.events_after(None, cursor, 500).await.unwrap_or_default();
-        for e in &events {
-            cursor = e.id;
-            let Some(name) = contract_event(e, config.progress_every) else { continue };
-            let Ok(Some(job)) = store.job(&e.job_id).await else { continue };
-            let hooks = store.webhooks(&job.org).await.unwrap_or_default();
-            let status = match name {
-                "training.job.completed" => "completed",
-                "training.job.failed" => "failed",
-                "training.job.cancelled" => "cancelled",
-                _ => "running",
-            };
-            let mut data = json!({"job_id": job.id, "agent_id": job.agent_id, "status": status});
-            if let (Some(d), Some(p)) = (data.as_object_mut(), e.payload.as_object()) {
-                for (k, v) in p {
-                    d.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
-            let body = json!({"event": name, "timestamp": e.created_at, "data": data}).to_string();
-            for hook in hooks
-                .into_iter()
-                .filter(|h| h.events.is_empty() || h.events.iter().any(|x| x == name))
-            {
-                tokio::spawn(deliver(
-                    store.clone(),
-                    (*config).clone(),
-                    hook,
-                    name.to_owned(),
-                    body.clone(),
-                ));
+        let mut busy = false;
+        if let Ok(cursor) = store.webhook_cursor().await {
+            let events = store.events_after(None, cursor, 500).await.unwrap_or_default();
+            if let Some(last) = events.last() {
+                let messages = messages_for(&store, &config, &events).await;
+                let _ = store.enqueue_webhooks(cursor, last.id, &messages).await;
+                busy = events.len() == 500;
             }
         }
-        if events.len() < 500 {
+        while in_flight.try_join_next().is_some() {}
+        while in_flight.len() < MAX_IN_FLIGHT {
+            match store.claim_webhook(&deliverer, ATTEMPT_LEASE).await {
+                Ok(Some(claimed)) => {
+                    in_flight.spawn(attempt(
+                        store.clone(),
+                        Arc::clone(&config),
+                        Arc::clone(&deliverer),
+                        claimed,
+                    ));
+                }
+                _ => break,
+            }
+        }
+        if !busy {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = shutdown.changed() => {}

@@ -564,3 +564,116 @@ fn an_agent_types_rewards_come_from_its_registered_endpoint() {
     }
     assert!(*calls.lock().unwrap() >= 18);
 }
+
+/// Webhooks are durable: a message whose first attempt failed is retried, with the same id, by
+/// the next server after a restart, and an event written while no server ran is delivered when
+/// one starts.
+#[test]
+fn webhook_messages_survive_a_server_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    // The receiver runs on its own runtime, across both servers; it fails until told not to.
+    let receiver_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let got: Received = Arc::new(Mutex::new(Vec::new()));
+    let failing = Arc::new(AtomicBool::new(true));
+    let app = {
+        let (seen, failing) = (Arc::clone(&got), Arc::clone(&failing));
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let (seen, failing) = (Arc::clone(&seen), Arc::clone(&failing));
+                async move {
+                    seen.lock().unwrap().push((headers, body));
+                    if failing.load(Ordering::SeqCst) {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        )
+    };
+    let listener = receiver_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    receiver_rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let slow_retries = |c: &mut agentcore_server::ServerConfig| {
+        c.webhooks.first_backoff = Duration::from_millis(1500);
+        c.webhooks.max_attempts = 5;
+    };
+
+    let mut s1 = TestServer::on(data_dir.clone(), 0, slow_retries);
+    let t = admin("acme");
+    let sub = s1.client(&t).subscribe_webhook(&[], &hook_url).unwrap();
+    let store = s1.server.as_ref().unwrap().state.store.clone();
+    let job = agentcore_store::NewJob {
+        id: "job-w".into(),
+        agent_id: "seed-agent".into(),
+        settings: json!({}),
+        total_iterations: 1,
+        budget_usd: "1".into(),
+        run_dir: "/tmp/none".into(),
+    };
+    s1.rt.block_on(store.enqueue_job(&job, "acme", "u", None)).unwrap();
+    s1.rt
+        .block_on(store.record_event("job-w", "training.job.completed", &json!({"final": 1})))
+        .unwrap();
+    // The first attempt fails; stop the server before its retry is due.
+    let t0 = std::time::Instant::now();
+    while got.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no first attempt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s1.stop();
+    let first_id = got.lock().unwrap()[0].0.get("webhook-id").unwrap().clone();
+    // While no server runs: the receiver recovers, and the job records another event.
+    failing.store(false, Ordering::SeqCst);
+    let offline = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    offline.block_on(async {
+        let db = agentcore_store::Store::open(&data_dir.join("agentcore.db")).await.unwrap();
+        db.record_event("job-w", "training.job.started", &json!({"offline": true})).await.unwrap();
+        db.close().await;
+    });
+    assert_eq!(got.lock().unwrap().len(), 1, "nothing is delivered while no server runs");
+
+    let s2 = TestServer::on(data_dir, 0, slow_retries);
+    let t0 = std::time::Instant::now();
+    while got.lock().unwrap().len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not redelivered: {}",
+            got.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 3, "each message delivered once after the restart");
+    let events: Vec<(String, String)> = got
+        .iter()
+        .map(|(h, body)| {
+            let v: Value = serde_json::from_str(body).unwrap();
+            (
+                h.get("webhook-id").unwrap().to_str().unwrap().to_owned(),
+                v["event"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let retried: Vec<_> = events.iter().filter(|(id, _)| *id == first_id).collect();
+    assert_eq!(retried.len(), 2, "the retry keeps the message id: {events:?}");
+    assert!(retried.iter().all(|(_, e)| e == "training.job.completed"), "{events:?}");
+    assert!(
+        events.iter().any(|(id, e)| *id != first_id && e == "training.job.started"),
+        "{events:?}"
+    );
+    let store = s2.server.as_ref().unwrap().state.store.clone();
+    let log = s2.rt.block_on(store.deliveries(&sub.subscription_id)).unwrap();
+    let first: Vec<_> = log
+        .iter()
+        .filter(|d| d.message_id == first_id.to_str().unwrap())
+        .map(|d| (d.attempt, d.status_code))
+        .collect();
+    assert_eq!(first, [(1, Some(503)), (2, Some(200))]);
+    assert_eq!(s2.rt.block_on(store.outbox_counts()).unwrap(), [("delivered".to_string(), 2)]);
+}

@@ -39,7 +39,9 @@ macro_rules! events_lock {
     };
 }
 
+mod outbox;
 mod queue;
+pub use outbox::{AttemptOutcome, ClaimedMessage, OutboxMessage};
 pub use queue::{CancelOutcome, JobFilter, Lease, WebhookDelivery, WebhookRow};
 
 /// The database behind a [`Store`].

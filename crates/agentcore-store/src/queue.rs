@@ -551,19 +551,20 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
-                let events = parse("webhook events", r.get("events"))?;
-                Ok(WebhookRow {
-                    id: r.get("id"),
-                    org: r.get("org"),
-                    url: r.get("url"),
-                    events: serde_json::from_value(events).unwrap_or_default(),
-                    secret: r.get("secret"),
-                    created_at: r.get("created_at"),
-                })
-            })
-            .collect()
+        rows.iter().map(webhook_row).collect()
+    }
+
+    /// One subscription.
+    ///
+    /// # Errors
+    /// Database errors, a corrupt JSON column.
+    pub async fn webhook(&self, id: &str) -> Result<Option<WebhookRow>> {
+        let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
+        row.as_ref().map(webhook_row).transpose()
     }
 
     /// Logs one delivery attempt.
@@ -614,4 +615,16 @@ impl Store {
             })
             .collect())
     }
+}
+
+fn webhook_row(r: &sqlx::any::AnyRow) -> Result<WebhookRow> {
+    let events = parse("webhook events", r.get("events"))?;
+    Ok(WebhookRow {
+        id: r.get("id"),
+        org: r.get("org"),
+        url: r.get("url"),
+        events: serde_json::from_value(events).unwrap_or_default(),
+        secret: r.get("secret"),
+        created_at: r.get("created_at"),
+    })
 }

@@ -294,3 +294,74 @@ fn a_tail_by_id_misses_no_event_of_concurrent_writers() {
         }
     });
 }
+
+/// The webhook outbox: the cursor moves with the messages in one transaction (a second
+/// deliverer with a stale cursor writes nothing), a claimed message is held for its lease, a
+/// failed attempt comes back after its backoff, and a message whose deliverer died is taken up
+/// again after the lease.
+#[test]
+fn the_webhook_outbox_claims_retries_and_recovers_messages() {
+    use agentcore_store::{AttemptOutcome, OutboxMessage};
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            let hook = WebhookRow {
+                id: "sub".into(),
+                org: "o".into(),
+                url: "https://example.com/h".into(),
+                events: vec![],
+                secret: "whsec_x".into(),
+                created_at: String::new(),
+            };
+            s.add_webhook(&hook).await.unwrap();
+            let msg = |n: u32| OutboxMessage {
+                message_id: format!("msg_{n}"),
+                subscription_id: "sub".into(),
+                event: "training.job.completed".into(),
+                body: format!("{{\"n\": {n}}}"),
+            };
+            assert_eq!(s.webhook_cursor().await.unwrap(), 0);
+            assert!(s.enqueue_webhooks(0, 5, &[msg(1), msg(2)]).await.unwrap());
+            assert!(!s.enqueue_webhooks(0, 7, &[msg(3)]).await.unwrap(), "stale cursor");
+            assert_eq!(s.webhook_cursor().await.unwrap(), 5);
+
+            let a = s.claim_webhook("d1", LONG).await.unwrap().unwrap();
+            let b = s.claim_webhook("d2", Duration::from_millis(50)).await.unwrap().unwrap();
+            assert_eq!(
+                (a.message.message_id.as_str(), b.message.message_id.as_str()),
+                ("msg_1", "msg_2")
+            );
+            assert!(s.claim_webhook("d3", LONG).await.unwrap().is_none(), "both are held");
+            // d1's attempt fails: due again after its backoff, not before.
+            let retry = AttemptOutcome::RetryAfter(Duration::from_millis(100));
+            assert!(s.finish_webhook_attempt(a.id, "d1", retry).await.unwrap());
+            assert!(s.claim_webhook("d3", LONG).await.unwrap().is_none());
+            // d2 dies holding msg_2; after its lease, and msg_1's backoff, both come back.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut again = vec![
+                s.claim_webhook("d3", LONG).await.unwrap().unwrap(),
+                s.claim_webhook("d3", LONG).await.unwrap().unwrap(),
+            ];
+            again.sort_by_key(|c| c.id);
+            assert_eq!(
+                again
+                    .iter()
+                    .map(|c| (c.message.message_id.as_str(), c.attempts))
+                    .collect::<Vec<_>>(),
+                [("msg_1", 1), ("msg_2", 0)]
+            );
+            // The dead deliverer's late report is refused.
+            assert!(
+                !s.finish_webhook_attempt(b.id, "d2", AttemptOutcome::Delivered).await.unwrap()
+            );
+            for c in &again {
+                assert!(
+                    s.finish_webhook_attempt(c.id, "d3", AttemptOutcome::Delivered).await.unwrap()
+                );
+            }
+            assert!(s.claim_webhook("d4", Duration::ZERO).await.unwrap().is_none(), "done");
+            assert_eq!(s.outbox_counts().await.unwrap(), [("delivered".to_string(), 2)]);
+        }
+    });
+}
