@@ -231,9 +231,17 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
             settings.n_tasks = 48;
         }
         if args.config.is_none() {
-            // A pretrained model rarely solves a task outright at first: partial credit gives
-            // its groups a spread to learn from; Gemma's recommended sampling.
-            settings.reward = "response_accuracy".into();
+            // A pretrained model rarely solves a task outright at first, and its first calls
+            // are often malformed JSON or code that raises: the shaped outcome (a bonus per
+            // call the sandbox ran without error, a small cost per step) separates the samples
+            // of a group before any of them answers right. (Partial credit for a close answer,
+            // `response_accuracy`, left every Gemma group at 0: its answers rarely parse.)
+            settings.reward = "outcome".into();
+            settings.config.reward_shaping.enabled = true;
+            // A call in JSON takes it 30-60 tokens, the answer after the tool's result more: the
+            // built-in model's 64 tokens cut every trajectory before its answer.
+            settings.config.max_completion_length = 192;
+            // Gemma's recommended sampling.
             settings.config.temperature = 1.0;
             settings.config.top_p = 0.95;
             settings.config.top_k = Some(64);

@@ -142,9 +142,27 @@ impl ExternalModel {
     }
 }
 
+/// Two worked examples of the call format. A small pretrained model (Gemma 3 270M) does not
+/// follow instructions alone: told to call the tool, it wrote prose in 32 of 32 samples (0
+/// calls, 0 correct); with these examples it called the tool in 10 of 32 and answered 2
+/// correctly (llama.cpp, temperature 1, 8 seed-suite tasks x 4 samples), so groups get a
+/// spread of rewards to learn from.
 fn default_system_prompt() -> String {
-    "You solve each task by calling the python tool with one Python expression that computes \
-     the answer, then you reply with the tool's result and nothing else."
+    r#"Solve each task with the python tool. Examples:
+
+Task: Compute the product of [3, 4, 2]
+<tool_call>{"name": "python", "arguments": {"code": "print(3 * 4 * 2)"}}</tool_call>
+<tool_response>
+24
+</tool_response>
+<answer>24</answer>
+
+Task: Find the minimum value in [7, 1, 9]
+<tool_call>{"name": "python", "arguments": {"code": "print(min([7, 1, 9]))"}}</tool_call>
+<tool_response>
+1
+</tool_response>
+<answer>1</answer>"#
         .into()
 }
 
@@ -496,6 +514,8 @@ pub struct AgentStyle {
     pub format: CallFormat,
     /// The system prompt.
     pub system_prompt: String,
+    /// Most tokens of a whole conversation, prompt included.
+    pub max_tokens: u64,
 }
 
 impl AgentStyle {
@@ -503,8 +523,17 @@ impl AgentStyle {
     #[must_use]
     pub fn of(settings: &JobSettings) -> Self {
         match &settings.model {
-            None => Self { format: CallFormat::Tags, system_prompt: String::new() },
-            Some(m) => Self { format: CallFormat::Hermes, system_prompt: m.system_prompt.clone() },
+            // The built-in model's conversations are short: a query, a call, a result, an answer.
+            None => {
+                Self { format: CallFormat::Tags, system_prompt: String::new(), max_tokens: 200 }
+            }
+            // A chat model's prompt (system prompt with examples, the tool's schema) alone is
+            // some 330 tokens for Gemma 3.
+            Some(m) => Self {
+                format: CallFormat::Hermes,
+                system_prompt: m.system_prompt.clone(),
+                max_tokens: 1024,
+            },
         }
     }
 }
@@ -521,7 +550,7 @@ fn runtime(
     rt.system_prompt = style.system_prompt.clone();
     rt.sampling = sampling;
     rt.max_steps = max_steps;
-    rt.max_tokens = 200;
+    rt.max_tokens = style.max_tokens;
     // Tool output is context the small model must carry: keep it short (tracebacks keep their
     // last line, which names the error).
     rt.max_observation_chars = 100;
