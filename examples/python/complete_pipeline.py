@@ -24,7 +24,7 @@ def main():
         n_iterations=int(os.getenv("AGENTCORE_ITERATIONS", "6")),
         batch_size=4,
         n_trajectories_per_query=4,
-        learning_rate=0.002,
+        learning_rate=0.0001,
         max_budget_usd=50.00,
         checkpoint_interval=2
     )
