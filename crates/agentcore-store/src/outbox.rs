@@ -8,15 +8,8 @@ use std::time::Duration;
 
 use sqlx::Row;
 
+use crate::queue::{millis, now_ms};
 use crate::{Backend, Result, Store, now};
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// A message for the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,15 +183,6 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn outbox_counts(&self) -> Result<Vec<(String, u64)>> {
-        let rows = sqlx::query(
-            "SELECT status, COUNT(*) FROM webhook_outbox GROUP BY status ORDER BY status",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.db())?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<String, _>(0), u64::try_from(r.get::<i64, _>(1)).unwrap_or(0)))
-            .collect())
+        self.counts_by_status("webhook_outbox").await
     }
 }

@@ -15,11 +15,11 @@ use sqlx::Row;
 
 use crate::{EventRow, JobRow, NewJob, Result, Store, event_row, job_row, now, parse};
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn millis(d: Duration) -> i64 {
+pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -339,10 +339,15 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn job_counts(&self) -> Result<Vec<(String, u64)>> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.db())?;
+        self.counts_by_status("jobs").await
+    }
+
+    /// Rows of `table` (a constant name) by their `status` column, in status order.
+    pub(crate) async fn counts_by_status(&self, table: &'static str) -> Result<Vec<(String, u64)>> {
+        // The table name is a constant of this crate.
+        let sql = format!("SELECT status, COUNT(*) FROM {table} GROUP BY status ORDER BY status");
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await.map_err(self.db())?;
         Ok(rows
             .iter()
             .map(|r| (r.get::<String, _>(0), u64::try_from(r.get::<i64, _>(1)).unwrap_or(0)))

@@ -274,6 +274,8 @@ fn a_tail_by_id_misses_no_event_of_concurrent_writers() {
                 .collect();
             let (mut seen, mut after) = (0, 0);
             while seen < 200 {
+                // Writers done before this read: an empty read means the tail is complete.
+                let finished = writers.iter().all(tokio::task::JoinHandle::is_finished);
                 let batch = s.events_after(None, after, 7).await.unwrap();
                 for e in &batch {
                     assert!(e.id > after);
@@ -281,7 +283,7 @@ fn a_tail_by_id_misses_no_event_of_concurrent_writers() {
                 }
                 seen += batch.len();
                 if batch.is_empty() {
-                    if writers.iter().all(tokio::task::JoinHandle::is_finished) {
+                    if finished {
                         break;
                     }
                     tokio::task::yield_now().await;
