@@ -229,7 +229,7 @@ async fn messages_for(
 /// Delivers the contract's events to the subscriptions of each job's organisation until
 /// `shutdown` turns true: events are turned into outbox messages (moving the store's cursor in
 /// the same transaction), and due messages are claimed and attempted, at most
-/// [`MAX_IN_FLIGHT`] at once. Attempts in flight at shutdown are taken up again by the next
+/// eight at once. Attempts in flight at shutdown are taken up again by the next
 /// deliverer once their lease runs out; several servers on one database share the work.
 pub async fn run_deliverer(
     store: Store,
