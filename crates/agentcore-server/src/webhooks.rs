@@ -151,10 +151,10 @@ async fn attempt(
 ) {
     let number = claimed.attempts + 1;
     let m = claimed.message;
-    let hook = store.webhook(&m.subscription_id).await.ok().flatten();
-    let (status, error) = match hook {
-        None => (None, Some("the subscription is gone".to_owned())),
-        Some(hook) => match check_target(&hook.url, config.allow_private) {
+    let (status, error) = match store.webhook(&m.subscription_id).await {
+        Err(e) => (None, Some(format!("reading the subscription: {e}"))),
+        Ok(None) => (None, Some("the subscription is gone".to_owned())),
+        Ok(Some(hook)) => match check_target(&hook.url, config.allow_private) {
             Err(e) => (None, Some(e)),
             Ok(()) => {
                 let (url, id, secret, body) = (hook.url, m.message_id.clone(), hook.secret, m.body);
