@@ -138,6 +138,10 @@ fn post(url: &str, id: &str, secret: &str, body: &str) -> (Option<u16>, Option<S
 /// message whose deliverer died is taken up again after it.
 const ATTEMPT_LEASE: Duration = Duration::from_secs(60);
 
+/// How long a stopping deliverer waits for its attempts in flight to be recorded; the ones still
+/// running after it are taken up again when their lease runs out.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
 /// Attempts in flight at once per deliverer.
 const MAX_IN_FLIGHT: usize = 8;
 
@@ -229,8 +233,9 @@ async fn messages_for(
 /// Delivers the contract's events to the subscriptions of each job's organisation until
 /// `shutdown` turns true: events are turned into outbox messages (moving the store's cursor in
 /// the same transaction), and due messages are claimed and attempted, at most
-/// eight at once. Attempts in flight at shutdown are taken up again by the next
-/// deliverer once their lease runs out; several servers on one database share the work.
+/// eight at once. At shutdown, attempts in flight are given a grace period to finish and record
+/// their outcome; any still running after it are taken up again by the next deliverer once their
+/// lease runs out. Several servers on one database share the work.
 pub async fn run_deliverer(
     store: Store,
     config: WebhookConfig,
@@ -241,6 +246,10 @@ pub async fn run_deliverer(
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
         if *shutdown.borrow() {
+            // Let attempts in flight record their outcome (each POST times out after 10 s), so
+            // a message that was tried is rescheduled now rather than after its lease runs out.
+            let drain = async { while in_flight.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain).await;
             return;
         }
         let mut busy = false;

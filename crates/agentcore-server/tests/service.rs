@@ -591,6 +591,9 @@ fn webhook_messages_survive_a_server_restart() {
                 async move {
                     seen.lock().unwrap().push((headers, body));
                     if failing.load(Ordering::SeqCst) {
+                        // Answer late: the server is stopped while this attempt is in flight,
+                        // and must still record it (else the message waits out its lease).
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         StatusCode::SERVICE_UNAVAILABLE
                     } else {
                         StatusCode::OK
