@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::fused::{RotaryAngles, rms_norm, rotary, softmax_last, swiglu};
 use crate::params::ParamStore;
+use crate::qmatmul::{Kernel, Q8Matrix};
 
 /// Most rows a quantized matmul takes; more go through the f32 weights.
 const MAX_QUANTIZED_ROWS: usize = 16;
@@ -302,7 +303,41 @@ struct Linear {
     lora: Option<(Tensor, Tensor, f64)>,
     /// The same frozen W, quantized (from a GGUF file): used when decoding, where no gradient
     /// is needed and reading 4-8x fewer bytes per token is what sets the speed.
-    quantized: Option<SplitQMatMul>,
+    quantized: Option<DecodeWeight>,
+}
+
+/// The decoding form of a frozen matrix: our 8-bit blocks where a SIMD kernel runs (every
+/// weight block read once for all rows of a batch), else candle's quantized matmul.
+#[derive(Clone)]
+enum DecodeWeight {
+    Int8(std::sync::Arc<Q8Matrix>),
+    Candle(SplitQMatMul),
+}
+
+impl DecodeWeight {
+    fn new(q: &std::sync::Arc<QTensor>) -> Result<Self> {
+        let (rows, cols) = q.shape().dims2()?;
+        if Kernel::detect().is_simd() && cols.is_multiple_of(crate::qmatmul::BLOCK) {
+            let dense = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(m) = Q8Matrix::quantize(&dense, rows, cols) {
+                return Ok(Self::Int8(std::sync::Arc::new(m)));
+            }
+        }
+        Ok(Self::Candle(SplitQMatMul::new(q)?))
+    }
+
+    /// x is (m, cols), f32.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Candle(q) => q.forward(x),
+            Self::Int8(q) => {
+                let m = x.dim(0)?;
+                let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let out = Tensor::from_vec(q.matmul(&data, m), (m, q.rows()), x.device())?;
+                Ok(out.to_dtype(x.dtype())?)
+            }
+        }
+    }
 }
 
 /// A quantized matrix cut into row blocks, one per rayon thread, multiplied in parallel.
@@ -408,7 +443,7 @@ pub struct Decoder {
     blocks: Vec<Block>,
     final_norm: Tensor,
     lm_head: Linear,
-    quantized: BTreeMap<String, std::sync::Arc<QTensor>>,
+    quantized: BTreeMap<String, DecodeWeight>,
     rotary_global: (Tensor, Tensor),
     rotary_local: (Tensor, Tensor),
     device: Device,
@@ -566,13 +601,11 @@ impl Decoder {
         weights: BTreeMap<String, Tensor>,
         params: ParamStore,
         lora: Option<(&LoraConfig, &ParamStore)>,
-        quantized: BTreeMap<String, std::sync::Arc<QTensor>>,
+        quantized: BTreeMap<String, DecodeWeight>,
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
-        let q = |name: &str| -> Result<Option<SplitQMatMul>> {
-            quantized.get(name).map(SplitQMatMul::new).transpose()
-        };
+        let q = |name: &str| -> Result<Option<DecodeWeight>> { Ok(quantized.get(name).cloned()) };
         let t = |name: &str| -> Result<Tensor> {
             weights
                 .get(name)
@@ -718,6 +751,10 @@ impl Decoder {
                 ));
             }
         }
+        let quantized = quantized
+            .iter()
+            .map(|(name, q)| Ok((name.clone(), DecodeWeight::new(q)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
         let lora_store = self.params.clone();
         let lora = self.lora.clone();
         *self = Self::build(

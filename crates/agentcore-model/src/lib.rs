@@ -22,6 +22,7 @@ pub mod hub;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod qmatmul;
 pub mod tokenizer;
 
 pub use error::{ModelError, Result};
