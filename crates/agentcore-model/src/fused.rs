@@ -87,6 +87,23 @@ macro_rules! dispatch {
     };
 }
 
+/// `sum_i a_i * b_i` over eight independent partial sums, so the compiler vectorizes it (a
+/// single running sum must keep its order and stays scalar); the lanes are then added in a
+/// fixed order, so the result is deterministic.
+#[inline]
+fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+    const LANES: usize = 8;
+    let mut acc = [T::zero(); LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail = ca.remainder().iter().zip(cb.remainder()).fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().fold(tail, |s, &v| s + v)
+}
+
 // ---------------------------------------------------------------- RMSNorm
 
 struct RmsNorm {
@@ -100,7 +117,7 @@ fn rms_fwd<T: Elem>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let n = T::from(cols).unwrap_or_else(T::one);
     for_rows(&mut out, cols, |r, y| {
         let xr = &x[r * cols..(r + 1) * cols];
-        let ms = xr.iter().map(|&v| v * v).sum::<T>() / n;
+        let ms = dot(xr, xr) / n;
         let s = (ms + eps).sqrt().recip();
         for ((y, &xv), &wv) in y.iter_mut().zip(xr).zip(w) {
             *y = xv * s * wv;
@@ -160,7 +177,7 @@ impl CustomOp2 for RmsNorm {
                             .map(|r| {
                                 let xr = &xs[r * cols..(r + 1) * cols];
                                 let gr = &gs[r * cols..(r + 1) * cols];
-                                let ms = xr.iter().map(|&v| v * v).sum::<T>() / n;
+                                let ms = dot(xr, xr) / n;
                                 let s = (ms + eps).sqrt().recip();
                                 let dot = xr
                                     .iter()
@@ -247,9 +264,9 @@ impl CustomOp1 for Softmax {
                     for_rows(&mut out, cols, |r, o| {
                         let yr = &ys[r * cols..(r + 1) * cols];
                         let gr = &gs[r * cols..(r + 1) * cols];
-                        let dot = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum::<T>();
+                        let d = dot(yr, gr);
                         for j in 0..cols {
-                            o[j] = yr[j] * (gr[j] - dot);
+                            o[j] = yr[j] * (gr[j] - d);
                         }
                     });
                     Ok(out)
@@ -553,8 +570,7 @@ impl candle_core::CustomOp3 for DecodeAttention {
                 let mut scores: Vec<T> = (0..n_keys)
                     .map(|j| {
                         let kj = &k[k0 + j * ks[2]..][..hd];
-                        let dot = qi.iter().zip(kj).map(|(&a, &c)| a * c).sum::<T>();
-                        dot * scale + T::from(mask[j]).unwrap_or_else(T::zero)
+                        dot(qi, kj) * scale + T::from(mask[j]).unwrap_or_else(T::zero)
                     })
                     .collect();
                 let max = scores.iter().copied().fold(T::neg_infinity(), Float::max);
