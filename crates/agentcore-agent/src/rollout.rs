@@ -163,6 +163,8 @@ struct Run {
 impl Run {
     fn finish(&mut self, reason: StopReason, error: Option<String>) {
         self.done = true;
+        // The model's keys and values are only needed for further turns.
+        self.conv.kv_cache = None;
         self.traj.stop_reason = reason;
         self.traj.error = error;
     }

@@ -449,6 +449,9 @@ pub struct Decoder {
     device: Device,
 }
 
+/// One layer's keys and values of a sequence, each (1, kv_heads, len, head_dim).
+pub type LayerKv = (Tensor, Tensor);
+
 /// Keys and values of earlier positions, per layer, for incremental decoding. The buffers are
 /// allocated once for `capacity` positions (grown by doubling if exceeded) and written in
 /// place, so a decoding step neither copies nor reallocates the cache.
@@ -516,6 +519,89 @@ impl KvCache {
         layer.v.slice_set(&v.contiguous()?, 2, len)?;
         layer.len = len + t;
         Ok((layer.k.narrow(2, 0, layer.len)?, layer.v.narrow(2, 0, layer.len)?))
+    }
+
+    /// Fills an empty cache with `len` positions for `rows.len()` rows: row r, when given as
+    /// `(start, layers)`, gets its first `len - start` cached keys and values (per layer,
+    /// (1, kv_heads, >= len - start, hd)) at positions `start..len`; everything else is zero
+    /// (padding, which the mask hides).
+    pub(crate) fn prefill_rows(
+        &mut self,
+        rows: &[Option<(usize, &[LayerKv])>],
+        len: usize,
+        n_layers: usize,
+    ) -> Result<()> {
+        let Some((_, first)) = rows.iter().flatten().next() else { return Ok(()) };
+        for (r, (start, layers)) in rows.iter().enumerate().filter_map(|(r, x)| Some((r, (*x)?))) {
+            let fits = layers.len() == n_layers
+                && layers.iter().zip(*first).all(|((k, v), (k0, _))| {
+                    k.dims().len() == 4
+                        && k.dim(0).ok() == Some(1)
+                        && k.dim(1).ok() == k0.dim(1).ok()
+                        && k.dim(3).ok() == k0.dim(3).ok()
+                        && k.dim(2).is_ok_and(|n| n + start >= len)
+                        && v.dims() == k.dims()
+                });
+            if start > len || !fits {
+                return Err(ModelError::invalid(
+                    format!("caches[{r}]"),
+                    "must come from this model and hold the prompt's prefix",
+                    format!("{} layers", layers.len()),
+                ));
+            }
+        }
+        self.layers = Vec::with_capacity(n_layers);
+        for li in 0..n_layers {
+            let (k0, _) = &first[li];
+            let (kvh, hd) = (k0.dim(1)?, k0.dim(3)?);
+            let zeros = |n: usize| Tensor::zeros((1, kvh, n, hd), k0.dtype(), k0.device());
+            let mut ks = Vec::with_capacity(rows.len());
+            let mut vs = Vec::with_capacity(rows.len());
+            for row in rows {
+                match row {
+                    Some((start, layers)) => {
+                        let (k, v) = &layers[li];
+                        let n = len - start;
+                        ks.push(Tensor::cat(&[&zeros(*start)?, &k.narrow(2, 0, n)?], 2)?);
+                        vs.push(Tensor::cat(&[&zeros(*start)?, &v.narrow(2, 0, n)?], 2)?);
+                    }
+                    None => {
+                        ks.push(zeros(len)?);
+                        vs.push(zeros(len)?);
+                    }
+                }
+            }
+            let capacity = self.capacity.max(len);
+            let b = rows.len();
+            let k = Tensor::zeros((b, kvh, capacity, hd), k0.dtype(), k0.device())?;
+            let v = Tensor::zeros((b, kvh, capacity, hd), k0.dtype(), k0.device())?;
+            k.slice_set(&Tensor::cat(&ks, 0)?, 2, 0)?;
+            v.slice_set(&Tensor::cat(&vs, 0)?, 2, 0)?;
+            self.layers.push(Some(LayerCache { k, v, len }));
+        }
+        Ok(())
+    }
+
+    /// Row `row`'s keys and values at positions `start..start + len`, per layer, each
+    /// (1, kv_heads, len, hd), copied out of the cache.
+    pub(crate) fn row(
+        &self,
+        row: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Vec<(Tensor, Tensor)>> {
+        self.layers
+            .iter()
+            .map(|layer| {
+                let layer = layer.as_ref().ok_or_else(|| {
+                    ModelError::invalid("cache", "must have every layer filled", "an empty layer")
+                })?;
+                let cut = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.narrow(0, row, 1)?.narrow(2, start, len)?.contiguous()?)
+                };
+                Ok((cut(&layer.k)?, cut(&layer.v)?))
+            })
+            .collect()
     }
 }
 

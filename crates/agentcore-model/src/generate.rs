@@ -5,6 +5,10 @@
 //! mask, so a padded row computes exactly what it would compute alone. Sampling uses the
 //! caller's seeded RNG (candle's CPU RNG cannot be seeded): same seed, same tokens.
 //!
+//! [`generate_cached`] also returns each row's keys and values and takes them back on the next
+//! call, so an agent's next turn prefills only the tokens added since (its observation) instead
+//! of the whole conversation.
+//!
 //! The log-prob reported for a sampled token is under the temperature-scaled distribution
 //! before top-k/top-p truncation, which is what [`token_logprobs`] computes at the same
 //! temperature; at temperature 0 (greedy) it is under the unscaled distribution.
@@ -14,7 +18,7 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decoder::{Decoder, KvCache, padded_causal_mask};
+use crate::decoder::{Decoder, KvCache, LayerKv, padded_causal_mask};
 use crate::error::{ModelError, Result};
 
 /// How to sample.
@@ -83,6 +87,32 @@ pub struct Generation {
     pub finish_reason: FinishReason,
 }
 
+/// Keys and values of one sequence's tokens under one model, kept between calls so that the next
+/// turn of a conversation prefills only its new tokens ([`generate_cached`]).
+#[derive(Debug, Clone)]
+pub struct SequenceCache {
+    ids: Vec<u32>,
+    /// Per layer: keys and values, (1, kv_heads, len, head_dim).
+    layers: Vec<LayerKv>,
+}
+
+impl SequenceCache {
+    /// The tokens whose keys and values are held.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// How many tokens are held.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// Generates a continuation of every prompt, all rows at once.
 pub fn generate<R: Rng + ?Sized>(
     model: &Decoder,
@@ -90,9 +120,46 @@ pub fn generate<R: Rng + ?Sized>(
     params: &SamplingParams,
     rng: &mut R,
 ) -> Result<Vec<Generation>> {
+    Ok(run(model, prompts, &vec![None; prompts.len()], false, params, rng)?.0)
+}
+
+/// [`generate`] that reuses earlier keys and values: row i skips the prefill of the longest
+/// common prefix of `prompts[i]` and `caches[i]` (from an earlier call on the same model), and
+/// every row's keys and values (prompt and generated tokens) come back for the next call.
+/// Sampling draws from `rng` exactly as [`generate`] does; the logits agree with it up to
+/// floating-point summation order.
+///
+/// # Errors
+/// As [`generate`]; `caches` must have one entry per prompt.
+pub fn generate_cached<R: Rng + ?Sized>(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    caches: &[Option<&SequenceCache>],
+    params: &SamplingParams,
+    rng: &mut R,
+) -> Result<(Vec<Generation>, Vec<SequenceCache>)> {
+    if caches.len() != prompts.len() {
+        return Err(ModelError::invalid(
+            "caches",
+            format!("must have one entry per prompt ({})", prompts.len()),
+            caches.len(),
+        ));
+    }
+    let (gens, kept) = run(model, prompts, caches, true, params, rng)?;
+    Ok((gens, kept))
+}
+
+fn run<R: Rng + ?Sized>(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    caches: &[Option<&SequenceCache>],
+    keep: bool,
+    params: &SamplingParams,
+    rng: &mut R,
+) -> Result<(Vec<Generation>, Vec<SequenceCache>)> {
     params.validate()?;
     if prompts.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::invalid(
@@ -118,22 +185,49 @@ pub fn generate<R: Rng + ?Sized>(
     model.check_length(width)?;
     let max_new = params.max_new_tokens.min(max_total - width);
 
-    // Prefill: left-padded prompts.
-    let mut ids = Vec::with_capacity(b * width);
-    let mut positions = Vec::with_capacity(b * width);
+    // Tokens each row takes from its cache: the common prefix, leaving at least one token to
+    // prefill (its logits start the generation).
+    let reused: Vec<usize> = prompts
+        .iter()
+        .zip(caches)
+        .map(|(p, c)| {
+            c.map_or(0, |c| c.ids.iter().zip(p).take_while(|(a, b)| a == b).count())
+                .min(p.len() - 1)
+        })
+        .collect();
+    // Left padding: every row ends at `width`. The last `window` columns are prefilled (each
+    // row's uncached tokens, and cached ones that fall inside); the columns before them are
+    // copied from the caches.
+    let window = prompts.iter().zip(&reused).map(|(p, r)| p.len() - r).max().expect("non-empty");
+    let copied = width - window;
+    let mut cache = KvCache::with_capacity(width + max_new);
+    if copied > 0 {
+        let rows: Vec<Option<(usize, &[LayerKv])>> = prompts
+            .iter()
+            .zip(caches)
+            .map(|(p, c)| {
+                let start = width - p.len();
+                c.filter(|_| start < copied).map(|c| (start, c.layers.as_slice()))
+            })
+            .collect();
+        cache.prefill_rows(&rows, copied, model.config().n_layers)?;
+    }
+    let mut ids = Vec::with_capacity(b * window);
+    let mut positions = Vec::with_capacity(b * window);
     let mut key_valid: Vec<Vec<bool>> = Vec::with_capacity(b);
     let mut next_position = Vec::with_capacity(b);
     for p in prompts {
         let pad = width - p.len();
-        ids.extend(std::iter::repeat_n(params.pad_token, pad).chain(p.iter().copied()));
-        positions.extend((0..width).map(|t| t.saturating_sub(pad) as u32));
+        for col in copied..width {
+            ids.push(if col < pad { params.pad_token } else { p[col - pad] });
+            positions.push(col.saturating_sub(pad) as u32);
+        }
         key_valid.push((0..width).map(|t| t >= pad).collect());
         next_position.push(p.len() as u32);
     }
-    let mut cache = KvCache::with_capacity(width + max_new);
-    let ids_t = Tensor::from_vec(ids, (b, width), device)?;
-    let pos_t = Tensor::from_vec(positions, (b, width), device)?;
-    let mask = padded_causal_mask(&key_valid, 0, width, device)?;
+    let ids_t = Tensor::from_vec(ids, (b, window), device)?;
+    let pos_t = Tensor::from_vec(positions, (b, window), device)?;
+    let mask = padded_causal_mask(&key_valid, copied, window, device)?;
     let mut logits = model.forward_last(&ids_t, &pos_t, &mask, Some(&mut cache))?;
 
     let mut out: Vec<Generation> = (0..b)
@@ -144,6 +238,8 @@ pub fn generate<R: Rng + ?Sized>(
         })
         .collect();
     let mut done = vec![false; b];
+    // Generated tokens of each row whose keys and values are in the cache.
+    let mut fed = vec![0usize; b];
     for step in 0..max_new {
         let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?.to_vec2::<f32>()?;
         // One uniform draw per live row, in row order, from the job's RNG; the rows are then
@@ -160,11 +256,13 @@ pub fn generate<R: Rng + ?Sized>(
             })
             .collect();
         let mut next = Vec::with_capacity(b);
+        let mut sampled_rows = Vec::with_capacity(b);
         for (row, choice) in sampled.into_iter().enumerate() {
             let Some((token, logprob)) = choice else {
                 next.push(params.pad_token);
                 continue;
             };
+            sampled_rows.push(row);
             let g = &mut out[row];
             g.tokens.push(token);
             g.logprobs.push(logprob);
@@ -177,6 +275,9 @@ pub fn generate<R: Rng + ?Sized>(
         if done.iter().all(|d| *d) || step + 1 == max_new {
             break;
         }
+        for row in sampled_rows {
+            fed[row] += 1;
+        }
         for row in &mut key_valid {
             row.push(true);
         }
@@ -186,7 +287,23 @@ pub fn generate<R: Rng + ?Sized>(
         let mask = padded_causal_mask(&key_valid, width + step, 1, device)?;
         logits = model.forward_last(&ids_t, &pos_t, &mask, Some(&mut cache))?;
     }
-    Ok(out)
+    if !keep {
+        return Ok((out, Vec::new()));
+    }
+    let kept = prompts
+        .iter()
+        .zip(&out)
+        .zip(&fed)
+        .enumerate()
+        .map(|(row, ((p, g), &n))| {
+            let start = width - p.len();
+            let mut ids = p.clone();
+            ids.extend_from_slice(&g.tokens[..n]);
+            let layers = cache.row(row, start, ids.len())?;
+            Ok(SequenceCache { ids, layers })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((out, kept))
 }
 
 /// Samples one token from a row of logits with the uniform draw `u` in [0, 1); returns it with

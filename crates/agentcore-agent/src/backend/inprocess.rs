@@ -1,6 +1,6 @@
 //! Turns from the in-process model engine, token-exact.
 
-use agentcore_model::generate::{FinishReason, SamplingParams, generate};
+use agentcore_model::generate::{FinishReason, SamplingParams, SequenceCache, generate_cached};
 use agentcore_model::hub::{ChatMessage, ChatTemplate, LoadedModel};
 use agentcore_model::tokenizer::SpecialToken;
 use rand_chacha::ChaCha8Rng;
@@ -200,9 +200,18 @@ impl Backend for InProcessBackend<'_> {
                 stop_sequences: self.stop_sequences.clone(),
                 pad_token: self.pad,
             };
-            match generate(&self.model.model, &prompts, &params, rng) {
-                Ok(gens) => {
-                    for ((&i, g), prompt) in rows.iter().zip(gens).zip(&prompts) {
+            // Each conversation's earlier tokens come from its cache: only the new ones (the
+            // last observation) are prefilled.
+            let caches: Vec<Option<SequenceCache>> =
+                rows.iter().map(|&i| convs[i].kv_cache.take()).collect();
+            let cache_refs: Vec<Option<&SequenceCache>> =
+                caches.iter().map(Option::as_ref).collect();
+            match generate_cached(&self.model.model, &prompts, &cache_refs, &params, rng) {
+                Ok((gens, kept)) => {
+                    drop(cache_refs);
+                    drop(caches);
+                    for (((&i, g), prompt), kv) in rows.iter().zip(gens).zip(&prompts).zip(kept) {
+                        convs[i].kv_cache = Some(kv);
                         results[i] = Some(self.finish_turn(convs[i], prompt.len(), g));
                     }
                 }

@@ -53,6 +53,9 @@ pub struct Conversation {
     pub step: u32,
     /// Sampled tokens per turn from API backends that return log-probs.
     pub api_tokens: Vec<openai::ApiTokens>,
+    /// Keys and values of the conversation's tokens, kept by in-process backends so that each
+    /// turn prefills only its new tokens.
+    pub kv_cache: Option<agentcore_model::generate::SequenceCache>,
 }
 
 /// Sampling settings of one turn.

@@ -120,3 +120,52 @@ fn bad_inputs_are_refused_with_the_rule() {
     let err = token_logprobs(&model, &[vec![1; 65]], 1.0, 0).unwrap_err();
     assert!(err.to_string().contains("max_seq_len (64)"), "{err}");
 }
+
+/// A conversation's next turn, prefilled from the keys and values its previous turn kept,
+/// generates what a fresh prefill of the whole conversation generates: rows with a cache, one
+/// without, and one whose prompt departs from its cache early (only the common prefix is used).
+#[test]
+fn a_turn_continued_from_its_cache_generates_what_a_fresh_prefill_does() {
+    use agentcore_model::generate::{SequenceCache, generate_cached};
+    for (arch, model) in small_models(9) {
+        let prompts = random_sequences(&[3, 11, 6, 1], 40, 10);
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: None,
+            max_new_tokens: 6,
+            stop_sequences: vec![],
+            pad_token: 0,
+        };
+        let none = vec![None; prompts.len()];
+        let (first, caches) =
+            generate_cached(&model, &prompts, &none, &sampling, &mut rng(1)).expect("turn 1");
+        let fresh = generate(&model, &prompts, &sampling, &mut rng(1)).expect("fresh");
+        for (i, (a, b)) in first.iter().zip(&fresh).enumerate() {
+            assert_eq!(a.tokens, b.tokens, "{arch} row {i}: same seed, same tokens");
+            // The cache holds the prompt and every generated token that was fed back (all but
+            // the last, which ended the loop).
+            let mut held = prompts[i].clone();
+            held.extend_from_slice(&a.tokens[..a.tokens.len() - 1]);
+            assert_eq!(caches[i].ids(), held.as_slice(), "{arch} row {i}");
+        }
+        // The next turn: each conversation grows by its reply and an observation.
+        let observations = random_sequences(&[2, 7, 1, 4], 40, 11);
+        let mut next: Vec<Vec<u32>> = (0..prompts.len())
+            .map(|i| [&prompts[i][..], &first[i].tokens, &observations[i]].concat())
+            .collect();
+        // Row 3 departs from its cache after its first token.
+        next[3][1] = (next[3][1] + 1) % 40;
+        let mut refs: Vec<Option<&SequenceCache>> = caches.iter().map(Some).collect();
+        refs[2] = None;
+        let (cached, kept) =
+            generate_cached(&model, &next, &refs, &greedy(8), &mut rng(2)).expect("turn 2");
+        let plain = generate(&model, &next, &greedy(8), &mut rng(2)).expect("plain");
+        for (i, (a, b)) in cached.iter().zip(&plain).enumerate() {
+            assert_eq!(a.tokens, b.tokens, "{arch} row {i}: continued and fresh differ");
+            let diff = max_abs_diff(&a.logprobs, &b.logprobs);
+            assert!(diff < 1e-4, "{arch} row {i}: log-probs differ by {diff}");
+            assert!(kept[i].ids().starts_with(&next[i]), "{arch} row {i}");
+        }
+    }
+}
