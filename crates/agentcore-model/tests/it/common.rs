@@ -104,6 +104,11 @@ pub fn greedy(max_new_tokens: usize) -> agentcore_model::generate::SamplingParam
     }
 }
 
+/// Sampling at temperature 1, untruncated.
+pub fn sampled(max_new_tokens: usize) -> agentcore_model::generate::SamplingParams {
+    agentcore_model::generate::SamplingParams { temperature: 1.0, ..greedy(max_new_tokens) }
+}
+
 /// Asserts that every trainable tensor of `model` has a finite, non-zero gradient in `grads`;
 /// returns how many were checked.
 pub fn assert_every_param_has_gradient(

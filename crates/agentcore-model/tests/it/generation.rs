@@ -129,14 +129,7 @@ fn a_turn_continued_from_its_cache_generates_what_a_fresh_prefill_does() {
     use agentcore_model::generate::{SequenceCache, generate_cached};
     for (arch, model) in small_models(9) {
         let prompts = random_sequences(&[3, 11, 6, 1], 40, 10);
-        let sampling = SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: None,
-            max_new_tokens: 6,
-            stop_sequences: vec![],
-            pad_token: 0,
-        };
+        let sampling = crate::common::sampled(6);
         let none = vec![None; prompts.len()];
         let (first, caches) =
             generate_cached(&model, &prompts, &none, &sampling, &mut rng(1)).expect("turn 1");

@@ -4,7 +4,7 @@ use agentcore_grpo::advantages::{AdvantageEstimator, ScaleRewards, group_advanta
 use agentcore_grpo::loss::{LossSettings, LossType};
 use agentcore_model::checkpoint::{load_checkpoint, save_checkpoint};
 use agentcore_model::decoder::Decoder;
-use agentcore_model::generate::{SamplingParams, generate, token_logprobs};
+use agentcore_model::generate::{generate, token_logprobs};
 use agentcore_model::loss::{LossBatch, grpo_loss};
 use agentcore_model::optim::{AdamW, AdamWConfig};
 use agentcore_model::params::ParamStore;
@@ -53,15 +53,7 @@ pub(crate) fn grpo_step(
             std::iter::repeat_n(p, group_size)
         })
         .collect();
-    let params = SamplingParams {
-        temperature: 1.0,
-        top_p: 1.0,
-        top_k: None,
-        max_new_tokens: 6,
-        stop_sequences: vec![],
-        pad_token: 0,
-    };
-    let out = generate(model, &prompts, &params, rng).expect("generate");
+    let out = generate(model, &prompts, &crate::common::sampled(6), rng).expect("generate");
     let rewards: Vec<f64> = out
         .iter()
         .map(|g| g.tokens.iter().filter(|&&t| t < 20).count() as f64 / g.tokens.len() as f64)
