@@ -145,8 +145,7 @@ pub fn generate_cached<R: Rng + ?Sized>(
             caches.len(),
         ));
     }
-    let (gens, kept) = run(model, prompts, caches, true, params, rng)?;
-    Ok((gens, kept))
+    run(model, prompts, caches, true, params, rng)
 }
 
 fn run<R: Rng + ?Sized>(

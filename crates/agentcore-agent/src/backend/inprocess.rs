@@ -208,8 +208,6 @@ impl Backend for InProcessBackend<'_> {
                 caches.iter().map(Option::as_ref).collect();
             match generate_cached(&self.model.model, &prompts, &cache_refs, &params, rng) {
                 Ok((gens, kept)) => {
-                    drop(cache_refs);
-                    drop(caches);
                     for (((&i, g), prompt), kv) in rows.iter().zip(gens).zip(&prompts).zip(kept) {
                         convs[i].kv_cache = Some(kv);
                         results[i] = Some(self.finish_turn(convs[i], prompt.len(), g));
