@@ -20,6 +20,11 @@ mod train_cmd;
 #[derive(Debug, Parser)]
 #[command(name = "agentcore", version, about, long_about = None)]
 struct Cli {
+    /// Log lines as JSON objects (one per line on stderr) instead of text. Which lines: the
+    /// `RUST_LOG` filter (e.g. `RUST_LOG=agentcore_train=debug`) [default: warn; info for serve
+    /// and worker].
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -175,6 +180,7 @@ fn main() -> ExitCode {
     }
     configure_cpu_threads();
     let cli = Cli::parse();
+    init_logs(&cli);
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -186,6 +192,26 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Logs go to stderr as `tracing` events, filtered by `RUST_LOG` (default: warnings, and the
+/// service's own info lines for `serve` and `worker`).
+fn init_logs(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.command {
+        Command::Serve(_) | Command::Worker(_) => {
+            "warn,agentcore_server=info,agentcore_train=info,agentcore_store=info"
+        }
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second subscriber cannot be installed; the first one stays (never the case here).
+    let _ = if cli.log_json {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+    };
 }
 
 /// candle runs element-wise ops on its own pool of spinning workers (`CANDLE_NUM_THREADS` - 1 of

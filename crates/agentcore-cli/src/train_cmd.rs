@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentcore_grpo::{ConfigFormat, GRPOConfig};
 use agentcore_store::{BlockingStore, NewJob, TrajectoryFilter};
-use agentcore_train::job::{
-    Event, JobContext, JobSettings, SEED_AGENT_ID, Summary, agent_id, read_job_settings,
-    resume_point,
-};
+use agentcore_train::checkpoints::resume_point;
+use agentcore_train::defaults::{self, SEED_AGENT_ID};
+use agentcore_train::events::{Event, Summary};
+use agentcore_train::job::JobContext;
+use agentcore_train::settings::{JobSettings, read_job_settings};
 use agentcore_train::record::{Recorder, export_record};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
@@ -87,28 +88,6 @@ pub struct TrainArgs {
     json: bool,
 }
 
-/// The embedded default's GRPO settings for the built-in model: 100 iterations of 16 queries x 8
-/// samples, one update per batch, no KL, lr 1e-4 (measured in BENCHMARKS.md: validation still
-/// rises slowly after 70 iterations; with rollouts reusing their keys and values 100 iterations
-/// take about as long as 70 did).
-pub fn embedded_default_config() -> GRPOConfig {
-    GRPOConfig {
-        n_iterations: 100,
-        batch_size: 16,
-        n_trajectories_per_query: 8,
-        learning_rate: 1e-4,
-        beta: 0.0,
-        temperature: 1.0,
-        top_p: 1.0,
-        top_k: None,
-        max_completion_length: 64,
-        eval_interval: 10,
-        checkpoint_interval: 10,
-        max_budget_usd: rust_decimal::Decimal::new(100, 2),
-        ..GRPOConfig::default()
-    }
-}
-
 /// The data directory: the flag, `$AGENTCORE_HOME`, or `~/.agentcore`.
 pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| {
@@ -173,7 +152,7 @@ fn load_job_file(path: &Path) -> anyhow::Result<JobSettings> {
 fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
     let mut settings = match &args.config {
         Some(path) => load_job_file(path)?,
-        None => JobSettings { config: embedded_default_config(), ..JobSettings::default() },
+        None => JobSettings::embedded(),
     };
     let c = &mut settings.config;
     if let Some(v) = args.n_iterations {
@@ -221,31 +200,19 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
             ..agentcore_model::decoder::LoraConfig::default()
         };
         let base = settings.model.take().map(|m| m.system_prompt);
-        settings.model = Some(agentcore_train::job::ExternalModel {
+        settings.model = Some(agentcore_train::settings::ExternalModel {
             path: path.clone(),
             lora,
-            system_prompt: base.unwrap_or_else(|| {
-                agentcore_train::job::ExternalModel::default_for(path.clone()).system_prompt
-            }),
+            system_prompt: base.unwrap_or_else(defaults::system_prompt),
         });
+        // A chat model's conversations are longer than the built-in model's.
+        settings.rollout = Some(defaults::rollout_limits(true));
         if args.n_tasks.is_none() {
-            settings.n_tasks = 48;
+            settings.n_tasks = defaults::REAL_MODEL_N_TASKS;
         }
         if args.config.is_none() {
-            // A pretrained model rarely solves a task outright at first, and its first calls
-            // are often malformed JSON or code that raises: the shaped outcome (a bonus per
-            // call the sandbox ran without error, a small cost per step) separates the samples
-            // of a group before any of them answers right. (Partial credit for a close answer,
-            // `response_accuracy`, left every Gemma group at 0: its answers rarely parse.)
-            settings.reward = "outcome".into();
-            settings.config.reward_shaping.enabled = true;
-            // A call in JSON takes it 30-60 tokens, the answer after the tool's result more: the
-            // built-in model's 64 tokens cut every trajectory before its answer.
-            settings.config.max_completion_length = 192;
-            // Gemma's recommended sampling.
-            settings.config.temperature = 1.0;
-            settings.config.top_p = 0.95;
-            settings.config.top_k = Some(64);
+            settings.reward = defaults::REWARD.into();
+            defaults::apply_real_model_config(&mut settings.config);
         }
     }
     if let Some(r) = &args.reward {
@@ -263,8 +230,10 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
             Some(p) => load(p, "test")?,
             None => Vec::new(),
         };
-        settings.data = Some(agentcore_train::job::JobData { train, eval });
+        settings.data = Some(agentcore_train::settings::JobData { train, eval });
     }
+    // The conversation limits are saved with the job, so a resume runs under the same ones.
+    settings.rollout = Some(settings.rollout_limits());
     // Validate the whole config (flags included) before any work starts.
     let text = settings.config.to_string_format(ConfigFormat::Json);
     settings.config = GRPOConfig::from_json_str(&text).map_err(|e| InputError(e.to_string()))?;
@@ -303,7 +272,7 @@ fn agent_definition(settings: &JobSettings) -> Value {
             "tasks": "seed",
         }),
         Some(m) => json!({
-            "id": agent_id(settings),
+            "id": settings.agent_id(),
             "model": {"local": m.path, "lora": m.lora},
             "system_prompt": m.system_prompt,
             "tools": [{"python": {}}],
@@ -470,6 +439,11 @@ fn summary_text(s: &Summary) -> String {
     out
 }
 
+/// A job's error as the CLI reports it: the caller's mistakes exit with 2, failures with 1.
+fn train_error(e: agentcore_train::TrainError) -> anyhow::Error {
+    if e.is_invalid_input() { anyhow::Error::new(InputError(e.to_string())) } else { e.into() }
+}
+
 /// `agentcore train`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data_dir = data_dir(args.data_dir.clone());
@@ -482,8 +456,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 ))
                 .into());
             }
-            let settings =
-                read_job_settings(&data_dir, job).map_err(|e| InputError(e.to_string()))?;
+            let settings = read_job_settings(&data_dir, job).map_err(train_error)?;
             (settings, job.clone())
         }
         None => (settings_from_args(&args)?, uuid::Uuid::new_v4().to_string()),
@@ -491,7 +464,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let sandbox = Arc::new(agentcore_agent::sandbox::PythonSandbox::detect()?);
     let store = BlockingStore::open(&store_path(&data_dir))?;
     let definition = agent_definition(&settings);
-    let agent = agent_id(&settings);
+    let agent = settings.agent_id();
     store.call(|s| s.register_agent(&agent, &definition))?;
     let ctx = JobContext {
         data_dir: data_dir.clone(),
@@ -535,9 +508,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             let message = e.to_string();
-            let _ =
-                store.call(|s| s.finish_job(&job_id, "failed", None, None, None, Some(&message)));
-            return Err(e.into());
+            if let Err(store_error) =
+                store.call(|s| s.finish_job(&job_id, "failed", None, None, None, Some(&message)))
+            {
+                tracing::error!(job_id = %job_id, error = %store_error,
+                    "could not record the job's failure in the store");
+            }
+            return Err(train_error(e));
         }
     };
     if let Some(e) = recorder_error {
@@ -590,10 +567,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         tasks,
         &sandbox,
     )
-    .map_err(|e| match e {
-        agentcore_train::TrainError::Job(m) => anyhow::Error::new(InputError(m)),
-        other => other.into(),
-    })?;
+    .map_err(train_error)?;
     if args.json {
         write_stdout(&serde_json::to_string_pretty(&report)?)?;
     } else {

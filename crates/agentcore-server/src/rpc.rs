@@ -16,7 +16,8 @@ use agentcore_store::{
     CancelOutcome, JobFilter, JobRow, NewJob, Store, TrajectoryFilter, WebhookRow,
 };
 use agentcore_tasks::Task;
-use agentcore_train::job::{JobData, JobSettings, SEED_AGENT_ID};
+use agentcore_train::defaults::SEED_AGENT_ID;
+use agentcore_train::settings::{JobData, JobSettings};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -447,20 +448,26 @@ async fn start(
         })?;
     }
     if let Some(path) = agent.get("model").and_then(|m| m.get("path")).and_then(Value::as_str) {
-        let mut m = agentcore_train::job::ExternalModel::default_for(path.into());
+        let mut m = agentcore_train::settings::ExternalModel::default_for(path.into());
         if let Some(p) = agent.get("system_prompt").and_then(Value::as_str) {
             m.system_prompt = p.to_owned();
         }
         settings.model = Some(m);
     }
-    let agent_type = agent.get("agent_type").and_then(Value::as_str).unwrap_or("default");
+    let agent_type = agent
+        .get("agent_type")
+        .and_then(Value::as_str)
+        .unwrap_or(agentcore_train::defaults::DEFAULT_AGENT_TYPE);
+    settings.agent_type = Some(agent_type.to_string());
+    // The conversation limits are saved with the job, so a resume runs under the same ones.
+    settings.rollout = Some(settings.rollout_limits());
     if let Some((name, url)) = state
         .store
         .reward_endpoint(&caller.org, agent_type)
         .await
         .map_err(|e| internal("start", e))?
     {
-        settings.remote_reward = Some(agentcore_train::job::RemoteReward {
+        settings.remote_reward = Some(agentcore_train::settings::RemoteReward {
             name,
             url,
             allow_private: state.config.webhooks.allow_private,
@@ -495,7 +502,7 @@ async fn start(
         .with_data(json!({"estimated_cost_usd": estimate.round_dp(4).to_string(), "max_budget_usd": c.max_budget_usd.to_string()})));
     }
     let id = uuid::Uuid::new_v4().to_string();
-    let run_dir = agentcore_train::job::run_dir(&state.config.data_dir, &id);
+    let run_dir = agentcore_train::settings::run_dir(&state.config.data_dir, &id);
     let new_job = NewJob {
         id: id.clone(),
         agent_id: agent_id.clone(),

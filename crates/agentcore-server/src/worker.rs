@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_store::{BlockingStore, JobRow, Store};
-use agentcore_train::job::{Event, JobContext, JobSettings, resume_point};
+use agentcore_train::checkpoints::resume_point;
+use agentcore_train::events::Event;
+use agentcore_train::job::JobContext;
+use agentcore_train::settings::JobSettings;
 use agentcore_train::record::Recorder;
 use serde_json::json;
 

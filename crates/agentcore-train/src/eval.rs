@@ -10,16 +10,16 @@ use std::time::Instant;
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_grpo::stats::{PairedComparison, SIGNIFICANCE_LEVEL, compare_paired};
 use agentcore_tasks::Task;
-use agentcore_tasks::judge::Verifiers;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::TrainError;
-use crate::job::{
-    AgentStyle, EvalOutcome, best_checkpoint, checkpoint_policy, evaluate, initial_policy,
-    job_tasks, list_checkpoints, read_job_settings,
-};
+use crate::checkpoints::{self, best_checkpoint};
+use crate::defaults::EVAL_BOOTSTRAP_RESAMPLES;
+use crate::evaluate::{EvalOutcome, Evaluator};
+use crate::policy;
+use crate::settings::read_job_settings;
 
 /// Aggregates of one agent on the evaluation queries (the contract's `metrics`).
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +75,8 @@ fn metrics(outcomes: &[EvalOutcome]) -> EvalMetrics {
 /// `tasks` (default: the job's held-out split).
 ///
 /// # Errors
-/// No such job or checkpoint (as [`TrainError::Job`], naming it), model errors.
+/// No such job ([`TrainError::NoSuchJob`]) or checkpoint ([`TrainError::NoSuchCheckpoint`]),
+/// model errors.
 pub fn compare(
     data_dir: &Path,
     job_id: &str,
@@ -85,33 +86,32 @@ pub fn compare(
 ) -> Result<EvalReport, TrainError> {
     let started = Instant::now();
     let settings = read_job_settings(data_dir, job_id)?;
-    let checkpoints = list_checkpoints(data_dir, job_id)?;
+    let checkpoints = checkpoints::list(data_dir, job_id)?;
+    let no_such = |checkpoint_id: Option<&str>| TrainError::NoSuchCheckpoint {
+        job_id: job_id.to_string(),
+        checkpoint_id: checkpoint_id.map(String::from),
+        kept: checkpoints.iter().map(|c| c.checkpoint_id.clone()).collect(),
+    };
     let chosen = match checkpoint_id {
-        Some(id) => checkpoints.iter().find(|c| c.checkpoint_id == id).ok_or_else(|| {
-            TrainError::Job(format!(
-                "job `{job_id}` has no checkpoint `{id}` (kept: {})",
-                checkpoints.iter().map(|c| c.checkpoint_id.as_str()).collect::<Vec<_>>().join(", ")
-            ))
-        })?,
-        None => best_checkpoint(&checkpoints)
-            .or(checkpoints.last())
-            .ok_or_else(|| TrainError::Job(format!("job `{job_id}` has no checkpoint yet")))?,
+        Some(id) => checkpoints
+            .iter()
+            .find(|c| c.checkpoint_id == id)
+            .ok_or_else(|| no_such(Some(id)))?,
+        None => best_checkpoint(&checkpoints).or(checkpoints.last()).ok_or_else(|| no_such(None))?,
     };
     let (tasks, source) = match tasks {
         Some(t) if t.is_empty() => {
-            return Err(TrainError::Job("the evaluation data holds no tasks".into()));
+            return Err(TrainError::InvalidData("the evaluation data holds no tasks".into()));
         }
         Some(t) => (t, "file".to_string()),
-        None => (job_tasks(&settings)?.1, "the job's held-out split".to_string()),
+        None => (settings.tasks()?.1, "the job's held-out split".to_string()),
     };
-    let verifiers = Verifiers { sandbox: Some(Arc::clone(sandbox)), ..Verifiers::default() };
-    let max_steps = settings.config.max_steps_per_trajectory.min(4);
-    let style = AgentStyle::of(&settings);
-    let (base, _) = initial_policy(&settings, data_dir, sandbox, &mut |_| {})?;
-    let baseline = evaluate(&base, &style, sandbox, &tasks, &verifiers, max_steps)?;
+    let evaluator = Evaluator::new(&settings, sandbox)?;
+    let (base, _) = policy::initial(&settings, data_dir, sandbox, &mut |_| {})?;
+    let baseline = evaluator.evaluate(base.as_ref(), &tasks)?;
     drop(base);
-    let (trained, _, _) = checkpoint_policy(&settings, &chosen.path)?;
-    let outcomes = evaluate(&trained, &style, sandbox, &tasks, &verifiers, max_steps)?;
+    let (trained, _) = policy::from_checkpoint(&settings, &chosen.path)?;
+    let outcomes = evaluator.evaluate(trained.as_ref(), &tasks)?;
     let pass = |xs: &[EvalOutcome]| xs.iter().map(|o| o.passed).collect::<Vec<_>>();
     let reward = |xs: &[EvalOutcome]| xs.iter().map(|o| o.reward).collect::<Vec<_>>();
     let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed);
@@ -120,7 +120,7 @@ pub fn compare(
         &pass(&outcomes),
         &reward(&baseline),
         &reward(&outcomes),
-        10_000,
+        EVAL_BOOTSTRAP_RESAMPLES,
         &mut rng,
     )?;
     Ok(EvalReport {

@@ -4,7 +4,7 @@
 use agentcore_store::{BlockingStore, CheckpointRow, TrajectoryRow};
 use serde_json::{Value, json};
 
-use crate::job::{Event, StopReason};
+use crate::events::{Event, StopReason};
 
 /// Writes what the job reports into the store.
 pub struct Recorder<'a> {

@@ -11,7 +11,8 @@ use plotters::prelude::*;
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::TrainError;
-use crate::job::{IterationMetrics, JobSettings, Summary};
+use crate::events::{IterationMetrics, Summary};
+use crate::settings::JobSettings;
 
 /// The font of the PNG (the SVG names a family and lets the viewer draw it): DejaVu Sans, whose
 /// license is beside it in `assets/`.
@@ -26,7 +27,7 @@ fn register_font() {
 }
 
 fn plot_err(e: impl std::fmt::Display) -> TrainError {
-    TrainError::Job(format!("drawing the learning curves: {e}"))
+    TrainError::Plot(e.to_string())
 }
 
 type Series = Vec<(f64, f64)>;
@@ -204,12 +205,11 @@ pub fn markdown(
     );
     let policy = match &settings.model {
         Some(m) => format!(
-            "- Policy: `{}` with LoRA (r = {}, alpha = {}, {}); no warm start.\n",
-            m.path.display(),
-            m.lora.r,
-            m.lora.lora_alpha,
+            "- Policy: {} (targets {}); no warm start.\n",
+            s.policy,
             m.lora.target_modules.join(", ")
         ),
+        None if !s.policy.is_empty() => format!("- Policy: {}.\n", s.policy),
         None => String::new(),
     };
     let _ = writeln!(
@@ -289,19 +289,19 @@ pub fn markdown(
         s.wall_seconds
     );
     let convergence = match s.stop_reason {
-        crate::job::StopReason::Completed => {
+        crate::events::StopReason::Completed => {
             format!("All {} iterations ran.", s.iterations)
         }
-        crate::job::StopReason::EarlyStopped => format!(
+        crate::events::StopReason::EarlyStopped => format!(
             "Stopped early after iteration {}: validation did not improve for {} evaluations.",
             s.iterations,
             c.early_stopping_patience.unwrap_or(0)
         ),
-        crate::job::StopReason::BudgetExhausted => format!(
+        crate::events::StopReason::BudgetExhausted => format!(
             "Stopped after iteration {}: the next iteration would have exceeded the budget.",
             s.iterations
         ),
-        crate::job::StopReason::Cancelled => {
+        crate::events::StopReason::Cancelled => {
             format!("Cancelled after iteration {} (checkpoint saved).", s.iterations)
         }
     };

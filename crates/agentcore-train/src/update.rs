@@ -117,7 +117,7 @@ pub fn policy_update(
                     .iter()
                     .map(|&i| {
                         rows[i].ref_logp.clone().ok_or_else(|| {
-                            TrainError::Job(format!(
+                            TrainError::Update(format!(
                                 "row {i} has no reference log-probs and beta is {}",
                                 settings.beta
                             ))

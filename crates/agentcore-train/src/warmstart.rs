@@ -185,7 +185,7 @@ pub fn warm_start(
     }
     // Demonstrations come from their own seed of the generator, so they never coincide with the
     // job's tasks by construction of the seed, only by chance.
-    let tasks = crate::job::seed_tasks(
+    let tasks = crate::tasks::seed_tasks(
         settings.n_demos,
         settings.seed ^ 0x5eed_de30,
         settings.max_difficulty,

@@ -1,0 +1,96 @@
+//! Where a job starts: its run directory and `job.json` (a job resumed with other settings is
+//! refused), then either its last complete checkpoint (policy, RNG and job state, so the
+//! continuation is exact) or a fresh policy and state.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use agentcore_agent::sandbox::PythonSandbox;
+use agentcore_fs::write_atomic;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::TrainError;
+use crate::checkpoints::{self, JobState};
+use crate::defaults::JOB_FILE;
+use crate::events::{Event, StopReason};
+use crate::policy::{self, Policy};
+use crate::settings::{JobSettings, read_job_settings, run_dir};
+
+/// A job ready for its next iteration.
+pub struct Start {
+    /// The policy.
+    pub policy: Box<dyn Policy>,
+    /// The job's RNG.
+    pub rng: ChaCha8Rng,
+    /// Its state.
+    pub state: JobState,
+    /// The iteration of the checkpoint it resumed from.
+    pub resumed_from: Option<u32>,
+}
+
+/// Creates the run directory and writes `job.json`, or checks that the saved one holds the same
+/// settings.
+///
+/// # Errors
+/// [`TrainError::SettingsChanged`], file errors.
+pub fn prepare_run_dir(
+    settings: &JobSettings,
+    data_dir: &Path,
+    job_id: &str,
+) -> Result<PathBuf, TrainError> {
+    let dir = run_dir(data_dir, job_id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| TrainError::Io { path: dir.clone(), message: e.to_string() })?;
+    let job_file = dir.join(JOB_FILE);
+    if job_file.is_file() {
+        let saved = read_job_settings(data_dir, job_id)?;
+        if &saved != settings {
+            return Err(TrainError::SettingsChanged { job_id: job_id.to_string(), path: job_file });
+        }
+    } else {
+        let bytes = serde_json::to_vec_pretty(settings)
+            .map_err(|e| TrainError::CorruptState { path: job_file.clone(), message: e.to_string() })?;
+        write_atomic(&job_file, &bytes)?;
+    }
+    Ok(dir)
+}
+
+/// The job's starting point: its last complete checkpoint, or (none yet) the initial policy,
+/// warm-started when it needs one, with a fresh state and the RNG seeded from the config.
+///
+/// # Errors
+/// Model or file errors, a corrupt job state.
+pub fn start(
+    settings: &JobSettings,
+    data_dir: &Path,
+    run_dir: &Path,
+    sandbox: &Arc<PythonSandbox>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Start, TrainError> {
+    match checkpoints::latest(run_dir)? {
+        Some((dir, mut state)) => {
+            let (policy, rng) = policy::from_checkpoint(settings, &dir)?;
+            // A cancelled job continues when resumed; other stops are final.
+            if state.stop_reason == Some(StopReason::Cancelled) {
+                state.stop_reason = None;
+            }
+            let resumed_from = Some(state.iteration);
+            Ok(Start { policy, rng, state, resumed_from })
+        }
+        None => {
+            let ws_start = Instant::now();
+            let (policy, cached) = policy::initial(settings, data_dir, sandbox, &mut |p| {
+                on_event(&Event::WarmStart(p));
+            })?;
+            let warm = if cached { 0.0 } else { ws_start.elapsed().as_secs_f64() };
+            Ok(Start {
+                policy,
+                rng: ChaCha8Rng::seed_from_u64(settings.config.seed),
+                state: JobState::new(warm, cached),
+                resumed_from: None,
+            })
+        }
+    }
+}
