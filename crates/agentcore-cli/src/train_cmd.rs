@@ -12,8 +12,8 @@ use agentcore_train::checkpoints::resume_point;
 use agentcore_train::defaults::{self, SEED_AGENT_ID};
 use agentcore_train::events::{Event, Summary};
 use agentcore_train::job::JobContext;
-use agentcore_train::settings::{JobSettings, read_job_settings};
 use agentcore_train::record::{Recorder, export_record};
+use agentcore_train::settings::{JobSettings, read_job_settings};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 

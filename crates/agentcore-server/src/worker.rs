@@ -17,8 +17,8 @@ use agentcore_store::{BlockingStore, JobRow, Store};
 use agentcore_train::checkpoints::resume_point;
 use agentcore_train::events::Event;
 use agentcore_train::job::JobContext;
-use agentcore_train::settings::JobSettings;
 use agentcore_train::record::Recorder;
+use agentcore_train::settings::JobSettings;
 use serde_json::json;
 
 use crate::metrics::Metrics;

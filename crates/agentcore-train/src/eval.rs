@@ -93,11 +93,12 @@ pub fn compare(
         kept: checkpoints.iter().map(|c| c.checkpoint_id.clone()).collect(),
     };
     let chosen = match checkpoint_id {
-        Some(id) => checkpoints
-            .iter()
-            .find(|c| c.checkpoint_id == id)
-            .ok_or_else(|| no_such(Some(id)))?,
-        None => best_checkpoint(&checkpoints).or(checkpoints.last()).ok_or_else(|| no_such(None))?,
+        Some(id) => {
+            checkpoints.iter().find(|c| c.checkpoint_id == id).ok_or_else(|| no_such(Some(id)))?
+        }
+        None => {
+            best_checkpoint(&checkpoints).or(checkpoints.last()).ok_or_else(|| no_such(None))?
+        }
     };
     let (tasks, source) = match tasks {
         Some(t) if t.is_empty() => {

@@ -45,7 +45,10 @@ impl<'a> Evaluator<'a> {
     ///
     /// # Errors
     /// An unknown reward.
-    pub fn new(settings: &'a JobSettings, sandbox: &Arc<PythonSandbox>) -> Result<Self, TrainError> {
+    pub fn new(
+        settings: &'a JobSettings,
+        sandbox: &Arc<PythonSandbox>,
+    ) -> Result<Self, TrainError> {
         Ok(Self {
             settings,
             sandbox: Arc::clone(sandbox),

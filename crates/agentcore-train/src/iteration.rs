@@ -39,7 +39,6 @@ pub struct IterationOutput {
 ///
 /// # Errors
 /// Backend, reward or update errors.
-#[expect(clippy::too_many_arguments, reason = "the phases' inputs, each used once")]
 pub fn run_iteration(
     iteration: u32,
     settings: &JobSettings,

@@ -114,8 +114,15 @@ pub fn run(
         let iteration = state.iteration + 1;
         let span = tracing::info_span!("iteration", job_id = %ctx.job_id, iteration);
         let _entered = span.enter();
-        let out =
-            run_iteration(iteration, settings, policy.as_mut(), &evaluator, &sandbox, &train, &mut rng)?;
+        let out = run_iteration(
+            iteration,
+            settings,
+            policy.as_mut(),
+            &evaluator,
+            &sandbox,
+            &train,
+            &mut rng,
+        )?;
         state.api_cost_usd += out.api_cost_usd;
         on_event(&Event::Rollouts { iteration, records: out.records });
         state.iteration = iteration;

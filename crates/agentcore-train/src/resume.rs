@@ -50,8 +50,10 @@ pub fn prepare_run_dir(
             return Err(TrainError::SettingsChanged { job_id: job_id.to_string(), path: job_file });
         }
     } else {
-        let bytes = serde_json::to_vec_pretty(settings)
-            .map_err(|e| TrainError::CorruptState { path: job_file.clone(), message: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(settings).map_err(|e| TrainError::CorruptState {
+            path: job_file.clone(),
+            message: e.to_string(),
+        })?;
         write_atomic(&job_file, &bytes)?;
     }
     Ok(dir)

@@ -68,8 +68,7 @@ pub fn learning_rate_at(config: &GRPOConfig, step: u64) -> f64 {
 /// B starts at 0 anyway).
 fn lora_model(settings: &JobSettings, m: &ExternalModel) -> Result<LoadedModel, TrainError> {
     let mut model = load_model(&m.path, false, &Device::Cpu)?;
-    let mut rng =
-        ChaCha8Rng::seed_from_u64(settings.config.seed ^ defaults::LORA_INIT_SEED_SALT);
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ defaults::LORA_INIT_SEED_SALT);
     model.model.enable_lora(&m.lora, &mut rng)?;
     Ok(model)
 }
@@ -169,9 +168,14 @@ impl Policy for WeightsPolicy {
             Some(l) => format!(
                 "weights: LoRA r={} alpha={} on {} ({trained} adapter parameters trained, base \
                  frozen)",
-                l.r, l.lora_alpha, self.model.source.display()
+                l.r,
+                l.lora_alpha,
+                self.model.source.display()
             ),
-            None => format!("weights: {} model, all {trained} parameters trained", self.model.source.display()),
+            None => format!(
+                "weights: {} model, all {trained} parameters trained",
+                self.model.source.display()
+            ),
         }
     }
 
