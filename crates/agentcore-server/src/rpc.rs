@@ -2,7 +2,6 @@
 //! (single calls, batches, notifications), and the methods of the contract.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,7 +195,7 @@ async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<Rpc
 
 fn internal(context: &str, e: impl std::fmt::Display) -> RpcError {
     let correlation = uuid::Uuid::new_v4().simple().to_string();
-    let _ = writeln!(std::io::stderr(), "internal error {correlation} in {context}: {e}");
+    tracing::error!(correlation = %correlation, context, error = %e, "internal error");
     RpcError::new(codes::INTERNAL_ERROR, format!("internal error (correlation id {correlation})"))
 }
 

@@ -169,17 +169,21 @@ async fn attempt(
         },
     };
     let delivered = error.is_none();
-    let _ = store
+    let message_id = m.message_id.clone();
+    if let Err(e) = store
         .record_delivery(&WebhookDelivery {
             subscription_id: m.subscription_id,
-            message_id: m.message_id,
+            message_id: m.message_id.clone(),
             event: m.event,
             attempt: number,
             status_code: status,
             error,
             created_at: String::new(),
         })
-        .await;
+        .await
+    {
+        tracing::error!(message_id = %message_id, error = %e, "could not record a webhook delivery");
+    }
     let outcome = if delivered {
         AttemptOutcome::Delivered
     } else if number >= config.max_attempts.max(1) {
@@ -188,7 +192,10 @@ async fn attempt(
         let doublings = (number - 1).min(20);
         AttemptOutcome::RetryAfter(config.first_backoff.saturating_mul(1 << doublings))
     };
-    let _ = store.finish_webhook_attempt(claimed.id, &deliverer, outcome).await;
+    if let Err(e) = store.finish_webhook_attempt(claimed.id, &deliverer, outcome).await {
+        tracing::error!(message_id = %message_id, error = %e,
+            "could not record a webhook attempt's outcome; it is retried after its lease");
+    }
 }
 
 /// The outbox messages of a batch of events: one per matching subscription of each contract
@@ -249,17 +256,26 @@ pub async fn run_deliverer(
             // Let attempts in flight record their outcome (each POST times out after 10 s), so
             // a message that was tried is rescheduled now rather than after its lease runs out.
             let drain = async { while in_flight.join_next().await.is_some() {} };
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain).await;
+            if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+                tracing::warn!("webhook attempts still in flight at shutdown wait out their lease");
+            }
             return;
         }
         let mut busy = false;
-        if let Ok(cursor) = store.webhook_cursor().await {
-            let events = store.events_after(None, cursor, 500).await.unwrap_or_default();
-            if let Some(last) = events.last() {
-                let messages = messages_for(&store, &config, &events).await;
-                let _ = store.enqueue_webhooks(cursor, last.id, &messages).await;
-                busy = events.len() == 500;
-            }
+        match store.webhook_cursor().await {
+            Ok(cursor) => match store.events_after(None, cursor, 500).await {
+                Ok(events) => {
+                    if let Some(last) = events.last() {
+                        let messages = messages_for(&store, &config, &events).await;
+                        if let Err(e) = store.enqueue_webhooks(cursor, last.id, &messages).await {
+                            tracing::error!(error = %e, "could not queue webhook messages; retrying");
+                        }
+                        busy = events.len() == 500;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not read events for webhooks"),
+            },
+            Err(e) => tracing::error!(error = %e, "could not read the webhook cursor"),
         }
         while in_flight.try_join_next().is_some() {}
         while in_flight.len() < MAX_IN_FLIGHT {

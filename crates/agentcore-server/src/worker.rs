@@ -117,13 +117,24 @@ impl Workers {
                             stop_on_shutdown.store(true, Ordering::SeqCst);
                         }
                     });
-                    let _ = tokio::task::spawn_blocking(move || {
+                    let job_id = job.id.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || {
                         me.run_job(&id, job, handle, stop, shutting_down);
                     })
-                    .await;
+                    .await
+                    {
+                        tracing::error!(job_id = %job_id, error = %e, "the job's thread panicked");
+                    }
                     guard.abort();
                 }
-                Ok(None) | Err(_) => {
+                Ok(None) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.poll) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %id, error = %e, "claiming a job failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(self.config.poll) => {}
                         _ = shutdown.changed() => {}
@@ -144,9 +155,12 @@ impl Workers {
     ) {
         let db = BlockingStore::with_handle(self.store.clone(), handle.clone());
         let fail = |message: String| {
+            tracing::error!(job_id = %job.id, error = %message, "job failed");
             let payload = json!({"error": message});
-            let _ = db.call(|s| s.record_event(&job.id, "training.job.failed", &payload));
-            let _ = db.call(|s| {
+            if let Err(e) = db.call(|s| s.record_event(&job.id, "training.job.failed", &payload)) {
+                tracing::error!(job_id = %job.id, error = %e, "could not record the failure event");
+            }
+            if let Err(e) = db.call(|s| {
                 s.finish_leased_job(
                     &job.id,
                     worker,
@@ -156,7 +170,9 @@ impl Workers {
                     None,
                     Some(&message),
                 )
-            });
+            }) {
+                tracing::error!(job_id = %job.id, error = %e, "could not mark the job failed");
+            }
         };
         let settings: JobSettings = match serde_json::from_value(job.settings.clone()) {
             Ok(s) => s,
@@ -173,10 +189,17 @@ impl Workers {
         };
         // A job taken over from a dead worker continues from its last checkpoint: what was
         // recorded after it is run again.
-        if let Ok(Some(point)) = resume_point(&self.config.data_dir, &job.id) {
-            let _ = db.call(|s| s.forget_after(&job.id, point));
-        } else if job.attempts > 1 {
-            let _ = db.call(|s| s.forget_after(&job.id, 0));
+        let forget_from = match resume_point(&self.config.data_dir, &job.id) {
+            Ok(Some(point)) => Some(point),
+            Ok(None) => (job.attempts > 1).then_some(0),
+            Err(e) => return fail(e.to_string()),
+        };
+        if let Some(point) = forget_from {
+            tracing::info!(job_id = %job.id, point, attempts = job.attempts,
+                "continuing a job from its last checkpoint");
+            if let Err(e) = db.call(|s| s.forget_after(&job.id, point)) {
+                return fail(format!("forgetting what was recorded after iteration {point}: {e}"));
+            }
         }
         let done = Arc::new(AtomicBool::new(false));
         let heartbeat = {
@@ -195,7 +218,8 @@ impl Workers {
                     match handle.block_on(store.heartbeat(&job_id, &worker, lease)) {
                         Ok(l) if l.held && !l.cancel_requested => {}
                         Ok(_) => stop.store(true, Ordering::SeqCst),
-                        Err(_) => {}
+                        Err(e) => tracing::warn!(job_id = %job_id, error = %e,
+                            "heartbeat failed; retrying"),
                     }
                 }
             })
@@ -229,10 +253,16 @@ impl Workers {
             }
         });
         done.store(true, Ordering::SeqCst);
-        let _ = heartbeat.join();
+        if heartbeat.join().is_err() {
+            tracing::error!(job_id = %job.id, "the heartbeat thread panicked");
+        }
         if shutting_down.load(Ordering::SeqCst) {
             // Stopped with a checkpoint for the shutdown: the next worker continues it.
-            let _ = db.call(|s| s.release_lease(&job.id, worker));
+            tracing::info!(job_id = %job.id, "stopped for the shutdown with a checkpoint");
+            if let Err(e) = db.call(|s| s.release_lease(&job.id, worker)) {
+                tracing::warn!(job_id = %job.id, error = %e,
+                    "could not release the lease; it expires on its own");
+            }
             return;
         }
         match result {
