@@ -206,7 +206,7 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
             system_prompt: base.unwrap_or_else(defaults::system_prompt),
         });
         // A chat model's conversations are longer than the built-in model's.
-        settings.rollout = Some(defaults::rollout_limits(true));
+        settings.rollout = Some(agentcore_train::settings::RolloutLimits::for_agent(true));
         if args.n_tasks.is_none() {
             settings.n_tasks = defaults::REAL_MODEL_N_TASKS;
         }

@@ -7,8 +7,6 @@ use std::time::Duration;
 use agentcore_grpo::GRPOConfig;
 use rust_decimal::Decimal;
 
-use crate::settings::RolloutLimits;
-
 /// The id the built-in agent is registered under.
 pub const SEED_AGENT_ID: &str = "seed-agent";
 /// Checkpoints kept besides the latest: the best this many by validation success.
@@ -62,24 +60,14 @@ pub const REMOTE_REWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Mixed into the job's seed for the initial LoRA values, so they are not the same stream as
 /// the job's sampling RNG.
 pub const LORA_INIT_SEED_SALT: u64 = 0x10_7a;
+/// Mixed into the warm start's seed for the tasks its demonstrations are made from, so they
+/// are not the job's tasks by construction.
+pub const DEMO_TASKS_SEED_SALT: u64 = 0x5eed_de30;
 
 /// The price per hour of the embedded default.
 #[must_use]
 pub fn price_per_hour_usd() -> Decimal {
     Decimal::new(PRICE_PER_HOUR_USD_CENTS, 2)
-}
-
-/// The rollout limits of an agent: the built-in model's or a chat model's.
-#[must_use]
-pub fn rollout_limits(chat_model: bool) -> RolloutLimits {
-    RolloutLimits {
-        max_conversation_tokens: if chat_model {
-            CHAT_MAX_CONVERSATION_TOKENS
-        } else {
-            BUILT_IN_MAX_CONVERSATION_TOKENS
-        },
-        max_observation_chars: MAX_OBSERVATION_CHARS,
-    }
 }
 
 /// The embedded default's GRPO settings for the built-in model: 100 iterations of 16 queries x 8

@@ -59,7 +59,7 @@ pub struct JobSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
     /// Conversation limits of rollouts and evaluation; the agent kind's defaults
-    /// ([`defaults::rollout_limits`]) when unset (jobs written before the field existed).
+    /// ([`RolloutLimits::for_agent`]) when unset (jobs written before the field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutLimits>,
 }
@@ -73,6 +73,21 @@ pub struct RolloutLimits {
     pub max_conversation_tokens: u64,
     /// Longest tool output shown to the model, characters (longer ones are cut and marked).
     pub max_observation_chars: usize,
+}
+
+impl RolloutLimits {
+    /// The defaults of an agent kind: the built-in model's or a chat model's.
+    #[must_use]
+    pub fn for_agent(chat_model: bool) -> Self {
+        Self {
+            max_conversation_tokens: if chat_model {
+                defaults::CHAT_MAX_CONVERSATION_TOKENS
+            } else {
+                defaults::BUILT_IN_MAX_CONVERSATION_TOKENS
+            },
+            max_observation_chars: defaults::MAX_OBSERVATION_CHARS,
+        }
+    }
 }
 
 /// A reward served over HTTP (e.g. a Python function registered with the SDK).
@@ -151,7 +166,7 @@ impl JobSettings {
     pub fn embedded() -> Self {
         Self {
             config: defaults::embedded_config(),
-            rollout: Some(defaults::rollout_limits(false)),
+            rollout: Some(RolloutLimits::for_agent(false)),
             ..Self::default()
         }
     }
@@ -222,7 +237,7 @@ impl JobSettings {
     /// The job's conversation limits (saved ones, else the agent kind's defaults).
     #[must_use]
     pub fn rollout_limits(&self) -> RolloutLimits {
-        self.rollout.unwrap_or_else(|| defaults::rollout_limits(self.model.is_some()))
+        self.rollout.unwrap_or_else(|| RolloutLimits::for_agent(self.model.is_some()))
     }
 
     /// The agent type that picks the reward strategy.

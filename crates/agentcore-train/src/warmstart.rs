@@ -187,7 +187,7 @@ pub fn warm_start(
     // job's tasks by construction of the seed, only by chance.
     let tasks = crate::tasks::seed_tasks(
         settings.n_demos,
-        settings.seed ^ 0x5eed_de30,
+        settings.seed ^ crate::defaults::DEMO_TASKS_SEED_SALT,
         settings.max_difficulty,
     )?;
     let demos = demonstrations(&tasks, settings, sandbox);
