@@ -33,11 +33,20 @@ use crate::tools::{CalculatorTool, HttpTool, PythonTool, Toolbox};
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelSpec {
     /// The built-in model of the embedded default (warm-started by `agentcore train`).
-    BuiltIn,
+    BuiltIn {
+        /// Overrides of the warm start (`agentcore_train::warmstart::WarmStartSettings`: model
+        /// size, demonstrations, steps); checked, unknown keys refused, when a job is made of
+        /// the agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        warm_start: Option<serde_json::Map<String, Value>>,
+    },
     /// A Hugging Face directory or a GGUF file, run in-process.
     Local {
         /// The directory or file.
         path: PathBuf,
+        /// The LoRA adapters GRPO trains (default: rank 8 on the attention projections).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lora: Option<agentcore_model::decoder::LoraConfig>,
     },
     /// An OpenAI-compatible endpoint.
     Openai(OpenAiSettings),
@@ -115,12 +124,10 @@ fn default_http_timeout() -> f64 {
 fn default_agent_type() -> String {
     "default".into()
 }
-fn default_max_steps() -> u32 {
-    20
-}
-fn default_max_tokens() -> u64 {
-    4096
-}
+/// Model turns per trajectory of an agent that sets none (the contract's default).
+pub const DEFAULT_MAX_STEPS: u32 = 20;
+/// Tokens per trajectory of an agent that sets none.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// An agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,18 +149,19 @@ pub struct AgentDefinition {
     /// What training changes.
     #[serde(default)]
     pub policy: PolicyKind,
-    /// Sampling of each turn.
-    #[serde(default)]
-    pub sampling: Sampling,
+    /// Sampling of each turn ([`Sampling::default`] when unset; a job's config, where it sets
+    /// these, wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
     /// How tool calls are written (`hermes` for LLMs, `tags` for the built-in model).
     #[serde(default)]
     pub tool_call_format: Option<CallFormat>,
-    /// Most model turns per trajectory (1..=100).
-    #[serde(default = "default_max_steps")]
-    pub max_steps_per_trajectory: u32,
-    /// Most tokens per trajectory.
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens_per_trajectory: u64,
+    /// Most model turns per trajectory (1..=100; [`DEFAULT_MAX_STEPS`] when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps_per_trajectory: Option<u32>,
+    /// Most tokens per trajectory ([`DEFAULT_MAX_TOKENS`] when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_trajectory: Option<u64>,
 }
 
 /// A definition error: the field, the rule and the value.
@@ -178,6 +186,22 @@ impl AgentDefinition {
     pub fn from_yaml(text: &str) -> Result<Self, DefinitionError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let def: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            bad(
+                if path == "." { "agent definition".to_owned() } else { path },
+                e.into_inner().to_string(),
+            )
+        })?;
+        def.validate()?;
+        Ok(def)
+    }
+
+    /// Parses a JSON value (what `agents.register` stores) and checks the ranges.
+    ///
+    /// # Errors
+    /// Unknown fields, wrong types and broken rules, each naming the field.
+    pub fn from_value(value: Value) -> Result<Self, DefinitionError> {
+        let def: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             bad(
                 if path == "." { "agent definition".to_owned() } else { path },
@@ -215,16 +239,15 @@ impl AgentDefinition {
                 ),
             ));
         }
-        if !(1..=100).contains(&self.max_steps_per_trajectory) {
-            return Err(bad(
-                "max_steps_per_trajectory",
-                format!("must be in 1..=100, got {}", self.max_steps_per_trajectory),
-            ));
+        if let Some(n) = self.max_steps_per_trajectory
+            && !(1..=100).contains(&n)
+        {
+            return Err(bad("max_steps_per_trajectory", format!("must be in 1..=100, got {n}")));
         }
-        if self.max_tokens_per_trajectory == 0 {
+        if self.max_tokens_per_trajectory == Some(0) {
             return Err(bad("max_tokens_per_trajectory", "must be >= 1, got 0"));
         }
-        let s = &self.sampling;
+        let s = &self.sampling.clone().unwrap_or_default();
         if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
             return Err(bad(
                 "sampling.temperature",
@@ -320,7 +343,7 @@ impl AgentDefinition {
     #[must_use]
     pub fn call_format(&self) -> CallFormat {
         self.tool_call_format.unwrap_or(match self.model {
-            ModelSpec::BuiltIn => CallFormat::Tags,
+            ModelSpec::BuiltIn { .. } => CallFormat::Tags,
             _ => CallFormat::Hermes,
         })
     }
@@ -397,9 +420,9 @@ impl AgentDefinition {
         }
         let mut rt = AgentRuntime::new(toolbox, self.call_format());
         rt.system_prompt = self.system_prompt.clone();
-        rt.sampling = self.sampling.clone();
-        rt.max_steps = self.max_steps_per_trajectory;
-        rt.max_tokens = self.max_tokens_per_trajectory;
+        rt.sampling = self.sampling.clone().unwrap_or_default();
+        rt.max_steps = self.max_steps_per_trajectory.unwrap_or(DEFAULT_MAX_STEPS);
+        rt.max_tokens = self.max_tokens_per_trajectory.unwrap_or(DEFAULT_MAX_TOKENS);
         Ok(rt)
     }
 }

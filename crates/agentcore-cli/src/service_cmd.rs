@@ -312,12 +312,12 @@ pub fn jobs_remote(cmd: JobsCommand) -> anyhow::Result<()> {
             n_iterations,
             max_budget_usd,
         } => {
+            // The file's own keys only (checked here first): the server fills in the rest from
+            // the agent and the defaults, as `agentcore train --config` does.
             let mut cfg = match &config {
                 Some(p) => {
-                    let c = crate::load_config(p)?;
-                    serde_json::from_str::<Value>(
-                        &c.to_string_format(agentcore_grpo::ConfigFormat::Json),
-                    )?
+                    crate::load_config(p)?;
+                    crate::train_cmd::parse_document(p)?.0
                 }
                 None => json!({}),
             };

@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use agentcore_agent::definition::AgentDefinition;
 use agentcore_grpo::{ConfigFormat, GRPOConfig};
 use agentcore_store::{BlockingStore, NewJob, TrajectoryFilter};
 use agentcore_train::checkpoints::resume_point;
-use agentcore_train::defaults::{self, SEED_AGENT_ID};
 use agentcore_train::events::{Event, Summary};
 use agentcore_train::job::JobContext;
 use agentcore_train::record::{Recorder, export_record};
 use agentcore_train::settings::{JobSettings, read_job_settings};
+use agentcore_train::spec;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 
 use crate::{InputError, write_stdout};
 
@@ -67,6 +68,11 @@ pub struct TrainArgs {
     /// Held-out tasks for --data [default: a seeded --eval-fraction of --data].
     #[arg(long, value_name = "FILE", requires = "data")]
     eval_data: Option<PathBuf>,
+    /// The agent to train: a definition file (YAML or JSON, as in `examples/agents/`; the same
+    /// document `agents.register` takes): a `built_in` model (with `warm_start` overrides) or a
+    /// `local` one (with `lora`), its system prompt, `python` tool, sampling and limits.
+    #[arg(long, value_name = "FILE", conflicts_with = "model")]
+    agent: Option<PathBuf>,
     /// Train a pretrained model with LoRA instead of the built-in one: a `.gguf` file (e.g.
     /// Gemma 3 270M from scripts/fetch_gemma3.sh) or a Hugging Face model directory. Without
     /// --n-tasks the job then uses 48 tasks (12 held out): generation on CPU is slow.
@@ -100,7 +106,8 @@ pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
     })
 }
 
-fn parse_document(path: &Path) -> anyhow::Result<(Value, ConfigFormat, String)> {
+/// A YAML, TOML or JSON document (by extension) as JSON.
+pub(crate) fn parse_document(path: &Path) -> anyhow::Result<(Value, ConfigFormat, String)> {
     let (text, format) = crate::read_config_file(path)?;
     let value: Value = match format {
         ConfigFormat::Json => serde_json::from_str(&text).map_err(|e| e.to_string()),
@@ -111,49 +118,106 @@ fn parse_document(path: &Path) -> anyhow::Result<(Value, ConfigFormat, String)> 
     Ok((value, format, text))
 }
 
-/// The job settings of a `--config` file.
-fn load_job_file(path: &Path) -> anyhow::Result<JobSettings> {
-    let (value, format, text) = parse_document(path)?;
+/// Keys of a job file besides `grpo`.
+const JOB_FILE_KEYS: [&str; 6] =
+    ["warm_start", "n_tasks", "eval_fraction", "max_difficulty", "price_per_hour_usd", "reward"];
+
+/// A `--config` file: a GRPOConfig (its keys), or a job file `{grpo: {...}, warm_start, n_tasks,
+/// ...}` (the `grpo` keys and the rest).
+fn load_job_file(path: &Path) -> anyhow::Result<(Map<String, Value>, Map<String, Value>)> {
+    let (value, _, _) = parse_document(path)?;
     let bad = |e: String| InputError(format!("{}: {e}", path.display()));
-    let Some(map) = value.as_object().filter(|m| m.contains_key("grpo")) else {
-        // A plain GRPOConfig: parsed by its own loader (unknown fields named, ranges checked).
-        let config = GRPOConfig::from_str_format(&text, format).map_err(|e| bad(e.to_string()))?;
-        return Ok(JobSettings { config, ..JobSettings::default() });
+    let Value::Object(mut map) = value else {
+        return Err(bad("must be a mapping of GRPOConfig fields, or a job file".into()).into());
     };
-    let mut map = map.clone();
-    let grpo = map.remove("grpo").unwrap_or(Value::Null);
-    let config = GRPOConfig::from_value(grpo).map_err(|e| bad(format!("grpo: {e}")))?;
-    let defaults = serde_json::to_value(JobSettings::default()).map_err(|e| bad(e.to_string()))?;
-    let mut merged = defaults.as_object().cloned().unwrap_or_default();
-    for (k, v) in map {
-        if k == "warm_start"
-            && let (Some(Value::Object(base)), Value::Object(over)) = (merged.get_mut(&k), &v)
-        {
-            for (wk, wv) in over {
-                base.insert(wk.clone(), wv.clone());
-            }
-            continue;
-        }
-        if !merged.contains_key(&k) {
-            return Err(bad(format!(
-                "unknown field `{k}` (expected grpo, warm_start, n_tasks, eval_fraction, \
-                 max_difficulty, price_per_hour_usd)"
+    if !map.contains_key("grpo") {
+        return Ok((map, Map::new()));
+    }
+    let grpo = match map.remove("grpo") {
+        Some(Value::Object(g)) => g,
+        Some(Value::Null) | None => Map::new(),
+        Some(other) => return Err(bad(format!("grpo must be a mapping, got {other}")).into()),
+    };
+    if let Some(k) = map.keys().find(|k| !JOB_FILE_KEYS.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown field `{k}` (expected grpo, {})",
+            JOB_FILE_KEYS.join(", ")
+        ))
+        .into());
+    }
+    Ok((grpo, map))
+}
+
+/// The agent of a `train` command: `--agent FILE`, a pretrained model (`--model`), or the
+/// built-in agent.
+fn agent_from_args(args: &TrainArgs) -> anyhow::Result<AgentDefinition> {
+    if let Some(path) = &args.agent {
+        return AgentDefinition::from_path(path)
+            .map_err(|e| InputError(format!("--agent {e}")).into());
+    }
+    let mut settings = JobSettings::embedded();
+    if let Some(path) = &args.model {
+        if !path.exists() {
+            return Err(InputError(format!(
+                "--model {}: no such file or directory (scripts/fetch_gemma3.sh fetches Gemma 3 \
+                 270M)",
+                path.display()
             ))
             .into());
         }
-        merged.insert(k, v);
+        let lora = agentcore_model::decoder::LoraConfig {
+            r: args.lora_rank,
+            lora_alpha: 2.0 * args.lora_rank as f64,
+            ..agentcore_model::decoder::LoraConfig::default()
+        };
+        settings.model = Some(agentcore_train::settings::ExternalModel {
+            lora,
+            ..agentcore_train::settings::ExternalModel::default_for(path.clone())
+        });
     }
-    merged.insert("config".into(), serde_json::to_value(&config).map_err(|e| bad(e.to_string()))?);
-    let settings: JobSettings =
-        serde_json::from_value(Value::Object(merged)).map_err(|e| bad(e.to_string()))?;
-    Ok(settings)
+    Ok(spec::agent_of(&settings))
 }
 
-fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
-    let mut settings = match &args.config {
-        Some(path) => load_job_file(path)?,
-        None => JobSettings::embedded(),
+/// The job settings of a `train` command and the agent they train.
+fn settings_from_args(args: &TrainArgs) -> anyhow::Result<(JobSettings, AgentDefinition)> {
+    let agent = agent_from_args(args)?;
+    let (config, extras) = match &args.config {
+        Some(path) => {
+            let (c, e) = load_job_file(path)?;
+            (Some(c), e)
+        }
+        None => (None, Map::new()),
     };
+    let in_file = |e: agentcore_train::TrainError| match &args.config {
+        Some(p) => anyhow::Error::new(InputError(format!("{}: {e}", p.display()))),
+        None => train_error(e),
+    };
+    let mut settings = spec::resolve(&agent, config.as_ref(), None).map_err(in_file)?;
+    if !extras.is_empty() {
+        let mut value = serde_json::to_value(&settings)?;
+        for (k, v) in extras {
+            if k == "warm_start" {
+                let Value::Object(over) = v else {
+                    return Err(InputError("warm_start must be a mapping".into()).into());
+                };
+                if settings.model.is_some() {
+                    return Err(InputError(
+                        "warm_start: a pretrained model has no warm start".into(),
+                    )
+                    .into());
+                }
+                value[k] = serde_json::to_value(spec::warm_start(Some(&over)).map_err(in_file)?)?;
+            } else {
+                value[k] = v;
+            }
+        }
+        settings = serde_json::from_value(value).map_err(|e| {
+            InputError(format!(
+                "{}: {e}",
+                args.config.as_deref().unwrap_or(Path::new("")).display()
+            ))
+        })?;
+    }
     let c = &mut settings.config;
     if let Some(v) = args.n_iterations {
         c.n_iterations = v;
@@ -185,36 +249,6 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
     if let Some(v) = args.warm_start_steps {
         settings.warm_start.steps = v;
     }
-    if let Some(path) = &args.model {
-        if !path.exists() {
-            return Err(InputError(format!(
-                "--model {}: no such file or directory (scripts/fetch_gemma3.sh fetches Gemma 3 \
-                 270M)",
-                path.display()
-            ))
-            .into());
-        }
-        let lora = agentcore_model::decoder::LoraConfig {
-            r: args.lora_rank,
-            lora_alpha: 2.0 * args.lora_rank as f64,
-            ..agentcore_model::decoder::LoraConfig::default()
-        };
-        let base = settings.model.take().map(|m| m.system_prompt);
-        settings.model = Some(agentcore_train::settings::ExternalModel {
-            path: path.clone(),
-            lora,
-            system_prompt: base.unwrap_or_else(defaults::system_prompt),
-        });
-        // A chat model's conversations are longer than the built-in model's.
-        settings.rollout = Some(agentcore_train::settings::RolloutLimits::for_agent(true));
-        if args.n_tasks.is_none() {
-            settings.n_tasks = defaults::REAL_MODEL_N_TASKS;
-        }
-        if args.config.is_none() {
-            settings.reward = defaults::REWARD.into();
-            defaults::apply_real_model_config(&mut settings.config);
-        }
-    }
     if let Some(r) = &args.reward {
         settings.reward = r.clone();
     }
@@ -232,8 +266,6 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
         };
         settings.data = Some(agentcore_train::settings::JobData { train, eval });
     }
-    // The conversation limits are saved with the job, so a resume runs under the same ones.
-    settings.rollout = Some(settings.rollout_limits());
     // Validate the whole config (flags included) before any work starts.
     let text = settings.config.to_string_format(ConfigFormat::Json);
     settings.config = GRPOConfig::from_json_str(&text).map_err(|e| InputError(e.to_string()))?;
@@ -241,7 +273,7 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<JobSettings> {
     if !problems.is_empty() {
         return Err(InputError(format!("invalid job: {}", problems.join("; "))).into());
     }
-    Ok(settings)
+    Ok((settings, agent))
 }
 
 fn changes_settings(args: &TrainArgs) -> bool {
@@ -257,29 +289,9 @@ fn changes_settings(args: &TrainArgs) -> bool {
         || args.eval_fraction.is_some()
         || args.warm_start_steps.is_some()
         || args.model.is_some()
+        || args.agent.is_some()
         || args.reward.is_some()
         || args.data.is_some()
-}
-
-/// The built-in agent's definition, as registered under `seed-agent`.
-fn agent_definition(settings: &JobSettings) -> Value {
-    match &settings.model {
-        None => json!({
-            "id": SEED_AGENT_ID,
-            "model": {"built_in": settings.warm_start.model},
-            "tools": [{"python": {}}],
-            "format": "tags",
-            "tasks": "seed",
-        }),
-        Some(m) => json!({
-            "id": settings.agent_id(),
-            "model": {"local": m.path, "lora": m.lora},
-            "system_prompt": m.system_prompt,
-            "tools": [{"python": {}}],
-            "format": "hermes",
-            "tasks": "seed",
-        }),
-    }
 }
 
 fn store_path(data_dir: &Path) -> PathBuf {
@@ -447,7 +459,7 @@ fn train_error(e: agentcore_train::TrainError) -> anyhow::Error {
 /// `agentcore train`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data_dir = data_dir(args.data_dir.clone());
-    let (settings, job_id) = match &args.resume {
+    let (settings, agent_definition, job_id) = match &args.resume {
         Some(job) => {
             if changes_settings(&args) {
                 return Err(InputError(format!(
@@ -457,13 +469,24 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 .into());
             }
             let settings = read_job_settings(&data_dir, job).map_err(train_error)?;
-            (settings, job.clone())
+            let agent = spec::agent_of(&settings);
+            (settings, agent, job.clone())
         }
-        None => (settings_from_args(&args)?, uuid::Uuid::new_v4().to_string()),
+        None => {
+            let (settings, agent) = settings_from_args(&args)?;
+            (settings, agent, uuid::Uuid::new_v4().to_string())
+        }
     };
+    let estimate = spec::estimated_cost_usd(&settings);
+    if estimate > settings.config.max_budget_usd {
+        // The server refuses such a job; here it runs and stops with `budget_exhausted`.
+        tracing::warn!(job_id = %job_id, estimated_cost_usd = %estimate,
+            max_budget_usd = %settings.config.max_budget_usd,
+            "the job's estimated compute exceeds its budget: it will stop early");
+    }
     let sandbox = Arc::new(agentcore_agent::sandbox::PythonSandbox::detect()?);
     let store = BlockingStore::open(&store_path(&data_dir))?;
-    let definition = agent_definition(&settings);
+    let definition = serde_json::to_value(&agent_definition)?;
     let agent = settings.agent_id();
     store.call(|s| s.register_agent(&agent, &definition))?;
     let ctx = JobContext {

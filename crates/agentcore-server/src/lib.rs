@@ -11,6 +11,7 @@
 //! - Bearer JWTs ([`auth`]), per-caller rate limits ([`limits`]) and a body size limit.
 #![deny(missing_docs)]
 
+pub mod agents;
 pub mod auth;
 pub mod limits;
 pub mod metrics;
@@ -129,7 +130,7 @@ impl Server {
             None => Store::open(&config.data_dir.join("agentcore.db")).await,
         }
         .map_err(|e| e.to_string())?;
-        rpc::register_builtin_agent(&store).await.map_err(|e| e.to_string())?;
+        agents::register_builtin_agent(&store).await.map_err(|e| e.to_string())?;
         let auth = Auth::new(&config.auth)?;
         let metrics = Arc::new(Metrics::new());
         let (shutdown, rx) = tokio::sync::watch::channel(false);

@@ -10,13 +10,12 @@ use agentcore_api::{
     CancelResult, Cost, JobStatus, ListResult, Progress, Request, Response as RpcResponse,
     RpcError, StartResult, SubscribeResult, WEBHOOK_EVENTS, codes, methods,
 };
-use agentcore_grpo::{GRPOConfig, GrpoError};
+use agentcore_grpo::GrpoError;
 use agentcore_store::{
     CancelOutcome, JobFilter, JobRow, NewJob, Store, TrajectoryFilter, WebhookRow,
 };
 use agentcore_tasks::Task;
-use agentcore_train::defaults::SEED_AGENT_ID;
-use agentcore_train::settings::{JobData, JobSettings};
+use agentcore_train::settings::JobData;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -53,25 +52,6 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Box<Res
         return Err(Box::new(unauthorized("missing bearer token")));
     };
     state.auth.verify(&token).map_err(|e| Box::new(unauthorized(&e)))
-}
-
-/// The built-in agent of the embedded default, always registered as `seed-agent`.
-///
-/// # Errors
-/// Database errors.
-pub async fn register_builtin_agent(store: &Store) -> agentcore_store::Result<()> {
-    if store.agent(SEED_AGENT_ID).await?.is_none() {
-        let definition = json!({
-            "agent_id": SEED_AGENT_ID,
-            "agent_type": "seed",
-            "model": "built-in",
-            "tools": ["python"],
-            "policy": "weights",
-            "org": null,
-        });
-        store.register_agent(SEED_AGENT_ID, &definition).await?;
-    }
-    Ok(())
 }
 
 fn with_limit_headers(mut response: Response, d: Option<Decision>) -> Response {
@@ -193,7 +173,8 @@ async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<Rpc
     })
 }
 
-fn internal(context: &str, e: impl std::fmt::Display) -> RpcError {
+/// An internal error: logged with a correlation id, which the caller gets instead of the cause.
+pub(crate) fn internal(context: &str, e: impl std::fmt::Display) -> RpcError {
     let correlation = uuid::Uuid::new_v4().simple().to_string();
     tracing::error!(correlation = %correlation, context, error = %e, "internal error");
     RpcError::new(codes::INTERNAL_ERROR, format!("internal error (correlation id {correlation})"))
@@ -301,18 +282,21 @@ async fn dispatch(
         }
         methods::AGENTS_REGISTER => {
             need(caller, "agents:manage")?;
-            register_agent(state, caller, &params).await
+            crate::agents::register(state, caller, &params).await
         }
         methods::AGENTS_GET => {
             need(caller, "training:view")?;
             let id = required(&params, "agent_id")?;
-            visible_agent(state, caller, &id).await
+            crate::agents::visible_agent(state, caller, &id).await
         }
         methods::AGENTS_LIST => {
             need(caller, "training:view")?;
             let all = state.store.agents().await.map_err(|e| internal(method, e))?;
-            let agents: Vec<Value> =
-                all.into_iter().filter(|(_, d)| visible(d, caller)).map(|(_, d)| d).collect();
+            let agents: Vec<Value> = all
+                .into_iter()
+                .filter(|(_, d)| crate::agents::visible(d, caller))
+                .map(|(_, d)| d)
+                .collect();
             Ok(json!({"agents": agents, "count": agents.len()}))
         }
         methods::REWARDS_REGISTER => {
@@ -383,9 +367,15 @@ fn tasks(name: &str, value: &Value) -> Result<Vec<Task>, RpcError> {
         .collect()
 }
 
-/// Seconds one iteration of 128 trajectories took in the embedded default on a 2-core CPU
-/// (BENCHMARKS.md: rollout 3.7 s + update 1.2 s), the basis of the pre-flight cost estimate.
-const MEASURED_SECONDS_PER_128_TRAJECTORIES: f64 = 4.9;
+/// A job's settings error as the contract's codes: a config that does not parse or breaks a
+/// range names its field in `data`; anything else about the agent or the job is an invalid
+/// request that says what is wrong.
+fn settings_error(agent_id: &str, e: &agentcore_train::TrainError) -> RpcError {
+    match e {
+        agentcore_train::TrainError::Config(g) => config_error(g),
+        other => RpcError::new(codes::INVALID_REQUEST, format!("agent {agent_id}: {other}")),
+    }
+}
 
 async fn start(
     state: &Arc<AppState>,
@@ -393,9 +383,18 @@ async fn start(
     params: Map<String, Value>,
 ) -> Result<StartResult, RpcError> {
     let agent_id = required(&params, "agent_id")?;
-    let agent = visible_agent(state, caller, &agent_id).await?;
-    let config = GRPOConfig::from_value(params.get("config").cloned().unwrap_or(Value::Null))
-        .map_err(|e| config_error(&e))?;
+    let stored = crate::agents::visible_agent(state, caller, &agent_id).await?;
+    let agent = crate::agents::definition(&stored)?;
+    let config = match params.get("config") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(other) => {
+            return Err(RpcError::new(
+                codes::INVALID_PARAMS,
+                format!("config must be an object, got {}", kind(other)),
+            ));
+        }
+    };
     let data = params.get("training_data").or_else(|| params.get("training_queries")).ok_or_else(
         || {
             RpcError::new(
@@ -428,41 +427,11 @@ async fn start(
         }
     };
     let mut settings =
-        JobSettings { config, data: Some(JobData { train, eval }), ..JobSettings::default() };
-    if let Some(Value::Object(over)) = agent.get("model").and_then(|m| m.get("built_in")) {
-        // The built-in model with its own warm start (size, demonstrations, steps).
-        let mut base =
-            serde_json::to_value(&settings.warm_start).map_err(|e| internal("start", e))?;
-        for (k, v) in over {
-            if let (Some(Value::Object(b)), Value::Object(o)) = (base.get_mut(k), v) {
-                for (k2, v2) in o {
-                    b.insert(k2.clone(), v2.clone());
-                }
-            } else {
-                base[k] = v.clone();
-            }
-        }
-        settings.warm_start = serde_json::from_value(base).map_err(|e| {
-            RpcError::new(codes::INVALID_REQUEST, format!("agent {agent_id}: model.built_in: {e}"))
-        })?;
-    }
-    if let Some(path) = agent.get("model").and_then(|m| m.get("path")).and_then(Value::as_str) {
-        let mut m = agentcore_train::settings::ExternalModel::default_for(path.into());
-        if let Some(p) = agent.get("system_prompt").and_then(Value::as_str) {
-            m.system_prompt = p.to_owned();
-        }
-        settings.model = Some(m);
-    }
-    let agent_type = agent
-        .get("agent_type")
-        .and_then(Value::as_str)
-        .unwrap_or(agentcore_train::defaults::DEFAULT_AGENT_TYPE);
-    settings.agent_type = Some(agent_type.to_string());
-    // The conversation limits are saved with the job, so a resume runs under the same ones.
-    settings.rollout = Some(settings.rollout_limits());
+        agentcore_train::spec::resolve(&agent, config.as_ref(), Some(JobData { train, eval }))
+            .map_err(|e| settings_error(&agent_id, &e))?;
     if let Some((name, url)) = state
         .store
-        .reward_endpoint(&caller.org, agent_type)
+        .reward_endpoint(&caller.org, settings.agent_type())
         .await
         .map_err(|e| internal("start", e))?
     {
@@ -472,33 +441,22 @@ async fn start(
             allow_private: state.config.webhooks.allow_private,
         });
     }
-    let problems = settings.violations();
-    if !problems.is_empty() {
-        return Err(RpcError::new(
-            codes::INVALID_REQUEST,
-            format!("invalid job: {}", problems.join("; ")),
-        ));
-    }
     // Pre-flight: the local compute this job would take at the configured price.
     let c = &settings.config;
-    let trajectories = f64::from(c.batch_size) * f64::from(c.n_trajectories_per_query);
-    let seconds =
-        f64::from(c.n_iterations) * trajectories / 128.0 * MEASURED_SECONDS_PER_128_TRAJECTORIES;
-    let estimate = settings.price_per_hour_usd
-        * Decimal::from_f64_retain(seconds / 3600.0).unwrap_or_default();
+    let estimate = agentcore_train::spec::estimated_cost_usd(&settings);
+    let trajectories = c.batch_size * c.n_trajectories_per_query;
     if estimate > c.max_budget_usd {
         return Err(RpcError::new(
             codes::BUDGET_EXCEEDED,
             format!(
-                "estimated cost ${} exceeds max_budget_usd ${} ({} iterations x {} trajectories at ${}/hour)",
-                estimate.round_dp(4),
+                "estimated cost ${estimate} exceeds max_budget_usd ${} ({} iterations x {} trajectories at ${}/hour)",
                 c.max_budget_usd,
                 c.n_iterations,
                 trajectories,
                 settings.price_per_hour_usd
             ),
         )
-        .with_data(json!({"estimated_cost_usd": estimate.round_dp(4).to_string(), "max_budget_usd": c.max_budget_usd.to_string()})));
+        .with_data(json!({"estimated_cost_usd": estimate.to_string(), "max_budget_usd": c.max_budget_usd.to_string()})));
     }
     let id = uuid::Uuid::new_v4().to_string();
     let run_dir = agentcore_train::settings::run_dir(&state.config.data_dir, &id);
@@ -846,91 +804,6 @@ async fn subscribe(
     Ok(SubscribeResult { subscription_id: hook.id, secret: hook.secret })
 }
 
-fn visible(definition: &Value, caller: &Caller) -> bool {
-    match definition.get("org") {
-        None | Some(Value::Null) => true,
-        Some(o) => o.as_str() == Some(caller.org.as_str()),
-    }
-}
-
-async fn visible_agent(state: &AppState, caller: &Caller, id: &str) -> Result<Value, RpcError> {
-    match state.store.agent(id).await {
-        Ok(Some(d)) if visible(&d, caller) => Ok(d),
-        Ok(_) => Err(RpcError::new(
-            codes::NOT_FOUND,
-            format!("agent not found: {id:?} (register it with agents.register)"),
-        )),
-        Err(e) => Err(internal("agent lookup", e)),
-    }
-}
-
-async fn register_agent(
-    state: &AppState,
-    caller: &Caller,
-    params: &Map<String, Value>,
-) -> Result<Value, RpcError> {
-    let id = required(params, "agent_id")?;
-    if id.is_empty()
-        || id.len() > 64
-        || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        return Err(RpcError::new(
-            codes::INVALID_PARAMS,
-            format!(
-                "agent_id must be 1-64 characters of letters, digits, '.', '_' or '-', got {id:?}"
-            ),
-        ));
-    }
-    if let Ok(Some(existing)) = state.store.agent(&id).await
-        && existing.get("org").and_then(Value::as_str) != Some(caller.org.as_str())
-    {
-        return Err(RpcError::new(codes::INVALID_PARAMS, format!("agent_id {id:?} is taken")));
-    }
-    let model = match params.get("model") {
-        None | Some(Value::Null) => json!("built-in"),
-        Some(Value::String(s)) if s == "built-in" => json!("built-in"),
-        Some(Value::String(path)) => json!({"path": path}),
-        Some(m @ Value::Object(o)) if o.contains_key("path") || o.contains_key("built_in") => {
-            m.clone()
-        }
-        Some(other) => {
-            return Err(RpcError::new(
-                codes::INVALID_PARAMS,
-                format!(
-                    "model must be \"built-in\", a local path, {{path}} or {{built_in: {{warm-start settings}}}}, got {other}"
-                ),
-            ));
-        }
-    };
-    if let Some(path) = model.get("path").and_then(Value::as_str)
-        && !std::path::Path::new(path).exists()
-    {
-        return Err(RpcError::new(
-            codes::INVALID_PARAMS,
-            format!("model path {path:?} does not exist on the server"),
-        ));
-    }
-    let mut definition = json!({
-        "agent_id": id,
-        "agent_type": string(params, "agent_type")?.unwrap_or_else(|| "default".into()),
-        "model": model,
-        "system_prompt": string(params, "system_prompt")?,
-        "tools": params.get("tools").cloned().unwrap_or_else(|| json!(["python"])),
-        "policy": string(params, "policy")?.unwrap_or_else(|| "weights".into()),
-        "sampling": params.get("sampling").cloned().unwrap_or(Value::Null),
-        "org": caller.org,
-    });
-    if definition["policy"] != "weights" {
-        return Err(RpcError::new(
-            codes::INVALID_PARAMS,
-            format!("policy {} is not served yet: only \"weights\"", definition["policy"]),
-        ));
-    }
-    state.store.register_agent(&id, &definition).await.map_err(|e| internal("register", e))?;
-    definition["registered"] = json!(true);
-    Ok(definition)
-}
-
 /// The OpenRPC document of the served methods.
 #[must_use]
 pub fn openrpc() -> Value {
@@ -953,7 +826,7 @@ pub fn openrpc() -> Value {
             m(methods::EVALUATE, "A checkpoint against the baseline, paired", &[("job_id", true, "string"), ("checkpoint_id", false, "string"), ("evaluation_queries", false, "array")], "EvaluateResult"),
             m(methods::EXPORT, "A job's trajectories", &[("job_id", true, "string"), ("success_only", false, "boolean"), ("min_reward", false, "number"), ("limit", false, "integer"), ("offset", false, "integer")], "ExportResult"),
             m(methods::SUBSCRIBE, "Webhook deliveries of job events", &[("events", false, "array"), ("url", true, "string")], "SubscribeResult"),
-            m(methods::AGENTS_REGISTER, "Register an agent", &[("agent_id", true, "string"), ("agent_type", false, "string"), ("model", false, "string"), ("system_prompt", false, "string"), ("tools", false, "array")], "Agent"),
+            m(methods::AGENTS_REGISTER, "Register an agent", &[("agent_id", true, "string"), ("agent_type", false, "string"), ("model", false, "object"), ("system_prompt", false, "string"), ("tools", false, "array"), ("policy", false, "string"), ("sampling", false, "object"), ("tool_call_format", false, "string"), ("max_steps_per_trajectory", false, "integer"), ("max_tokens_per_trajectory", false, "integer")], "Agent"),
             m(methods::AGENTS_GET, "One agent", &[("agent_id", true, "string")], "Agent"),
             m(methods::AGENTS_LIST, "Agents", &[], "AgentList"),
             m(methods::REWARDS_REGISTER, "Serve the rewards of an agent type from an HTTP endpoint (the remote-reward protocol)", &[("agent_type", true, "string"), ("name", true, "string"), ("url", true, "string")], "RewardEndpoint"),

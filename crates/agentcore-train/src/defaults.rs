@@ -53,6 +53,9 @@ pub const UPDATE_TOKEN_BUDGET_VOCAB: usize = 512;
 pub const MIN_UPDATE_TOKEN_BUDGET: usize = 256;
 /// Queries evaluated in one batch (bounds the memory of an evaluation of many queries).
 pub const EVAL_BATCH_QUERIES: usize = 128;
+/// Seconds one iteration of 128 trajectories took in the embedded default on a 2-core CPU
+/// (BENCHMARKS.md: rollout 3.7 s + update 1.2 s), the basis of the pre-flight cost estimate.
+pub const MEASURED_SECONDS_PER_128_TRAJECTORIES: f64 = 4.9;
 /// Bootstrap resamples of `agentcore eval`'s reward interval.
 pub const EVAL_BOOTSTRAP_RESAMPLES: usize = 10_000;
 /// The timeout of one call to a remote reward endpoint.

@@ -11,7 +11,9 @@
 //! 6. [`cost`]: spend and whether the next iteration fits the budget;
 //! 7. [`checkpoints`]: atomic checkpoints and their retention;
 //!
-//! and around it: [`settings`] (the job's settings, validated; [`defaults`] holds every default),
+//! and around it: [`spec`] (an agent definition, a config and data into the job's settings: the
+//! one place the CLI and the server make jobs), [`settings`] (the job's settings, validated;
+//! [`defaults`] holds every default),
 //! [`resume`] (start fresh or from the last checkpoint), [`summary`] (the final statistics),
 //! [`events`] (what the job reports), [`record`] (events into the store), [`report`]
 //! (`report.md` and the learning curves), [`eval`] (`agentcore eval`: a checkpoint against the
@@ -35,6 +37,7 @@ pub mod resume;
 pub mod rollout;
 pub mod scoring;
 pub mod settings;
+pub mod spec;
 pub mod summary;
 pub mod tasks;
 pub mod update;
@@ -52,6 +55,9 @@ pub enum TrainError {
         /// The problems.
         problems: Vec<String>,
     },
+    /// A GRPO config that does not parse or breaks a range (the field named).
+    #[error(transparent)]
+    Config(agentcore_grpo::GrpoError),
     /// No job of that id in the data directory.
     #[error("{message}")]
     NoSuchJob {
@@ -140,6 +146,7 @@ impl TrainError {
         matches!(
             self,
             Self::Settings { .. }
+                | Self::Config(_)
                 | Self::NoSuchJob { .. }
                 | Self::NoSuchCheckpoint { .. }
                 | Self::SettingsChanged { .. }

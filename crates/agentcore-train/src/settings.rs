@@ -55,6 +55,9 @@ pub struct JobSettings {
     /// [`agentcore_tasks::judge::remote_reward`]) instead of `reward`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_reward: Option<RemoteReward>,
+    /// The agent trained (its registered id); derived from the model when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
     /// The agent's type (picks its reward strategy); [`defaults::DEFAULT_AGENT_TYPE`] when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_type: Option<String>,
@@ -154,6 +157,7 @@ impl Default for JobSettings {
             reward: default_reward(),
             data: None,
             remote_reward: None,
+            agent_id: None,
             agent_type: None,
             rollout: None,
         }
@@ -246,10 +250,13 @@ impl JobSettings {
         self.agent_type.as_deref().unwrap_or(defaults::DEFAULT_AGENT_TYPE)
     }
 
-    /// The agent a job trains: `seed-agent` (the built-in model), or `<model file stem>-agent`
-    /// for a pretrained model.
+    /// The agent a job trains: the one it was made of, else `seed-agent` (the built-in model) or
+    /// `<model file stem>-agent` (a pretrained model).
     #[must_use]
     pub fn agent_id(&self) -> String {
+        if let Some(id) = &self.agent_id {
+            return id.clone();
+        }
         match &self.model {
             None => defaults::SEED_AGENT_ID.to_string(),
             Some(m) => format!(

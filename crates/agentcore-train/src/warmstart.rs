@@ -21,6 +21,7 @@ use crate::demos::{DemoNoise, demo_expression, miscopy};
 
 /// Size of the built-in model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelSize {
     /// Width.
     pub d_model: usize,
@@ -57,6 +58,7 @@ impl ModelSize {
 
 /// Warm-start settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WarmStartSettings {
     /// Model size.
     pub model: ModelSize,

@@ -24,7 +24,7 @@ fn the_example_definition_loads() {
     let ModelSpec::Openai(o) = &def.model else { panic!("openai model") };
     assert_eq!(o.input_usd_per_million.to_string(), "0.15");
     assert_eq!(o.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
-    assert_eq!(def.max_steps_per_trajectory, 6);
+    assert_eq!(def.max_steps_per_trajectory, Some(6));
     // Without the sandbox the python tool cannot be built, and the error says so.
     let e = def.runtime(None).unwrap_err();
     assert_eq!(e.field, "tools[0]");

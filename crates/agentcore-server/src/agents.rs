@@ -1,0 +1,232 @@
+//! Agents: `agents.register`, `agents.get`, `agents.list`. What is stored is the typed
+//! [`AgentDefinition`] (the document `agentcore train --agent FILE` reads) plus the owning
+//! organisation; `training.start_grpo` turns it into job settings with
+//! [`agentcore_train::spec::resolve`], as the CLI does.
+//!
+//! Shapes written by earlier versions and by the SDK's shorthands are read as that type:
+//! `model: "built-in"`, a path string, `{path}`, `{local: path, lora}`, `{built_in: {warm-start
+//! settings or a model size}}`, `id` for `agent_id`, `format` for `tool_call_format`, `tools:
+//! ["python"]`.
+
+use agentcore_agent::definition::AgentDefinition;
+use agentcore_api::RpcError;
+use agentcore_api::codes;
+use agentcore_store::Store;
+use agentcore_train::defaults::SEED_AGENT_ID;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::rpc::internal;
+
+/// The keys a stored definition has besides the agent's own.
+const STORED_ONLY: [&str; 3] = ["org", "registered", "tasks"];
+
+/// Reads the shorthands and older shapes of an agent document as the typed definition's JSON.
+#[must_use]
+pub fn normalize(mut doc: Map<String, Value>) -> Map<String, Value> {
+    if let Some(id) = doc.remove("id") {
+        doc.entry("agent_id").or_insert(id);
+    }
+    if let Some(f) = doc.remove("format") {
+        doc.entry("tool_call_format").or_insert(f);
+    }
+    let model = match doc.remove("model") {
+        None | Some(Value::Null) => json!({"kind": "built_in"}),
+        Some(Value::String(s)) if s == "built-in" || s == "built_in" => json!({"kind": "built_in"}),
+        Some(Value::String(path)) => json!({"kind": "local", "path": path}),
+        Some(Value::Object(mut m)) if !m.contains_key("kind") => {
+            if let Some(ws) = m.remove("built_in") {
+                // An old CLI stored the model size there, an old server the warm start.
+                let ws = match ws {
+                    Value::Object(o) if o.contains_key("d_model") => json!({"model": o}),
+                    other => other,
+                };
+                if ws.is_null() || ws.as_object().is_some_and(Map::is_empty) {
+                    json!({"kind": "built_in"})
+                } else {
+                    json!({"kind": "built_in", "warm_start": ws})
+                }
+            } else if let Some(path) = m.remove("path").or_else(|| m.remove("local")) {
+                m.insert("kind".into(), json!("local"));
+                m.insert("path".into(), path);
+                Value::Object(m)
+            } else {
+                Value::Object(m)
+            }
+        }
+        Some(other) => other,
+    };
+    doc.insert("model".into(), model);
+    let tools = match doc.remove("tools") {
+        None | Some(Value::Null) => vec![json!({"type": "python"})],
+        Some(Value::Array(ts)) => ts
+            .into_iter()
+            .map(|t| match t {
+                Value::String(name) => json!({"type": name}),
+                // `{"python": {}}`: the old CLI's shape.
+                Value::Object(o) if o.len() == 1 && !o.contains_key("type") => {
+                    let (name, rest) = o.into_iter().next().expect("one entry");
+                    let mut t = rest.as_object().cloned().unwrap_or_default();
+                    t.insert("type".into(), json!(name));
+                    Value::Object(t)
+                }
+                other => other,
+            })
+            .collect(),
+        Some(other) => vec![other],
+    };
+    doc.insert("tools".into(), Value::Array(tools));
+    for k in ["system_prompt", "sampling", "agent_type", "policy"] {
+        if doc.get(k).is_some_and(Value::is_null) {
+            doc.remove(k);
+        }
+    }
+    doc
+}
+
+/// The typed definition of a stored agent document (its owner's keys removed).
+///
+/// # Errors
+/// A document that does not describe an agent (the field named).
+pub fn definition(stored: &Value) -> Result<AgentDefinition, RpcError> {
+    let mut doc = stored.as_object().cloned().unwrap_or_default();
+    for k in STORED_ONLY {
+        doc.remove(k);
+    }
+    AgentDefinition::from_value(Value::Object(normalize(doc)))
+        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("agent definition: {e}")))
+}
+
+/// The built-in agent of the embedded default, always registered as `seed-agent`.
+///
+/// # Errors
+/// Database errors.
+pub async fn register_builtin_agent(store: &Store) -> agentcore_store::Result<()> {
+    if store.agent(SEED_AGENT_ID).await?.is_none() {
+        let definition = json!({
+            "agent_id": SEED_AGENT_ID,
+            "agent_type": "seed",
+            "model": {"kind": "built_in"},
+            "tools": [{"type": "python"}],
+            "policy": "weights",
+            "org": null,
+        });
+        store.register_agent(SEED_AGENT_ID, &definition).await?;
+    }
+    Ok(())
+}
+
+/// Whether the caller's organisation sees an agent (agents without an owner, such as the
+/// built-in one and those the CLI registered in a shared store, are everyone's).
+#[must_use]
+pub fn visible(definition: &Value, caller: &Caller) -> bool {
+    match definition.get("org") {
+        None | Some(Value::Null) => true,
+        Some(o) => o.as_str() == Some(caller.org.as_str()),
+    }
+}
+
+/// The stored document of an agent the caller sees.
+///
+/// # Errors
+/// Not found (also for another organisation's agent), database errors.
+pub async fn visible_agent(state: &AppState, caller: &Caller, id: &str) -> Result<Value, RpcError> {
+    match state.store.agent(id).await {
+        Ok(Some(d)) if visible(&d, caller) => Ok(d),
+        Ok(_) => Err(RpcError::new(
+            codes::NOT_FOUND,
+            format!("agent not found: {id:?} (register it with agents.register)"),
+        )),
+        Err(e) => Err(internal("agent lookup", e)),
+    }
+}
+
+/// `agents.register`: the params are an agent definition (or one of its shorthands).
+///
+/// # Errors
+/// A definition that breaks a rule (the field named), an id another organisation holds, a local
+/// model path the server does not have, database errors.
+pub async fn register(
+    state: &AppState,
+    caller: &Caller,
+    params: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    let doc = normalize(params.clone());
+    let def = AgentDefinition::from_value(Value::Object(doc))
+        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))?;
+    let id = &def.agent_id;
+    if id.len() > 64 {
+        return Err(RpcError::new(
+            codes::INVALID_PARAMS,
+            format!("agent_id must be 1-64 characters, got {}", id.len()),
+        ));
+    }
+    if let Ok(Some(existing)) = state.store.agent(id).await
+        && existing.get("org").and_then(Value::as_str) != Some(caller.org.as_str())
+    {
+        return Err(RpcError::new(codes::INVALID_PARAMS, format!("agent_id {id:?} is taken")));
+    }
+    if let agentcore_agent::definition::ModelSpec::Local { path, .. } = &def.model
+        && !path.exists()
+    {
+        return Err(RpcError::new(
+            codes::INVALID_PARAMS,
+            format!("model.path {:?} does not exist on the server", path.display().to_string()),
+        ));
+    }
+    if def.policy != agentcore_agent::definition::PolicyKind::Weights {
+        return Err(RpcError::new(
+            codes::INVALID_PARAMS,
+            "policy \"prompt\" is not served yet: only \"weights\"".to_string(),
+        ));
+    }
+    let mut stored = serde_json::to_value(&def).map_err(|e| internal("register", e))?;
+    stored["org"] = json!(caller.org);
+    state.store.register_agent(id, &stored).await.map_err(|e| internal("register", e))?;
+    stored["registered"] = json!(true);
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(v: Value) -> AgentDefinition {
+        definition(&v).unwrap()
+    }
+
+    #[test]
+    fn shorthands_and_old_shapes_read_as_the_typed_definition() {
+        use agentcore_agent::definition::{ModelSpec, ToolSpec};
+        let d = typed(json!({"agent_id": "a", "model": "built-in"}));
+        assert_eq!(d.model, ModelSpec::BuiltIn { warm_start: None });
+        assert_eq!(d.tools, vec![ToolSpec::Python { timeout_s: None, memory_mb: None }]);
+        let d = typed(json!({"agent_id": "a", "model": "/m.gguf", "tools": ["python"]}));
+        assert_eq!(d.model, ModelSpec::Local { path: "/m.gguf".into(), lora: None });
+        // The old CLI's document.
+        let d = typed(json!({"id": "g-agent", "model": {"local": "/m.gguf", "lora": {"r": 4,
+            "lora_alpha": 8.0, "target_modules": ["q_proj"]}}, "tools": [{"python": {}}],
+            "format": "hermes", "tasks": "seed", "system_prompt": "p"}));
+        assert_eq!(d.agent_id, "g-agent");
+        let ModelSpec::Local { lora: Some(l), .. } = &d.model else { panic!("{:?}", d.model) };
+        assert_eq!(l.r, 4);
+        // An old server's warm start, and an old CLI's model size.
+        let d = typed(json!({"agent_id": "a", "model": {"built_in": {"steps": 6}}}));
+        let ModelSpec::BuiltIn { warm_start: Some(w) } = &d.model else { panic!() };
+        assert_eq!(w["steps"], 6);
+        let d = typed(json!({"agent_id": "a", "model": {"built_in": {"d_model": 32}}}));
+        let ModelSpec::BuiltIn { warm_start: Some(w) } = &d.model else { panic!() };
+        assert_eq!(w["model"]["d_model"], 32);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let doc =
+            normalize(json!({"agent_id": "a", "modle": "built-in"}).as_object().unwrap().clone());
+        let e = AgentDefinition::from_value(Value::Object(doc)).unwrap_err();
+        assert!(e.to_string().contains("modle"), "{e}");
+        let e = definition(&json!({"agent_id": "a", "model": {"kind": "local"}})).unwrap_err();
+        assert!(e.message.contains("path"), "{}", e.message);
+    }
+}

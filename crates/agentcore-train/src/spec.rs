@@ -1,0 +1,235 @@
+//! From an agent to a job: the one function that turns an agent definition (the typed
+//! [`AgentDefinition`] that `agents.register` stores and `agentcore train --agent FILE` reads), a
+//! GRPO config and the caller's data into the job's settings, with the embedded and the
+//! real-model defaults; and the pre-flight cost estimate. The CLI and the server both call it.
+//!
+//! Precedence, lowest first: the agent kind's defaults (when the caller gives no config) or the
+//! contract's `GRPOConfig` defaults (when it gives one), then what the agent definition sets
+//! (`sampling`, `max_steps_per_trajectory`, `max_tokens_per_trajectory`), then the keys of the
+//! caller's config.
+
+use agentcore_agent::definition::{AgentDefinition, ModelSpec, PolicyKind, ToolSpec};
+use agentcore_agent::rollout::CallFormat;
+use agentcore_grpo::GRPOConfig;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::FromPrimitive;
+use serde_json::{Map, Value, json};
+
+use crate::TrainError;
+use crate::defaults;
+use crate::settings::{ExternalModel, JobData, JobSettings, RolloutLimits};
+use crate::warmstart::WarmStartSettings;
+
+fn invalid(problem: String) -> TrainError {
+    TrainError::Settings { problems: vec![problem] }
+}
+
+/// The default config of an agent's kind of model: the embedded default for the built-in
+/// model, the real-model default for a pretrained one.
+fn kind_config(agent: &AgentDefinition) -> GRPOConfig {
+    match agent.model {
+        ModelSpec::BuiltIn { .. } => defaults::embedded_config(),
+        _ => {
+            let mut c = GRPOConfig::default();
+            defaults::apply_real_model_config(&mut c);
+            c
+        }
+    }
+}
+
+/// The warm start of a built-in agent: the defaults with the agent's overrides (nested objects
+/// merged key by key), unknown keys refused with their name.
+///
+/// # Errors
+/// An unknown key (named, with the known ones), a value of the wrong type.
+pub fn warm_start(overrides: Option<&Map<String, Value>>) -> Result<WarmStartSettings, TrainError> {
+    let mut base = serde_json::to_value(WarmStartSettings::default())
+        .map_err(|e| invalid(format!("model.warm_start: {e}")))?;
+    let known: Vec<String> =
+        base.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    for (k, v) in overrides.into_iter().flatten() {
+        let Some(slot) = base.get_mut(k) else {
+            return Err(invalid(format!(
+                "model.warm_start.{k}: unknown field (expected one of {})",
+                known.join(", ")
+            )));
+        };
+        match (slot, v) {
+            (Value::Object(b), Value::Object(o)) => {
+                for (k2, v2) in o {
+                    if !b.contains_key(k2) {
+                        return Err(invalid(format!(
+                            "model.warm_start.{k}.{k2}: unknown field (expected one of {})",
+                            b.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    b.insert(k2.clone(), v2.clone());
+                }
+            }
+            (slot, v) => *slot = v.clone(),
+        }
+    }
+    serde_path_to_error::deserialize(base).map_err(|e| {
+        let path = e.path().to_string();
+        invalid(format!("model.warm_start.{path}: {}", e.into_inner()))
+    })
+}
+
+/// The job settings of training `agent` with `config` (the caller's GRPOConfig keys; `None`: the
+/// agent kind's default config) on `data` (`None`: the generated seed suite).
+///
+/// # Errors
+/// [`TrainError::Settings`] naming the field: an agent the job cannot train (a prompt policy or
+/// an API model, tools other than `python`, a call format its model does not write), unknown or
+/// out-of-range config keys, bad warm-start overrides, and everything
+/// [`JobSettings::violations`] finds.
+pub fn resolve(
+    agent: &AgentDefinition,
+    config: Option<&Map<String, Value>>,
+    data: Option<JobData>,
+) -> Result<JobSettings, TrainError> {
+    agent.validate().map_err(|e| invalid(format!("agent {}: {e}", agent.agent_id)))?;
+    if agent.policy == PolicyKind::Prompt {
+        return Err(invalid(format!(
+            "agent {}: policy `prompt` (training the prompt of an API model) is not available yet; \
+             use `weights` with a built_in or local model",
+            agent.agent_id
+        )));
+    }
+    if agent.tools.is_empty() {
+        return Err(invalid(format!(
+            "agent {}: tools: a job's agent needs the python tool ({{type: python}}), got none",
+            agent.agent_id
+        )));
+    }
+    if let Some((i, t)) =
+        agent.tools.iter().enumerate().find(|(_, t)| !matches!(t, ToolSpec::Python { .. }))
+    {
+        return Err(invalid(format!(
+            "agent {}: tools[{i}]: jobs train agents with the sandboxed `python` tool only, got {}",
+            agent.agent_id,
+            serde_json::to_value(t).map_or_else(|_| "?".into(), |v| v["type"].to_string())
+        )));
+    }
+    if let Some((i, _)) = agent.tools.iter().enumerate().find(|(_, t)| {
+        matches!(t, ToolSpec::Python { timeout_s, memory_mb } if timeout_s.is_some() || memory_mb.is_some())
+    }) {
+        return Err(invalid(format!(
+            "agent {}: tools[{i}]: a job's python tool runs under the server's sandbox limits; \
+             per-agent timeout_s / memory_mb are not applied to jobs yet, so leave them out",
+            agent.agent_id
+        )));
+    }
+    let mut settings = match &agent.model {
+        ModelSpec::BuiltIn { warm_start: overrides } => JobSettings {
+            warm_start: warm_start(overrides.as_ref())?,
+            rollout: Some(RolloutLimits::for_agent(false)),
+            ..JobSettings::default()
+        },
+        ModelSpec::Local { path, lora } => JobSettings {
+            n_tasks: defaults::REAL_MODEL_N_TASKS,
+            model: Some(ExternalModel {
+                path: path.clone(),
+                lora: lora.clone().unwrap_or_default(),
+                system_prompt: if agent.system_prompt.trim().is_empty() {
+                    defaults::system_prompt()
+                } else {
+                    agent.system_prompt.clone()
+                },
+            }),
+            rollout: Some(RolloutLimits::for_agent(true)),
+            ..JobSettings::default()
+        },
+        ModelSpec::Openai(_) => {
+            return Err(invalid(format!(
+                "agent {}: model.kind `openai` needs the prompt policy, which is not available yet",
+                agent.agent_id
+            )));
+        }
+    };
+    let expected = match agent.model {
+        ModelSpec::BuiltIn { .. } => CallFormat::Tags,
+        _ => CallFormat::Hermes,
+    };
+    if agent.call_format() != expected {
+        return Err(invalid(format!(
+            "agent {}: tool_call_format must be {expected:?} for this model, got {:?}",
+            agent.agent_id,
+            agent.call_format()
+        )));
+    }
+    // The config: its base, the agent's own sampling and limits, the caller's keys.
+    let base = match config {
+        None => kind_config(agent),
+        Some(_) => GRPOConfig::default(),
+    };
+    let mut merged = serde_json::to_value(&base).map_err(|e| invalid(format!("config: {e}")))?;
+    if let Some(s) = &agent.sampling {
+        merged["temperature"] = json!(s.temperature);
+        merged["top_p"] = json!(s.top_p);
+        merged["top_k"] = json!(s.top_k);
+        merged["max_completion_length"] = json!(s.max_tokens_per_turn);
+    }
+    if let Some(n) = agent.max_steps_per_trajectory {
+        merged["max_steps_per_trajectory"] = json!(n);
+    }
+    for (k, v) in config.into_iter().flatten() {
+        merged[k] = v.clone();
+    }
+    settings.config = GRPOConfig::from_value(merged).map_err(TrainError::Config)?;
+    if let (Some(n), Some(r)) = (agent.max_tokens_per_trajectory, settings.rollout.as_mut()) {
+        r.max_conversation_tokens = n;
+    }
+    settings.agent_id = Some(agent.agent_id.clone());
+    settings.agent_type = Some(agent.agent_type.clone());
+    settings.data = data;
+    let problems = settings.violations();
+    if !problems.is_empty() {
+        return Err(TrainError::Settings { problems });
+    }
+    Ok(settings)
+}
+
+/// The agent a job's settings train, as `agents.register` stores it: the built-in agent (its
+/// warm start when it is not the default) or a local model with its adapters and prompt.
+#[must_use]
+pub fn agent_of(settings: &JobSettings) -> AgentDefinition {
+    let (model, system_prompt) = match &settings.model {
+        None => {
+            let ws = (settings.warm_start != WarmStartSettings::default())
+                .then(|| serde_json::to_value(&settings.warm_start).ok())
+                .flatten()
+                .and_then(|v| v.as_object().cloned());
+            (ModelSpec::BuiltIn { warm_start: ws }, String::new())
+        }
+        Some(m) => (
+            ModelSpec::Local { path: m.path.clone(), lora: Some(m.lora.clone()) },
+            m.system_prompt.clone(),
+        ),
+    };
+    AgentDefinition {
+        agent_id: settings.agent_id(),
+        agent_type: settings.agent_type().to_string(),
+        model,
+        system_prompt,
+        tools: vec![ToolSpec::Python { timeout_s: None, memory_mb: None }],
+        policy: PolicyKind::Weights,
+        sampling: None,
+        tool_call_format: None,
+        max_steps_per_trajectory: None,
+        max_tokens_per_trajectory: None,
+    }
+}
+
+/// Pre-flight: the local compute a job would take at its price per hour, from the measured
+/// seconds per trajectory of the embedded default
+/// ([`defaults::MEASURED_SECONDS_PER_128_TRAJECTORIES`]).
+#[must_use]
+pub fn estimated_cost_usd(settings: &JobSettings) -> Decimal {
+    let c = &settings.config;
+    let trajectories = f64::from(c.batch_size) * f64::from(c.n_trajectories_per_query);
+    let seconds = f64::from(c.n_iterations) * trajectories / 128.0
+        * defaults::MEASURED_SECONDS_PER_128_TRAJECTORIES;
+    (settings.price_per_hour_usd * Decimal::from_f64(seconds / 3600.0).unwrap_or_default())
+        .round_dp(4)
+}
