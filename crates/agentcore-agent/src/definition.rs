@@ -185,15 +185,27 @@ impl AgentDefinition {
     /// Unknown fields, wrong types and broken rules, each naming the field.
     pub fn from_yaml(text: &str) -> Result<Self, DefinitionError> {
         let de = serde_yaml_ng::Deserializer::from_str(text);
-        let def: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut def: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             bad(
                 if path == "." { "agent definition".to_owned() } else { path },
                 e.into_inner().to_string(),
             )
         })?;
+        def.expand_home();
         def.validate()?;
         Ok(def)
+    }
+
+    /// A local model path that starts with `~/` is under `$HOME` (definition files name the
+    /// model that `scripts/fetch_gemma3.sh` puts in `~/.cache/agentcore/models/` that way).
+    fn expand_home(&mut self) {
+        if let ModelSpec::Local { path, .. } = &mut self.model
+            && let Ok(rest) = path.strip_prefix("~")
+            && let Some(home) = std::env::var_os("HOME")
+        {
+            *path = PathBuf::from(home).join(rest);
+        }
     }
 
     /// Parses a JSON value (what `agents.register` stores) and checks the ranges.
@@ -201,13 +213,14 @@ impl AgentDefinition {
     /// # Errors
     /// Unknown fields, wrong types and broken rules, each naming the field.
     pub fn from_value(value: Value) -> Result<Self, DefinitionError> {
-        let def: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut def: Self = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             bad(
                 if path == "." { "agent definition".to_owned() } else { path },
                 e.into_inner().to_string(),
             )
         })?;
+        def.expand_home();
         def.validate()?;
         Ok(def)
     }

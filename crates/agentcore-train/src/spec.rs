@@ -233,3 +233,106 @@ pub fn estimated_cost_usd(settings: &JobSettings) -> Decimal {
     (settings.price_per_hour_usd * Decimal::from_f64(seconds / 3600.0).unwrap_or_default())
         .round_dp(4)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(yaml: &str) -> AgentDefinition {
+        AgentDefinition::from_yaml(yaml).expect("definition")
+    }
+
+    fn built_in() -> AgentDefinition {
+        agent("agent_id: a\nmodel: {kind: built_in}\ntools: [{type: python}]")
+    }
+
+    #[test]
+    fn the_built_in_agent_without_a_config_is_the_embedded_default() {
+        let s = resolve(&built_in(), None, None).expect("settings");
+        let e = JobSettings::embedded();
+        assert_eq!(s.config, e.config);
+        assert_eq!((s.warm_start, s.rollout, s.n_tasks), (e.warm_start, e.rollout, e.n_tasks));
+        assert_eq!(s.agent_id.as_deref(), Some("a"));
+        assert_eq!(s.config.max_steps_per_trajectory, defaults::BUILT_IN_MAX_STEPS);
+    }
+
+    #[test]
+    fn the_callers_keys_win_over_the_agent_which_wins_over_the_defaults() {
+        let a = agent(
+            "agent_id: a\nmodel: {kind: built_in}\ntools: [{type: python}]\n\
+             sampling: {temperature: 0.7, top_p: 0.9, max_tokens_per_turn: 40}\n\
+             max_steps_per_trajectory: 6\nmax_tokens_per_trajectory: 300",
+        );
+        let s = resolve(&a, None, None).expect("settings");
+        assert_eq!(s.config.max_steps_per_trajectory, 6);
+        assert_eq!(s.config.max_completion_length, 40);
+        assert!((s.config.temperature - 0.7).abs() < 1e-12);
+        assert_eq!(s.rollout.map(|r| r.max_conversation_tokens), Some(300));
+        // An explicit config: the contract's defaults under the agent's values, its keys on top.
+        let config = json!({"max_completion_length": 12, "n_iterations": 3});
+        let s = resolve(&a, config.as_object(), None).expect("settings");
+        assert_eq!(s.config.max_completion_length, 12);
+        assert_eq!(s.config.max_steps_per_trajectory, 6);
+        assert_eq!(s.config.n_iterations, 3);
+        assert_eq!(s.config.batch_size, GRPOConfig::default().batch_size);
+    }
+
+    #[test]
+    fn what_a_job_cannot_do_is_refused_with_the_field() {
+        let message = |a: &AgentDefinition, c: Option<Value>| {
+            resolve(a, c.as_ref().and_then(Value::as_object), None).unwrap_err().to_string()
+        };
+        let m = message(&built_in(), Some(json!({"n_iterationz": 3})));
+        assert!(m.contains("n_iterationz"), "{m}");
+        let m = message(&built_in(), Some(json!({"max_steps_per_trajectory": 500})));
+        assert!(m.contains("max_steps_per_trajectory"), "{m}");
+        let a = agent(
+            "agent_id: a\nmodel: {kind: built_in, warm_start: {stepz: 3}}\ntools: [{type: python}]",
+        );
+        let m = message(&a, None);
+        assert!(m.contains("model.warm_start.stepz: unknown field"), "{m}");
+        let a = agent(
+            "agent_id: a\nmodel: {kind: built_in, warm_start: {model: {d_modl: 8}}}\ntools: [{type: python}]",
+        );
+        assert!(message(&a, None).contains("model.warm_start.model.d_modl"));
+        let a = agent("agent_id: a\nmodel: {kind: built_in}\ntools: [{type: calculator}]");
+        assert!(message(&a, None).contains("tools[0]"));
+        let a = agent("agent_id: a\nmodel: {kind: built_in}");
+        assert!(message(&a, None).contains("tools: a job's agent needs the python tool"));
+        let a =
+            agent("agent_id: a\nmodel: {kind: built_in}\npolicy: prompt\ntools: [{type: python}]");
+        assert!(message(&a, None).contains("policy `prompt`"));
+        let a = agent(
+            "agent_id: a\nmodel: {kind: built_in}\ntool_call_format: hermes\ntools: [{type: python}]",
+        );
+        assert!(message(&a, None).contains("tool_call_format"));
+    }
+
+    #[test]
+    fn warm_start_overrides_merge_key_by_key() {
+        let a = agent(
+            "agent_id: a\nmodel: {kind: built_in, warm_start: {steps: 6, model: {d_model: 32}}}\n\
+             tools: [{type: python}]",
+        );
+        let s = resolve(&a, None, None).expect("settings");
+        assert_eq!(s.warm_start.steps, 6);
+        assert_eq!(s.warm_start.model.d_model, 32);
+        assert_eq!(s.warm_start.model.n_layers, WarmStartSettings::default().model.n_layers);
+        // And back: the agent of these settings carries the same warm start.
+        let ModelSpec::BuiltIn { warm_start: Some(w) } = agent_of(&s).model else {
+            panic!("built-in with overrides")
+        };
+        assert_eq!(w["steps"], 6);
+    }
+
+    #[test]
+    fn the_estimate_is_iterations_times_trajectories_at_the_price() {
+        let mut s = JobSettings::embedded();
+        s.config.n_iterations = 100;
+        s.config.batch_size = 16;
+        s.config.n_trajectories_per_query = 8;
+        s.price_per_hour_usd = Decimal::new(36, 0);
+        // 100 x 128 trajectories = 100 x 4.9 s = 490 s at $36/h = $4.90.
+        assert_eq!(estimated_cost_usd(&s), Decimal::new(490, 2));
+    }
+}

@@ -166,3 +166,16 @@ fn http_tool_posts_json_and_refuses_private_targets_by_default() {
     }
     assert!(check_target("http://8.8.8.8/", false).is_ok());
 }
+
+#[test]
+fn the_local_model_example_loads_with_its_path_under_home() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/agents/gemma-local.yaml");
+    let def = AgentDefinition::from_path(&path).expect("example");
+    let ModelSpec::Local { path, lora } = &def.model else { panic!("local model") };
+    let home = std::env::var("HOME").expect("HOME");
+    assert!(path.starts_with(&home), "{}", path.display());
+    assert!(path.ends_with(".cache/agentcore/models/gemma-3-270m-q4_k_m.gguf"));
+    assert_eq!(lora.as_ref().map(|l| l.r), Some(8));
+    assert_eq!(def.call_format(), CallFormat::Hermes);
+    assert_eq!(def.max_steps_per_trajectory, Some(4));
+}
