@@ -96,7 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(agentcore_api::RPC_PATH, post(rpc::handle))
         .route("/training/ws/{job_id}", get(ws::handle))
-        .route("/metrics", get(rpc::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

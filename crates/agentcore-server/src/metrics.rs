@@ -6,10 +6,22 @@
 //! they are right for jobs run by any worker process, and a job's series exist only while it
 //! runs.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use std::str::FromStr;
+
+use agentcore_store::JobFilter;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use metrics::{Key, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde_json::Value;
 
 /// Histograms and their buckets (seconds).
 pub const HISTOGRAMS: [(&str, &str, &[f64]); 4] = [
@@ -93,4 +105,113 @@ pub fn family(name: &str, kind: &str, help: &str, samples: &[(String, f64)]) -> 
         out += &format!("{name}{labels} {v}\n");
     }
     out
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<Arc<crate::AppState>>, headers: HeaderMap) -> Response {
+    if !state.config.public_metrics
+        && let Err(r) = crate::rpc::authenticate(&state, &headers)
+    {
+        return *r;
+    }
+    match render_metrics(&state).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, crate::rpc::internal("metrics", e).message)
+            .into_response(),
+    }
+}
+
+async fn render_metrics(state: &crate::AppState) -> Result<String, agentcore_store::StoreError> {
+    let counts: HashMap<String, u64> = state.store.job_counts().await?.into_iter().collect();
+    let count = |s: &str| counts.get(s).copied().unwrap_or(0) as f64;
+    let total: u64 = counts.values().sum();
+    let mut out = String::new();
+    out += &family(
+        "training_jobs_created_total",
+        "counter",
+        "Jobs created.",
+        &[(String::new(), total as f64)],
+    );
+    for (name, status) in [
+        ("training_jobs_completed_total", "completed"),
+        ("training_jobs_failed_total", "failed"),
+        ("training_jobs_cancelled_total", "cancelled"),
+    ] {
+        out +=
+            &family(name, "counter", &format!("Jobs {status}."), &[(String::new(), count(status))]);
+    }
+    out += &family(
+        "training_jobs_active",
+        "gauge",
+        "Jobs running now.",
+        &[(String::new(), count("running"))],
+    );
+    out += &family(
+        "training_jobs_queued",
+        "gauge",
+        "Jobs waiting for a worker.",
+        &[(String::new(), count("queued"))],
+    );
+    let running = state
+        .store
+        .list_jobs(&JobFilter {
+            status: Some("running".into()),
+            limit: 1000,
+            ..JobFilter::default()
+        })
+        .await?
+        .0;
+    let (mut loss, mut reward, mut spent, mut limit) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for j in &running {
+        let label = format!("{{job_id=\"{}\"}}", j.id);
+        if let Some(m) = state.store.last_iteration(&j.id).await? {
+            if let Some(v) = m.get("train_loss").and_then(Value::as_f64) {
+                loss.push((label.clone(), v));
+            }
+            if let Some(v) = m.get("avg_reward").and_then(Value::as_f64) {
+                reward.push((label.clone(), v));
+            }
+        }
+        spent.push((
+            label.clone(),
+            Decimal::from_str(&j.cost_usd).ok().and_then(|d| d.to_f64()).unwrap_or(0.0),
+        ));
+        limit.push((
+            label,
+            Decimal::from_str(&j.budget_usd).ok().and_then(|d| d.to_f64()).unwrap_or(0.0),
+        ));
+    }
+    out += &family("training_loss", "gauge", "Latest GRPO loss of each running job.", &loss);
+    out += &family(
+        "training_reward_mean",
+        "gauge",
+        "Latest mean reward of each running job.",
+        &reward,
+    );
+    out += &family(
+        "training_budget_usage_dollars",
+        "gauge",
+        "Spent by each running job, USD.",
+        &spent,
+    );
+    out += &family(
+        "training_budget_limit_dollars",
+        "gauge",
+        "max_budget_usd of each running job.",
+        &limit,
+    );
+    let histograms = state.metrics.render_histograms();
+    for (name, help, buckets) in HISTOGRAMS {
+        if !histograms.contains(&format!("{name}_bucket")) {
+            // Not observed yet in this process: an empty histogram, so the series exist.
+            out += &format!("# HELP {name} {help}\n# TYPE {name} histogram\n");
+            for b in buckets {
+                out += &format!("{name}_bucket{{le=\"{b}\"}} 0\n");
+            }
+            out += &format!("{name}_bucket{{le=\"+Inf\"}} 0\n{name}_sum 0\n{name}_count 0\n");
+        }
+    }
+    out += &histograms;
+    Ok(out)
 }

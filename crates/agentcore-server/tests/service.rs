@@ -684,3 +684,28 @@ fn webhook_messages_survive_a_server_restart() {
     assert_eq!(first, [(1, Some(503)), (2, Some(200))]);
     assert_eq!(s2.rt.block_on(store.outbox_counts()).unwrap(), [("delivered".to_string(), 2)]);
 }
+
+/// A running job is asked to stop and the call answers at once (it used to hold the request up
+/// to 15 s); the worker finishes its iteration, checkpoints and ends as `cancelled`.
+#[test]
+fn cancelling_a_running_job_answers_at_once_and_the_job_stops_with_a_checkpoint() {
+    let s = TestServer::start(1);
+    let c = s.client(&admin("acme"));
+    tiny_agent(&c, "tiny-agent");
+    let job = c.start_training("tiny-agent", small_config(200), &tasks(120, 3), None).unwrap();
+    wait_for(&c, &job.job_id, |st| st.current_iteration >= 1, Duration::from_secs(120));
+    let r = c.cancel(&job.job_id, Some("enough")).unwrap();
+    assert!(matches!(r.status.as_str(), "cancelling" | "cancelled"), "{r:?}");
+    let done = wait_for(&c, &job.job_id, finished, Duration::from_secs(120));
+    assert_eq!(done.status, "cancelled", "{done:?}");
+    assert!(done.current_iteration < 200, "stopped early: {done:?}");
+    // It stopped with a checkpoint of the iteration it finished.
+    let data_dir = s._dir.as_ref().unwrap().path();
+    let ckpt = data_dir
+        .join("runs")
+        .join(&job.job_id)
+        .join(format!("checkpoints/ckpt-{:05}/job_state.json", done.current_iteration));
+    assert!(ckpt.is_file(), "no checkpoint at {}", ckpt.display());
+    // Ended: a second cancel is refused with the contract's code.
+    assert_eq!(c.cancel(&job.job_id, None).unwrap_err().code(), Some(-40003));
+}

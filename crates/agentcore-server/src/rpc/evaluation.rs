@@ -1,0 +1,120 @@
+//! `training.evaluate` and `training.export_trajectories`.
+
+use super::jobs::tasks;
+use super::*;
+
+pub(super) async fn evaluate(
+    state: &AppState,
+    caller: &Caller,
+    params: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    let id = job_id(params)?;
+    let job = owned_job(state, caller, &id).await?;
+    if job.iterations_completed == 0 && job.best_checkpoint_id.is_none() {
+        let checkpoints =
+            state.store.checkpoints(&id).await.map_err(|e| internal("evaluate", e))?;
+        if checkpoints.iter().all(|c| c.deleted) {
+            return Err(RpcError::new(
+                codes::EVALUATION_FAILED,
+                format!("job {id} has no checkpoint yet (status {})", job.status),
+            ));
+        }
+    }
+    let checkpoint = string(params, "checkpoint_id")?;
+    if let Some(c) = &checkpoint {
+        let known = state.store.checkpoints(&id).await.map_err(|e| internal("evaluate", e))?;
+        if !known.iter().any(|k| &k.id == c && !k.deleted) {
+            return Err(RpcError::new(codes::NOT_FOUND, format!("checkpoint not found: {c:?}")));
+        }
+    }
+    let queries = match params.get("evaluation_queries") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(tasks("evaluation_queries", v)?),
+    };
+    let data_dir = state.config.data_dir.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let sandbox =
+            Arc::new(agentcore_agent::sandbox::PythonSandbox::detect().map_err(|e| e.to_string())?);
+        agentcore_train::eval::compare(&data_dir, &id, checkpoint.as_deref(), queries, &sandbox)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| internal("evaluate", e))?
+    .map_err(|e| RpcError::new(codes::EVALUATION_FAILED, format!("evaluation failed: {e}")))?;
+    let c = &report.baseline_comparison;
+    Ok(json!({
+        "job_id": report.job_id,
+        "checkpoint_id": report.checkpoint_id,
+        "iteration": report.iteration,
+        "metrics": report.metrics,
+        "baseline_metrics": report.baseline_metrics,
+        "baseline_comparison": {
+            "success_rate_improvement": c.success_rate_improvement,
+            "avg_reward_improvement": c.avg_reward_improvement,
+            "p_value": c.p_value,
+            "statistically_significant": c.statistically_significant,
+            "test": c.test,
+            "confidence_interval": c.confidence_interval,
+            "baseline_success_rate": c.baseline_success_rate,
+            "trained_success_rate": c.trained_success_rate,
+            "reward_t_test": c.reward_t_test,
+            "reward_confidence_interval": c.reward_confidence_interval,
+        },
+        "statistically_significant": report.statistically_significant,
+        "queries_evaluated": report.queries_evaluated,
+        "evaluation_duration_ms": report.evaluation_duration_ms,
+    }))
+}
+
+pub(super) async fn export(
+    state: &AppState,
+    caller: &Caller,
+    params: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    let id = job_id(params)?;
+    let job = owned_job(state, caller, &id).await?;
+    let limit = uint(params, "limit", 1000)?;
+    if limit > 10_000 {
+        return Err(RpcError::new(
+            codes::EXPORT_LIMIT,
+            format!("export limit exceeded: limit must be <= 10000, got {limit}"),
+        ));
+    }
+    let offset = uint(params, "offset", 0)?;
+    let success_only = params.get("success_only").and_then(Value::as_bool).unwrap_or(false);
+    let min_reward = match params.get("min_reward") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_f64().ok_or_else(|| {
+            RpcError::new(codes::INVALID_PARAMS, format!("min_reward must be a number, got {v}"))
+        })?),
+    };
+    let filter = TrajectoryFilter {
+        success_only,
+        min_reward,
+        limit: Some(u32::try_from(limit).unwrap_or(10_000)),
+        offset: u32::try_from(offset).unwrap_or(u32::MAX),
+    };
+    let total =
+        state.store.count_trajectories(&id, &filter).await.map_err(|e| internal("export", e))?;
+    let rows = state.store.trajectories(&id, &filter).await.map_err(|e| internal("export", e))?;
+    let shaping = agentcore_train::record::reward_shaping(&job.settings);
+    let trajectories: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            agentcore_train::record::export_record(
+                r,
+                shaping.success_reward,
+                shaping.failure_reward,
+                false,
+            )
+        })
+        .collect();
+    let returned = trajectories.len() as u64;
+    Ok(json!({
+        "job_id": id,
+        "trajectories": trajectories,
+        "total_count": total,
+        "returned_count": returned,
+        "has_more": offset + returned < total,
+    }))
+}

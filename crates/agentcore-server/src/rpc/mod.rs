@@ -1,0 +1,344 @@
+//! `POST /api/v1/jsonrpc` and `/metrics`: authentication, rate limits, JSON-RPC envelopes
+//! (single calls, batches, notifications), and the methods of the contract.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use agentcore_api::{
+    CancelResult, Cost, JobStatus, ListResult, Progress, Request, Response as RpcResponse,
+    RpcError, StartResult, SubscribeResult, WEBHOOK_EVENTS, codes, methods,
+};
+use agentcore_grpo::GrpoError;
+use agentcore_store::{
+    CancelOutcome, JobFilter, JobRow, NewJob, Store, TrajectoryFilter, WebhookRow,
+};
+use agentcore_tasks::Task;
+use agentcore_train::settings::JobData;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use serde_json::{Map, Value, json};
+
+use agentcore_tasks::data::kind;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::limits::{Decision, unix_now};
+
+/// The bearer token of a request.
+#[must_use]
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+fn unauthorized(message: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+        axum::Json(json!({"error": message})),
+    )
+        .into_response()
+}
+
+pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Box<Response>> {
+    let Some(token) = bearer(headers) else {
+        return Err(Box::new(unauthorized("missing bearer token")));
+    };
+    state.auth.verify(&token).map_err(|e| Box::new(unauthorized(&e)))
+}
+
+fn with_limit_headers(mut response: Response, d: Option<Decision>) -> Response {
+    if let Some(d) = d {
+        let h = response.headers_mut();
+        for (name, value) in [
+            ("x-ratelimit-limit", d.limit.to_string()),
+            ("x-ratelimit-remaining", d.remaining.to_string()),
+            ("x-ratelimit-reset", d.reset.to_string()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+    }
+    response
+}
+
+/// The JSON-RPC endpoint.
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = RpcError::new(codes::PARSE_ERROR, format!("parse error: {e}"));
+            return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
+        }
+    };
+    let (items, batch) = match parsed {
+        Value::Array(items) if items.is_empty() => {
+            let err = RpcError::new(codes::INVALID_REQUEST, "invalid request: empty batch");
+            return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
+        }
+        Value::Array(items) => (items, true),
+        other => (vec![other], false),
+    };
+    // Rate limits first, for every call of the request.
+    let now = unix_now();
+    let mut shown: Option<Decision> = None;
+    for item in &items {
+        let Some(method) = item.get("method").and_then(Value::as_str) else { continue };
+        if let Some(d) = state.limiter.check(&caller.subject, method, now) {
+            if !d.allowed {
+                let err = RpcError::new(
+                    codes::INVALID_REQUEST,
+                    format!("rate limit of {method} exceeded: {} calls per minute", d.limit),
+                );
+                let body = axum::Json(RpcResponse::err(
+                    item.get("id").cloned().unwrap_or(Value::Null),
+                    err,
+                ));
+                let mut r = (StatusCode::TOO_MANY_REQUESTS, body).into_response();
+                if let Ok(v) = HeaderValue::from_str(&d.retry_after(now).to_string()) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                return with_limit_headers(r, Some(d));
+            }
+            if shown.is_none_or(|s| d.remaining < s.remaining) {
+                shown = Some(d);
+            }
+        }
+    }
+    let mut responses = Vec::new();
+    for item in items {
+        if let Some(r) = call(&state, &caller, item).await {
+            responses.push(r);
+        }
+    }
+    let response = if responses.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else if batch {
+        axum::Json(responses).into_response()
+    } else {
+        axum::Json(responses.remove(0)).into_response()
+    };
+    with_limit_headers(response, shown)
+}
+
+/// One call; `None` for a notification.
+async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<RpcResponse> {
+    let id = item.get("id").cloned();
+    let request: Request = match serde_json::from_value(item) {
+        Ok(r) => r,
+        Err(e) => {
+            let err = RpcError::new(codes::INVALID_REQUEST, format!("invalid request: {e}"));
+            return Some(RpcResponse::err(id.unwrap_or(Value::Null), err));
+        }
+    };
+    if request.jsonrpc != "2.0" {
+        let err = RpcError::new(
+            codes::INVALID_REQUEST,
+            format!("invalid request: jsonrpc must be \"2.0\", got {:?}", request.jsonrpc),
+        );
+        return Some(RpcResponse::err(id.unwrap_or(Value::Null), err));
+    }
+    let params = match request.params {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            let err = RpcError::new(
+                codes::INVALID_PARAMS,
+                format!("params must be an object, got {}", kind(&other)),
+            );
+            return request.id.map(|id| RpcResponse::err(id, err));
+        }
+    };
+    let result = dispatch(state, caller, &request.method, params).await;
+    let id = request.id?;
+    Some(match result {
+        Ok(v) => RpcResponse::ok(id, v),
+        Err(e) => RpcResponse::err(id, e),
+    })
+}
+
+/// An internal error: logged with a correlation id, which the caller gets instead of the cause.
+pub(crate) fn internal(context: &str, e: impl std::fmt::Display) -> RpcError {
+    let correlation = uuid::Uuid::new_v4().simple().to_string();
+    tracing::error!(correlation = %correlation, context, error = %e, "internal error");
+    RpcError::new(codes::INTERNAL_ERROR, format!("internal error (correlation id {correlation})"))
+}
+
+fn need(caller: &Caller, permission: &str) -> Result<(), RpcError> {
+    if caller.can(permission) {
+        Ok(())
+    } else {
+        Err(RpcError::new(
+            codes::PERMISSION_DENIED,
+            format!("permission denied: {permission} is required"),
+        )
+        .with_data(json!({"permission": permission})))
+    }
+}
+
+fn string(params: &Map<String, Value>, name: &str) -> Result<Option<String>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(RpcError::new(
+            codes::INVALID_PARAMS,
+            format!("{name} must be a string, got {}", kind(other)),
+        )),
+    }
+}
+
+fn required(params: &Map<String, Value>, name: &str) -> Result<String, RpcError> {
+    string(params, name)?
+        .ok_or_else(|| RpcError::new(codes::INVALID_PARAMS, format!("{name} is required")))
+}
+
+fn uint(params: &Map<String, Value>, name: &str, default: u64) -> Result<u64, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            RpcError::new(
+                codes::INVALID_PARAMS,
+                format!("{name} must be a non-negative integer, got {v}"),
+            )
+        }),
+    }
+}
+
+fn job_id(params: &Map<String, Value>) -> Result<String, RpcError> {
+    let id = required(params, "job_id")?;
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(RpcError::new(
+            codes::INVALID_PARAMS,
+            format!("invalid job_id {id:?}: must be a UUID"),
+        ));
+    }
+    Ok(id)
+}
+
+/// The caller's job, or not found (another organisation's job is not found either).
+async fn owned_job(state: &AppState, caller: &Caller, id: &str) -> Result<JobRow, RpcError> {
+    match state.store.job(id).await {
+        Ok(Some(j)) if j.org == caller.org => Ok(j),
+        Ok(_) => Err(RpcError::new(codes::NOT_FOUND, format!("job not found: {id:?}"))),
+        Err(e) => Err(internal("job lookup", e)),
+    }
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    method: &str,
+    params: Map<String, Value>,
+) -> Result<Value, RpcError> {
+    fn to_value<T: serde::Serialize>(v: Result<T, RpcError>) -> Result<Value, RpcError> {
+        v.and_then(|r| serde_json::to_value(r).map_err(|e| internal("result", e)))
+    }
+    match method {
+        methods::START => {
+            need(caller, "training:start")?;
+            to_value(start(state, caller, params).await)
+        }
+        methods::STATUS => {
+            need(caller, "training:view")?;
+            let id = job_id(&params)?;
+            let job = owned_job(state, caller, &id).await?;
+            to_value(status(&state.store, &job).await)
+        }
+        methods::LIST => {
+            need(caller, "training:view")?;
+            to_value(list(state, caller, &params).await)
+        }
+        methods::CANCEL => {
+            need(caller, "training:cancel")?;
+            to_value(cancel(state, caller, &params).await)
+        }
+        methods::EVALUATE => {
+            need(caller, "training:evaluate")?;
+            evaluate(state, caller, &params).await
+        }
+        methods::EXPORT => {
+            need(caller, "data:export")?;
+            export(state, caller, &params).await
+        }
+        methods::SUBSCRIBE => {
+            need(caller, "training:start")?;
+            to_value(subscribe(state, caller, &params).await)
+        }
+        methods::AGENTS_REGISTER => {
+            need(caller, "agents:manage")?;
+            crate::agents::register(state, caller, &params).await
+        }
+        methods::AGENTS_GET => {
+            need(caller, "training:view")?;
+            let id = required(&params, "agent_id")?;
+            crate::agents::visible_agent(state, caller, &id).await
+        }
+        methods::AGENTS_LIST => {
+            need(caller, "training:view")?;
+            let all = state.store.agents().await.map_err(|e| internal(method, e))?;
+            let agents: Vec<Value> = all
+                .into_iter()
+                .filter(|(_, d)| crate::agents::visible(d, caller))
+                .map(|(_, d)| d)
+                .collect();
+            Ok(json!({"agents": agents, "count": agents.len()}))
+        }
+        methods::REWARDS_REGISTER => {
+            need(caller, "agents:manage")?;
+            let agent_type = required(&params, "agent_type")?;
+            let name = required(&params, "name")?;
+            let url = required(&params, "url")?;
+            let allow = state.config.webhooks.allow_private;
+            let check = url.clone();
+            tokio::task::spawn_blocking(move || crate::webhooks::check_target(&check, allow))
+                .await
+                .map_err(|e| internal(method, e))?
+                .map_err(|e| {
+                    RpcError::new(codes::INVALID_PARAMS, e).with_data(json!({"field": "url"}))
+                })?;
+            state
+                .store
+                .set_reward_endpoint(&caller.org, &agent_type, &name, &url)
+                .await
+                .map_err(|e| internal(method, e))?;
+            Ok(json!({"agent_type": agent_type, "name": name, "url": url}))
+        }
+        methods::DISCOVER => Ok(openrpc()),
+        "training.deploy_checkpoint" | "training.configure_ab_test" | "agents.invoke" => {
+            Err(RpcError::new(
+                codes::METHOD_NOT_FOUND,
+                format!(
+                    "method not found: {method} is not served by this version (deployment comes later)"
+                ),
+            ))
+        }
+        other => {
+            Err(RpcError::new(codes::METHOD_NOT_FOUND, format!("method not found: {other:?}")))
+        }
+    }
+}
+
+mod evaluation;
+mod jobs;
+mod openrpc;
+mod subscribe;
+
+use evaluation::{evaluate, export};
+pub use jobs::status;
+use jobs::{cancel, list, start};
+pub use openrpc::openrpc;
+use subscribe::subscribe;
