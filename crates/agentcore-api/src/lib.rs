@@ -6,6 +6,9 @@
 //! parts (metrics, metadata, trajectories' steps) stay JSON values.
 #![deny(missing_docs)]
 
+mod kinds;
+
+pub use kinds::{EventKind, JobStatus, UnknownName, WebhookEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -170,7 +173,7 @@ pub struct StartResult {
     /// The new job (a UUID).
     pub job_id: String,
     /// `queued`.
-    pub status: String,
+    pub status: JobStatus,
     /// The agent trained.
     pub agent_id: String,
     /// Iterations configured.
@@ -205,13 +208,13 @@ pub struct Cost {
 
 /// `training.get_status` result (also the items of `training.list_jobs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobStatus {
+pub struct StatusResult {
     /// The job.
     pub job_id: String,
     /// Its agent.
     pub agent_id: String,
     /// `queued`, `running`, `completed`, `failed`, `cancelled`.
-    pub status: String,
+    pub status: JobStatus,
     /// Iterations done.
     pub current_iteration: u32,
     /// Iterations configured.
@@ -269,7 +272,7 @@ pub struct CancelResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListResult {
     /// The page.
-    pub jobs: Vec<JobStatus>,
+    pub jobs: Vec<StatusResult>,
     /// Jobs in the page.
     pub count: usize,
     /// Jobs matching.
@@ -285,15 +288,15 @@ pub struct SubscribeResult {
     pub secret: String,
 }
 
-/// The webhook events of the contract.
+/// The webhook events of the contract, by name.
 pub const WEBHOOK_EVENTS: [&str; 7] = [
-    "training.job.started",
-    "training.job.progress",
-    "training.job.completed",
-    "training.job.failed",
-    "training.job.cancelled",
-    "training.budget.warning",
-    "training.checkpoint.saved",
+    WebhookEvent::JobStarted.as_str(),
+    WebhookEvent::JobProgress.as_str(),
+    WebhookEvent::JobCompleted.as_str(),
+    WebhookEvent::JobFailed.as_str(),
+    WebhookEvent::JobCancelled.as_str(),
+    WebhookEvent::BudgetWarning.as_str(),
+    WebhookEvent::CheckpointSaved.as_str(),
 ];
 
 #[cfg(test)]

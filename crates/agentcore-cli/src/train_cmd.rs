@@ -531,9 +531,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             let message = e.to_string();
-            if let Err(store_error) =
-                store.call(|s| s.finish_job(&job_id, "failed", None, None, None, Some(&message)))
-            {
+            if let Err(store_error) = store.call(|s| {
+                s.finish_job(
+                    &job_id,
+                    agentcore_store::JobStatus::Failed,
+                    None,
+                    None,
+                    None,
+                    Some(&message),
+                )
+            }) {
                 tracing::error!(job_id = %job_id, error = %store_error,
                     "could not record the job's failure in the store");
             }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use agentcore_api::{
-    CancelResult, JobStatus, ListResult, RpcError, StartResult, SubscribeResult,
+    CancelResult, JobStatus, ListResult, RpcError, StartResult, StatusResult, SubscribeResult,
 };
 use agentcore_api::{Request, Response, methods};
 use serde::de::DeserializeOwned;
@@ -167,7 +167,7 @@ impl TrainingClient {
     ///
     /// # Errors
     /// [`ClientError`] (code -32001 for an unknown job).
-    pub fn get_status(&self, job_id: &str) -> Result<JobStatus> {
+    pub fn get_status(&self, job_id: &str) -> Result<StatusResult> {
         self.typed(methods::STATUS, json!({"job_id": job_id}))
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use std::str::FromStr;
 
-use agentcore_store::JobFilter;
+use agentcore_store::{JobFilter, JobStatus};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -122,8 +122,8 @@ pub async fn metrics(State(state): State<Arc<crate::AppState>>, headers: HeaderM
 }
 
 async fn render_metrics(state: &crate::AppState) -> Result<String, agentcore_store::StoreError> {
-    let counts: HashMap<String, u64> = state.store.job_counts().await?.into_iter().collect();
-    let count = |s: &str| counts.get(s).copied().unwrap_or(0) as f64;
+    let counts: HashMap<JobStatus, u64> = state.store.job_counts().await?.into_iter().collect();
+    let count = |s: JobStatus| counts.get(&s).copied().unwrap_or(0) as f64;
     let total: u64 = counts.values().sum();
     let mut out = String::new();
     out += &family(
@@ -133,9 +133,9 @@ async fn render_metrics(state: &crate::AppState) -> Result<String, agentcore_sto
         &[(String::new(), total as f64)],
     );
     for (name, status) in [
-        ("training_jobs_completed_total", "completed"),
-        ("training_jobs_failed_total", "failed"),
-        ("training_jobs_cancelled_total", "cancelled"),
+        ("training_jobs_completed_total", JobStatus::Completed),
+        ("training_jobs_failed_total", JobStatus::Failed),
+        ("training_jobs_cancelled_total", JobStatus::Cancelled),
     ] {
         out +=
             &family(name, "counter", &format!("Jobs {status}."), &[(String::new(), count(status))]);
@@ -144,18 +144,18 @@ async fn render_metrics(state: &crate::AppState) -> Result<String, agentcore_sto
         "training_jobs_active",
         "gauge",
         "Jobs running now.",
-        &[(String::new(), count("running"))],
+        &[(String::new(), count(JobStatus::Running))],
     );
     out += &family(
         "training_jobs_queued",
         "gauge",
         "Jobs waiting for a worker.",
-        &[(String::new(), count("queued"))],
+        &[(String::new(), count(JobStatus::Queued))],
     );
     let running = state
         .store
         .list_jobs(&JobFilter {
-            status: Some("running".into()),
+            status: Some(JobStatus::Running),
             limit: 1000,
             ..JobFilter::default()
         })

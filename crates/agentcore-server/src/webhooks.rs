@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentcore_api::{JobStatus, WebhookEvent};
 use agentcore_store::{
     AttemptOutcome, ClaimedMessage, EventRow, OutboxMessage, Store, WebhookDelivery,
 };
@@ -89,23 +90,16 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
 
 /// The contract's event for a stored event, if it is one that webhooks carry.
 #[must_use]
-pub fn contract_event(e: &EventRow, progress_every: u32) -> Option<&'static str> {
-    Some(match e.kind.as_str() {
-        "training.job.started" => "training.job.started",
-        "training.job.completed" => "training.job.completed",
-        "training.job.failed" => "training.job.failed",
-        "training.job.cancelled" => "training.job.cancelled",
-        "training.budget.warning" => "training.budget.warning",
-        "training.checkpoint.saved" => "training.checkpoint.saved",
-        "training.iteration" => {
-            let it = e.payload.get("iteration").and_then(Value::as_u64)?;
-            if progress_every == 0 || it % u64::from(progress_every) != 0 {
-                return None;
-            }
-            "training.job.progress"
+pub fn contract_event(e: &EventRow, progress_every: u32) -> Option<WebhookEvent> {
+    let event = WebhookEvent::of(e.kind)?;
+    if event == WebhookEvent::JobProgress {
+        // Every `progress_every`-th iteration.
+        let it = e.payload.get("iteration").and_then(Value::as_u64)?;
+        if progress_every == 0 || it % u64::from(progress_every) != 0 {
+            return None;
         }
-        _ => return None,
-    })
+    }
+    Some(event)
 }
 
 /// One attempt: POST with the signature headers; the receiver's status or the transport error.
@@ -200,22 +194,22 @@ async fn attempt(
 
 /// The outbox messages of a batch of events: one per matching subscription of each contract
 /// event, for the job's organisation.
+///
+/// # Errors
+/// Database errors: then nothing is queued and the cursor stays, so the batch is tried again.
 async fn messages_for(
     store: &Store,
     config: &WebhookConfig,
     events: &[EventRow],
-) -> Vec<OutboxMessage> {
+) -> agentcore_store::Result<Vec<OutboxMessage>> {
     let mut out = Vec::new();
     for e in events {
-        let Some(name) = contract_event(e, config.progress_every) else { continue };
-        let Ok(Some(job)) = store.job(&e.job_id).await else { continue };
-        let hooks = store.webhooks(&job.org).await.unwrap_or_default();
-        let status = match name {
-            "training.job.completed" => "completed",
-            "training.job.failed" => "failed",
-            "training.job.cancelled" => "cancelled",
-            _ => "running",
-        };
+        let Some(event) = contract_event(e, config.progress_every) else { continue };
+        let name = event.as_str();
+        // A job that is gone has nobody to tell.
+        let Some(job) = store.job(&e.job_id).await? else { continue };
+        let hooks = store.webhooks(&job.org).await?;
+        let status = e.kind.status().filter(|s| s.is_final()).unwrap_or(JobStatus::Running);
         let mut data = json!({"job_id": job.id, "agent_id": job.agent_id, "status": status});
         if let (Some(d), Some(p)) = (data.as_object_mut(), e.payload.as_object()) {
             for (k, v) in p {
@@ -234,7 +228,7 @@ async fn messages_for(
             });
         }
     }
-    out
+    Ok(out)
 }
 
 /// Delivers the contract's events to the subscriptions of each job's organisation until
@@ -266,11 +260,19 @@ pub async fn run_deliverer(
             Ok(cursor) => match store.events_after(None, cursor, 500).await {
                 Ok(events) => {
                     if let Some(last) = events.last() {
-                        let messages = messages_for(&store, &config, &events).await;
-                        if let Err(e) = store.enqueue_webhooks(cursor, last.id, &messages).await {
-                            tracing::error!(error = %e, "could not queue webhook messages; retrying");
+                        match messages_for(&store, &config, &events).await {
+                            Ok(messages) => {
+                                if let Err(e) =
+                                    store.enqueue_webhooks(cursor, last.id, &messages).await
+                                {
+                                    tracing::error!(error = %e,
+                                        "could not queue webhook messages; retrying");
+                                }
+                                busy = events.len() == 500;
+                            }
+                            Err(e) => tracing::error!(error = %e,
+                                "could not read the subscriptions of new events; retrying"),
                         }
-                        busy = events.len() == 500;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "could not read events for webhooks"),

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentcore_agent::sandbox::PythonSandbox;
-use agentcore_store::{BlockingStore, JobRow, Store};
+use agentcore_store::{BlockingStore, EventKind, JobRow, JobStatus, Store};
 use agentcore_train::checkpoints::resume_point;
 use agentcore_train::events::Event;
 use agentcore_train::job::JobContext;
@@ -157,14 +157,14 @@ impl Workers {
         let fail = |message: String| {
             tracing::error!(job_id = %job.id, error = %message, "job failed");
             let payload = json!({"error": message});
-            if let Err(e) = db.call(|s| s.record_event(&job.id, "training.job.failed", &payload)) {
+            if let Err(e) = db.call(|s| s.record_event(&job.id, EventKind::JobFailed, &payload)) {
                 tracing::error!(job_id = %job.id, error = %e, "could not record the failure event");
             }
             if let Err(e) = db.call(|s| {
                 s.finish_leased_job(
                     &job.id,
                     worker,
-                    "failed",
+                    JobStatus::Failed,
                     Some("failed"),
                     None,
                     None,

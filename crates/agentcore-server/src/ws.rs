@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcore_store::EventRow;
+use agentcore_store::{EventKind, EventRow};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -56,8 +56,8 @@ pub async fn handle(
 #[must_use]
 pub fn message(e: &EventRow, total: u32) -> Option<Value> {
     let p = &e.payload;
-    Some(match e.kind.as_str() {
-        "training.iteration" => json!({
+    Some(match e.kind {
+        EventKind::Iteration => json!({
             "type": "progress",
             "job_id": e.job_id,
             "iteration": p.get("iteration"),
@@ -71,33 +71,31 @@ pub fn message(e: &EventRow, total: u32) -> Option<Value> {
             "rollout_seconds": p.get("rollout_seconds"),
             "update_seconds": p.get("update_seconds"),
         }),
-        "training.checkpoint.saved" => json!({
+        EventKind::CheckpointSaved => json!({
             "type": "checkpoint",
             "job_id": e.job_id,
             "checkpoint_id": p.get("checkpoint_id"),
             "iteration": p.get("iteration"),
         }),
-        "training.budget.warning" | "training.budget.exceeded" => json!({
+        EventKind::BudgetWarning | EventKind::BudgetExceeded => json!({
             "type": "budget",
             "job_id": e.job_id,
             "state": p.get("state"),
             "spent_usd": p.get("spent_usd"),
             "budget_usd": p.get("budget_usd"),
         }),
-        "training.job.started" => {
-            json!({"type": "status", "job_id": e.job_id, "status": "running"})
-        }
-        k if k.starts_with("training.job.") => {
-            let status = k.trim_start_matches("training.job.");
+        kind => {
+            let status = kind.status()?;
             let mut m = json!({"type": "status", "job_id": e.job_id, "status": status});
-            for key in ["stop_reason", "final_success_rate", "best_checkpoint_id", "error"] {
-                if let Some(v) = p.get(key) {
-                    m[key] = v.clone();
+            if status.is_final() {
+                for key in ["stop_reason", "final_success_rate", "best_checkpoint_id", "error"] {
+                    if let Some(v) = p.get(key) {
+                        m[key] = v.clone();
+                    }
                 }
             }
             m
         }
-        _ => return None,
     })
 }
 
@@ -111,7 +109,7 @@ async fn send(socket: &mut WebSocket, value: &Value) -> bool {
 
 async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
     let Ok(Some(job)) = state.store.job(&job_id).await else { return };
-    let mut status = job.status.clone();
+    let mut status = job.status;
     if !send(&mut socket, &json!({"type": "status", "job_id": job_id, "status": status})).await {
         return;
     }
@@ -122,8 +120,8 @@ async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
         for e in &events {
             cursor = e.id;
             if let Some(m) = message(e, job.total_iterations) {
-                if let Some(s) = m.get("status").and_then(Value::as_str) {
-                    s.clone_into(&mut status);
+                if let Some(s) = e.kind.status() {
+                    status = s;
                 }
                 if !send(&mut socket, &m).await {
                     return;
@@ -136,7 +134,7 @@ async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
         // After the events, the row: a job cancelled while queued has no events.
         let Ok(Some(now)) = state.store.job(&job_id).await else { return };
         if now.status != status {
-            status = now.status.clone();
+            status = now.status;
             let more = state.store.events_after(Some(&job_id), cursor, 1).await.unwrap_or_default();
             if more.is_empty()
                 && !send(
@@ -148,7 +146,7 @@ async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
                 return;
             }
         }
-        if matches!(status.as_str(), "completed" | "failed" | "cancelled")
+        if status.is_final()
             && state
                 .store
                 .events_after(Some(&job_id), cursor, 1)

@@ -624,7 +624,11 @@ fn webhook_messages_survive_a_server_restart() {
     };
     s1.rt.block_on(store.enqueue_job(&job, "acme", "u", None)).unwrap();
     s1.rt
-        .block_on(store.record_event("job-w", "training.job.completed", &json!({"final": 1})))
+        .block_on(store.record_event(
+            "job-w",
+            agentcore_store::EventKind::JobCompleted,
+            &json!({"final": 1}),
+        ))
         .unwrap();
     // The first attempt fails; stop the server before its retry is due.
     let t0 = std::time::Instant::now();
@@ -639,7 +643,9 @@ fn webhook_messages_survive_a_server_restart() {
     let offline = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     offline.block_on(async {
         let db = agentcore_store::Store::open(&data_dir.join("agentcore.db")).await.unwrap();
-        db.record_event("job-w", "training.job.started", &json!({"offline": true})).await.unwrap();
+        db.record_event("job-w", agentcore_store::EventKind::JobStarted, &json!({"offline": true}))
+            .await
+            .unwrap();
         db.close().await;
     });
     assert_eq!(got.lock().unwrap().len(), 1, "nothing is delivered while no server runs");

@@ -41,6 +41,7 @@ macro_rules! events_lock {
 
 mod outbox;
 mod queue;
+pub use agentcore_api::{EventKind, JobStatus};
 pub use outbox::{AttemptOutcome, ClaimedMessage, OutboxMessage};
 pub use queue::{CancelOutcome, JobFilter, Lease, WebhookDelivery, WebhookRow};
 
@@ -102,6 +103,15 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A closed-set name stored as text (a status, an event kind).
+fn name<T: std::str::FromStr<Err = agentcore_api::UnknownName>>(
+    what: &'static str,
+    text: &str,
+) -> Result<T> {
+    text.parse()
+        .map_err(|e: agentcore_api::UnknownName| StoreError::Json { what, message: e.to_string() })
+}
+
 fn parse(what: &'static str, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| StoreError::Json { what, message: e.to_string() })
 }
@@ -113,8 +123,8 @@ pub struct JobRow {
     pub id: String,
     /// The agent trained.
     pub agent_id: String,
-    /// `running`, `completed`, `failed`, `cancelled`, ...
-    pub status: String,
+    /// Where it stands.
+    pub status: JobStatus,
     /// The job's settings (JSON).
     pub settings: Value,
     /// Iterations configured.
@@ -249,8 +259,8 @@ pub struct EventRow {
     pub id: i64,
     /// The job.
     pub job_id: String,
-    /// e.g. `training.iteration`.
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// The payload.
     pub payload: Value,
     /// RFC 3339.
@@ -582,7 +592,7 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn record_event(&self, job_id: &str, kind: &str, payload: &Value) -> Result<()> {
+    pub async fn record_event(&self, job_id: &str, kind: EventKind, payload: &Value) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         if self.backend == Backend::Postgres {
             // (Counted: the Any driver cannot decode the function's `void`.)
@@ -599,7 +609,7 @@ impl Store {
             "INSERT INTO events (job_id, kind, payload, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(job_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(payload.to_string())
         .bind(now())
         .execute(&mut *tx)
@@ -609,14 +619,14 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a job finished with `status` (`completed`, `cancelled`, `failed`, ...).
+    /// Marks a job finished with `status`.
     ///
     /// # Errors
     /// Database errors.
     pub async fn finish_job(
         &self,
         job_id: &str,
-        status: &str,
+        status: JobStatus,
         stop_reason: Option<&str>,
         summary: Option<&Value>,
         best_checkpoint_id: Option<&str>,
@@ -628,7 +638,7 @@ impl Store {
              error = $5, finished_at = $6, updated_at = $7, lease_owner = NULL, \
              lease_expires_ms = NULL WHERE id = $8",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(stop_reason)
         .bind(summary.map(ToString::to_string))
         .bind(best_checkpoint_id)
@@ -778,7 +788,7 @@ pub(crate) fn event_row(r: &AnyRow) -> Result<EventRow> {
     Ok(EventRow {
         id: r.get("id"),
         job_id: r.get("job_id"),
-        kind: r.get("kind"),
+        kind: name("events.kind", r.get("kind"))?,
         payload: parse("event payload", r.get("payload"))?,
         created_at: r.get("created_at"),
     })
@@ -788,7 +798,7 @@ pub(crate) fn job_row(r: &AnyRow) -> Result<JobRow> {
     Ok(JobRow {
         id: r.get("id"),
         agent_id: r.get("agent_id"),
-        status: r.get("status"),
+        status: name("jobs.status", r.get("status"))?,
         settings: parse("job settings", r.get("settings"))?,
         total_iterations: u32::try_from(r.get::<i64, _>("total_iterations")).unwrap_or(0),
         iterations_completed: u32::try_from(r.get::<i64, _>("iterations_completed")).unwrap_or(0),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::{EventRow, JobRow, NewJob, Result, Store, event_row, job_row, now, parse};
+use crate::{EventRow, JobRow, JobStatus, NewJob, Result, Store, event_row, job_row, now, parse};
 
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -31,7 +31,7 @@ pub struct JobFilter {
     /// Only this agent's.
     pub agent_id: Option<String>,
     /// Only with this status.
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     /// At most this many.
     pub limit: u32,
     /// Skip this many.
@@ -55,7 +55,7 @@ pub enum CancelOutcome {
     /// The job runs: its worker stops it after the current iteration, with a checkpoint.
     Requested,
     /// The job already ended with this status.
-    Finished(String),
+    Finished(JobStatus),
     /// No such job.
     NotFound,
 }
@@ -219,7 +219,7 @@ impl Store {
         &self,
         job_id: &str,
         worker: &str,
-        status: &str,
+        status: JobStatus,
         stop_reason: Option<&str>,
         summary: Option<&Value>,
         best_checkpoint_id: Option<&str>,
@@ -231,7 +231,7 @@ impl Store {
              error = $5, finished_at = $6, updated_at = $7, lease_owner = NULL, \
              lease_expires_ms = NULL WHERE id = $8 AND lease_owner = $9",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(stop_reason)
         .bind(summary.map(ToString::to_string))
         .bind(best_checkpoint_id)
@@ -295,9 +295,12 @@ impl Store {
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobRow>, u64)> {
         let mut clauses = Vec::new();
         let mut binds: Vec<&str> = Vec::new();
-        for (column, value) in
-            [("org", &filter.org), ("agent_id", &filter.agent_id), ("status", &filter.status)]
-        {
+        let status = filter.status.map(JobStatus::as_str);
+        for (column, value) in [
+            ("org", filter.org.as_deref()),
+            ("agent_id", filter.agent_id.as_deref()),
+            ("status", status),
+        ] {
             if let Some(v) = value {
                 binds.push(v);
                 clauses.push(format!("{column} = ${}", binds.len()));
@@ -338,8 +341,12 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn job_counts(&self) -> Result<Vec<(String, u64)>> {
-        self.counts_by_status("jobs").await
+    pub async fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>> {
+        self.counts_by_status("jobs")
+            .await?
+            .into_iter()
+            .map(|(s, n)| Ok((crate::name("jobs.status", &s)?, n)))
+            .collect()
     }
 
     /// Rows of `table` (a constant name) by their `status` column, in status order.

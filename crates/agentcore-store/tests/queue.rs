@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use agentcore_store::{CancelOutcome, JobFilter, NewJob, Store, WebhookDelivery, WebhookRow};
+use agentcore_store::{
+    CancelOutcome, EventKind, JobFilter, JobStatus, NewJob, Store, WebhookDelivery, WebhookRow,
+};
 use serde_json::json;
 
 fn job(id: &str) -> NewJob {
@@ -69,15 +71,23 @@ fn claims_in_order_renews_and_hands_over_an_expired_lease() {
             // w1 comes back: its heartbeat and its finish are refused.
             assert!(!s.heartbeat("a", "w1", LONG).await.unwrap().held);
             assert!(
-                !s.finish_leased_job("a", "w1", "failed", None, None, None, Some("x"))
+                !s.finish_leased_job("a", "w1", JobStatus::Failed, None, None, None, Some("x"))
                     .await
                     .unwrap()
             );
             assert_eq!(s.job("a").await.unwrap().unwrap().status, "running");
             assert!(
-                s.finish_leased_job("a", "w3", "completed", Some("completed"), None, None, None)
-                    .await
-                    .unwrap()
+                s.finish_leased_job(
+                    "a",
+                    "w3",
+                    JobStatus::Completed,
+                    Some("completed"),
+                    None,
+                    None,
+                    None
+                )
+                .await
+                .unwrap()
             );
             let done = s.job("a").await.unwrap().unwrap();
             assert_eq!(done.status, "completed");
@@ -120,7 +130,7 @@ fn cancel_queued_running_and_finished_jobs() {
 
             assert_eq!(
                 s.request_cancel("wait", None).await.unwrap(),
-                CancelOutcome::Finished("cancelled".into())
+                CancelOutcome::Finished(JobStatus::Cancelled)
             );
             assert_eq!(s.request_cancel("nope", None).await.unwrap(), CancelOutcome::NotFound);
         }
@@ -151,14 +161,14 @@ fn lists_with_filters_pages_and_counts() {
             let page = JobFilter { limit: 1, offset: 1, ..all("o1") };
             let (jobs, total) = s.list_jobs(&page).await.unwrap();
             assert_eq!((jobs.len(), jobs[0].id.as_str(), total), (1, "j1", 3));
-            let running = JobFilter { status: Some("running".into()), ..all("o1") };
+            let running = JobFilter { status: Some(JobStatus::Running), ..all("o1") };
             let (jobs, total) = s.list_jobs(&running).await.unwrap();
             assert_eq!((jobs[0].id.as_str(), total), ("j0", 1));
             let agent = JobFilter { agent_id: Some("other-agent".into()), ..all("o2") };
             assert_eq!(s.list_jobs(&agent).await.unwrap().1, 1);
             assert_eq!(s.list_jobs(&all("o3")).await.unwrap().1, 0);
             let counts = s.job_counts().await.unwrap();
-            assert_eq!(counts, vec![("queued".to_string(), 4), ("running".to_string(), 1)]);
+            assert_eq!(counts, vec![(JobStatus::Queued, 4), (JobStatus::Running, 1)]);
         }
     });
 }
@@ -189,7 +199,7 @@ fn two_workers_never_claim_the_same_job() {
                 assert_eq!(winners, vec![id.clone()], "trial {trial}");
                 let row = a.job(&id).await.unwrap().unwrap();
                 assert_eq!(row.attempts, 1, "trial {trial}: claimed twice");
-                a.finish_job(&id, "completed", None, None, None, None).await.unwrap();
+                a.finish_job(&id, JobStatus::Completed, None, None, None, None).await.unwrap();
             }
         }
     });
@@ -239,7 +249,7 @@ fn webhooks_events_and_the_delivery_log() {
             s.enqueue_job(&job("j"), "o", "u", None).await.unwrap();
             assert_eq!(s.last_event_id().await.unwrap(), 0);
             for k in 0..3 {
-                s.record_event("j", "training.iteration", &json!({"iteration": k})).await.unwrap();
+                s.record_event("j", EventKind::Iteration, &json!({"iteration": k})).await.unwrap();
             }
             let first = s.events_after(Some("j"), 0, 2).await.unwrap();
             assert_eq!(first.len(), 2);
@@ -267,7 +277,13 @@ fn a_tail_by_id_misses_no_event_of_concurrent_writers() {
                     let s = s.clone();
                     tokio::spawn(async move {
                         for k in 0..50 {
-                            s.record_event(&format!("j{w}"), "e", &json!({"k": k})).await.unwrap();
+                            s.record_event(
+                                &format!("j{w}"),
+                                EventKind::Iteration,
+                                &json!({"k": k}),
+                            )
+                            .await
+                            .unwrap();
                         }
                     })
                 })

@@ -94,12 +94,16 @@ fn a_job_survives_reopening_the_file() {
                 }))
                 .expect("checkpoint");
             store
-                .block_on(store.store().record_event("j1", "training.started", &json!({"a": 1})))
+                .block_on(store.store().record_event(
+                    "j1",
+                    agentcore_store::EventKind::JobStarted,
+                    &json!({"a": 1}),
+                ))
                 .expect("event");
             store
                 .block_on(store.store().finish_job(
                     "j1",
-                    "completed",
+                    agentcore_store::JobStatus::Completed,
                     Some("completed"),
                     Some(&json!({"p": 0.01})),
                     Some("j1-ckpt-00002"),
@@ -154,7 +158,7 @@ fn a_job_survives_reopening_the_file() {
         assert_eq!(rich.len(), 2);
         let events = store.block_on(store.store().events("j1")).expect("events");
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, "training.started");
+        assert_eq!(events[0].kind, agentcore_store::EventKind::JobStarted);
         assert_eq!(
             store.block_on(store.store().checkpoints("j1")).expect("checkpoints")[0]
                 .eval_success_rate,

@@ -1,7 +1,7 @@
 //! Recording a job in the store: every event the job reports becomes rows (iteration metrics,
 //! trajectories with their token traces, checkpoints, events) and, at the end, the job's status.
 
-use agentcore_store::{BlockingStore, CheckpointRow, TrajectoryRow};
+use agentcore_store::{BlockingStore, CheckpointRow, EventKind, JobStatus, TrajectoryRow};
 use serde_json::{Value, json};
 
 use crate::events::{Event, StopReason};
@@ -54,11 +54,11 @@ impl<'a> Recorder<'a> {
             Event::Started { resumed_from, total_iterations, .. } => {
                 let payload =
                     json!({"resumed_from": resumed_from, "total_iterations": total_iterations});
-                self.store.call(|s| s.record_event(job, "training.job.started", &payload))
+                self.store.call(|s| s.record_event(job, EventKind::JobStarted, &payload))
             }
             Event::Baseline { success_rate, eval_queries } => {
                 let payload = json!({"success_rate": success_rate, "eval_queries": eval_queries});
-                self.store.call(|s| s.record_event(job, "training.baseline", &payload))
+                self.store.call(|s| s.record_event(job, EventKind::Baseline, &payload))
             }
             Event::Rollouts { iteration, records } => {
                 let rows: Vec<TrajectoryRow> = records
@@ -84,7 +84,7 @@ impl<'a> Recorder<'a> {
                 let metrics = serde_json::to_value(m).unwrap_or(Value::Null);
                 let cost = m.cost_usd.to_string();
                 self.store.call(|s| s.record_iteration(job, m.iteration, &metrics, &cost)).and_then(
-                    |()| self.store.call(|s| s.record_event(job, "training.iteration", &metrics)),
+                    |()| self.store.call(|s| s.record_event(job, EventKind::Iteration, &metrics)),
                 )
             }
             Event::Checkpoint(c) => {
@@ -99,7 +99,7 @@ impl<'a> Recorder<'a> {
                 };
                 let payload = json!({"checkpoint_id": c.checkpoint_id, "iteration": c.iteration});
                 self.store.call(|s| s.record_checkpoint(&row)).and_then(|()| {
-                    self.store.call(|s| s.record_event(job, "training.checkpoint.saved", &payload))
+                    self.store.call(|s| s.record_event(job, EventKind::CheckpointSaved, &payload))
                 })
             }
             Event::CheckpointRemoved { checkpoint_id } => {
@@ -107,9 +107,9 @@ impl<'a> Recorder<'a> {
             }
             Event::Budget { state, spent_usd, budget_usd } => {
                 let kind = if *state == agentcore_grpo::budget::BudgetState::Exceeded {
-                    "training.budget.exceeded"
+                    EventKind::BudgetExceeded
                 } else {
-                    "training.budget.warning"
+                    EventKind::BudgetWarning
                 };
                 let payload =
                     json!({"state": state, "spent_usd": spent_usd, "budget_usd": budget_usd});
@@ -126,8 +126,8 @@ impl<'a> Recorder<'a> {
             Event::Done(summary) => {
                 let value = serde_json::to_value(summary).unwrap_or(Value::Null);
                 let status = match summary.stop_reason {
-                    StopReason::Cancelled => "cancelled",
-                    _ => "completed",
+                    StopReason::Cancelled => JobStatus::Cancelled,
+                    _ => JobStatus::Completed,
                 };
                 let (reason, best) =
                     (Some(summary.stop_reason.as_str()), summary.best_checkpoint_id.as_deref());
@@ -140,8 +140,8 @@ impl<'a> Recorder<'a> {
                     "best_checkpoint_id": best,
                     "cost_usd": summary.cost_usd,
                 });
-                let kind = format!("training.job.{status}");
-                if let Err(e) = self.store.call(|s| s.record_event(job, &kind, &payload)) {
+                let kind = EventKind::ended(status).unwrap_or(EventKind::JobCompleted);
+                if let Err(e) = self.store.call(|s| s.record_event(job, kind, &payload)) {
                     self.error = Some(e.to_string());
                     return;
                 }

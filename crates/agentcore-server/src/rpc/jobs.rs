@@ -144,7 +144,7 @@ pub(super) async fn start(
     let row = state.store.job(&id).await.map_err(|e| internal("start", e))?;
     Ok(StartResult {
         job_id: id,
-        status: "queued".into(),
+        status: JobStatus::Queued,
         agent_id,
         total_iterations: new_job.total_iterations,
         budget_usd: new_job.budget_usd,
@@ -156,7 +156,7 @@ pub(super) async fn start(
 ///
 /// # Errors
 /// Database errors.
-pub async fn status(store: &Store, job: &JobRow) -> Result<JobStatus, RpcError> {
+pub async fn status(store: &Store, job: &JobRow) -> Result<StatusResult, RpcError> {
     let last = store.last_iteration(&job.id).await.map_err(|e| internal("status", e))?;
     let validation = store.last_validation(&job.id).await.map_err(|e| internal("status", e))?;
     let per_iteration = job
@@ -198,9 +198,9 @@ pub async fn status(store: &Store, job: &JobRow) -> Result<JobStatus, RpcError> 
     };
     let total = job.total_iterations.max(1);
     let percent = f64::from(job.iterations_completed.min(total)) / f64::from(total) * 100.0;
-    let percent = if job.status == "completed" { 100.0 } else { percent };
-    let estimated_completion = match (&job.started_at, job.status.as_str()) {
-        (Some(started), "running") if job.iterations_completed > 0 => {
+    let percent = if job.status == JobStatus::Completed { 100.0 } else { percent };
+    let estimated_completion = match (&job.started_at, job.status) {
+        (Some(started), JobStatus::Running) if job.iterations_completed > 0 => {
             chrono::DateTime::parse_from_rfc3339(started).ok().map(|s| {
                 let elapsed = chrono::Utc::now().signed_duration_since(s);
                 let per = elapsed / i32::try_from(job.iterations_completed).unwrap_or(1);
@@ -212,10 +212,10 @@ pub async fn status(store: &Store, job: &JobRow) -> Result<JobStatus, RpcError> 
         }
         _ => job.finished_at.clone(),
     };
-    Ok(JobStatus {
+    Ok(StatusResult {
         job_id: job.id.clone(),
         agent_id: job.agent_id.clone(),
-        status: job.status.clone(),
+        status: job.status,
         current_iteration: job.iterations_completed,
         total_iterations: job.total_iterations,
         progress_percent: (percent * 10.0).round() / 10.0,
@@ -253,7 +253,10 @@ pub(super) async fn list(
     let filter = JobFilter {
         org: Some(caller.org.clone()),
         agent_id: string(params, "agent_id")?,
-        status: string(params, "status")?,
+        status: string(params, "status")?
+            .map(|s| s.parse::<JobStatus>())
+            .transpose()
+            .map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))?,
         limit: u32::try_from(limit).unwrap_or(50),
         offset: u32::try_from(offset).unwrap_or(u32::MAX),
     };
@@ -300,7 +303,11 @@ pub(super) async fn cancel(
     let latest = checkpoints.iter().filter(|c| !c.deleted).max_by_key(|c| c.iteration);
     Ok(CancelResult {
         job_id: id,
-        status: if job.status == "running" { "cancelling".into() } else { job.status.clone() },
+        status: if job.status == JobStatus::Running {
+            "cancelling".into()
+        } else {
+            job.status.to_string()
+        },
         cancelled_at: job.finished_at.clone().unwrap_or_else(|| chrono::Utc::now().to_rfc3339()),
         iterations_completed: job.iterations_completed,
         checkpoint_saved: latest.is_some(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agentcore_api::{
     CancelResult, Cost, JobStatus, ListResult, Progress, Request, Response as RpcResponse,
-    RpcError, StartResult, SubscribeResult, WEBHOOK_EVENTS, codes, methods,
+    RpcError, StartResult, StatusResult, SubscribeResult, WEBHOOK_EVENTS, codes, methods,
 };
 use agentcore_grpo::GrpoError;
 use agentcore_store::{

@@ -153,9 +153,9 @@ pub fn tasks(n: usize, seed: u64) -> Vec<Value> {
 pub fn wait_for(
     client: &TrainingClient,
     job: &str,
-    done: impl Fn(&agentcore_client::JobStatus) -> bool,
+    done: impl Fn(&agentcore_client::StatusResult) -> bool,
     limit: Duration,
-) -> agentcore_client::JobStatus {
+) -> agentcore_client::StatusResult {
     let start = Instant::now();
     loop {
         let s = client.get_status(job).unwrap();
@@ -167,6 +167,6 @@ pub fn wait_for(
     }
 }
 
-pub fn finished(s: &agentcore_client::JobStatus) -> bool {
-    matches!(s.status.as_str(), "completed" | "failed" | "cancelled")
+pub fn finished(s: &agentcore_client::StatusResult) -> bool {
+    s.status.is_final()
 }
