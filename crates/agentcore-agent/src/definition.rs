@@ -29,7 +29,7 @@ use crate::sandbox::PythonSandbox;
 use crate::tools::{CalculatorTool, HttpTool, PythonTool, Toolbox};
 
 /// Which model runs the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelSpec {
     /// The built-in model of the embedded default (warm-started by `agentcore train`).
@@ -46,6 +46,7 @@ pub enum ModelSpec {
         path: PathBuf,
         /// The LoRA adapters GRPO trains (default: rank 8 on the attention projections).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<serde_json::Map<String, Value>>")]
         lora: Option<agentcore_model::decoder::LoraConfig>,
     },
     /// An OpenAI-compatible endpoint.
@@ -53,7 +54,9 @@ pub enum ModelSpec {
 }
 
 /// Whether training changes the weights or the prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyKind {
     /// GRPO updates the weights (in-process models).
@@ -64,7 +67,7 @@ pub enum PolicyKind {
 }
 
 /// A tool in a definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ToolSpec {
     /// Sandboxed Python.
@@ -130,7 +133,7 @@ pub const DEFAULT_MAX_STEPS: u32 = 20;
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// An agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentDefinition {
     /// Identifier (letters, digits, `-`, `_`, `.`).

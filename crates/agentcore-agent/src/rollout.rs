@@ -16,7 +16,9 @@ use crate::tools::{ToolOutput, Toolbox};
 use crate::trajectory::{Step, StopReason, Trajectory, Usage};
 
 /// How tool calls and answers are written in model output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CallFormat {
     /// `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (or OpenAI `tool_calls`); a turn

@@ -6,10 +6,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A job's status (`training.get_status`'s `status`, the store's `jobs.status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Waiting for a worker.
@@ -49,7 +52,7 @@ impl JobStatus {
 }
 
 /// What the store's event log records (`events.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum EventKind {
     /// The job started or resumed on a worker.
     #[serde(rename = "training.job.started")]
@@ -135,7 +138,7 @@ impl EventKind {
 }
 
 /// The contract's webhook events (`training.subscribe_webhook`'s `events`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum WebhookEvent {
     /// A job started.
     #[serde(rename = "training.job.started")]

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod kinds;
+pub mod params;
 
 pub use kinds::{EventKind, JobStatus, UnknownName, WebhookEvent};
 use serde::{Deserialize, Serialize};
@@ -168,7 +169,7 @@ impl Response {
 }
 
 /// `training.start_grpo` result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StartResult {
     /// The new job (a UUID).
     pub job_id: String,
@@ -185,7 +186,7 @@ pub struct StartResult {
 }
 
 /// `progress` of a status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Progress {
     /// Iterations done.
     pub current_iteration: u32,
@@ -196,7 +197,7 @@ pub struct Progress {
 }
 
 /// `cost` of a status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cost {
     /// Spent (decimal string).
     pub cost_usd: String,
@@ -207,7 +208,7 @@ pub struct Cost {
 }
 
 /// `training.get_status` result (also the items of `training.list_jobs`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StatusResult {
     /// The job.
     pub job_id: String,
@@ -252,7 +253,7 @@ pub struct StatusResult {
 }
 
 /// `training.cancel` result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CancelResult {
     /// The job.
     pub job_id: String,
@@ -269,7 +270,7 @@ pub struct CancelResult {
 }
 
 /// `training.list_jobs` result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListResult {
     /// The page.
     pub jobs: Vec<StatusResult>,
@@ -280,7 +281,7 @@ pub struct ListResult {
 }
 
 /// `training.subscribe_webhook` result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SubscribeResult {
     /// The subscription.
     pub subscription_id: String,

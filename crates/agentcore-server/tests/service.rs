@@ -715,3 +715,35 @@ fn cancelling_a_running_job_answers_at_once_and_the_job_stops_with_a_checkpoint(
     // Ended: a second cancel is refused with the contract's code.
     assert_eq!(c.cancel(&job.job_id, None).unwrap_err().code(), Some(-40003));
 }
+
+/// Every method of the OpenRPC document is served (none answers "method not found"), nothing
+/// else is, and params are closed: an unknown key is refused with its name.
+#[test]
+fn every_documented_method_is_served_and_params_are_closed() {
+    let s = TestServer::start(0);
+    let c = s.client(&admin("acme"));
+    let doc = c.call("rpc.discover", json!({})).unwrap();
+    let names: Vec<String> = doc["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, agentcore_server::rpc::SERVED.map(String::from).to_vec());
+    for name in &names {
+        if let Err(e) = c.call(name, json!({})) {
+            assert_ne!(e.code(), Some(-32601), "{name} is documented but not served: {e}");
+        }
+    }
+    assert_eq!(c.call("training.nope", json!({})).unwrap_err().code(), Some(-32601));
+    let e = c
+        .call(
+            "training.get_status",
+            json!({"job_id": "00000000-0000-4000-8000-000000000000", "jobid": 1}),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(-32602));
+    assert!(e.to_string().contains("jobid"), "{e}");
+    let e = c.call("training.list_jobs", json!({"status": "done"})).unwrap_err();
+    assert!(e.to_string().contains("params.status"), "{e}");
+}

@@ -59,7 +59,7 @@ pub struct Conversation {
 }
 
 /// Sampling settings of one turn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sampling {
     /// Softmax temperature (0: greedy).

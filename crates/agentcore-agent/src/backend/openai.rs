@@ -19,7 +19,7 @@ use crate::toolcall::parse_openai;
 use crate::trajectory::Usage;
 
 /// Connection, pricing and retry settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiSettings {
     /// Base URL up to `/v1` (e.g. `http://127.0.0.1:8000/v1`).

@@ -6,9 +6,10 @@ use super::*;
 pub(super) async fn evaluate(
     state: &AppState,
     caller: &Caller,
-    params: &Map<String, Value>,
+    params: EvaluateParams,
 ) -> Result<Value, RpcError> {
-    let id = job_id(params)?;
+    let EvaluateParams { job_id: id, checkpoint_id: checkpoint, evaluation_queries } = params;
+    check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
     if job.iterations_completed == 0 && job.best_checkpoint_id.is_none() {
         let checkpoints =
@@ -20,16 +21,15 @@ pub(super) async fn evaluate(
             ));
         }
     }
-    let checkpoint = string(params, "checkpoint_id")?;
     if let Some(c) = &checkpoint {
         let known = state.store.checkpoints(&id).await.map_err(|e| internal("evaluate", e))?;
         if !known.iter().any(|k| &k.id == c && !k.deleted) {
             return Err(RpcError::new(codes::NOT_FOUND, format!("checkpoint not found: {c:?}")));
         }
     }
-    let queries = match params.get("evaluation_queries") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(tasks("evaluation_queries", v)?),
+    let queries = match evaluation_queries {
+        None => None,
+        Some(v) => Some(tasks("evaluation_queries", &Value::Array(v))?),
     };
     let data_dir = state.config.data_dir.clone();
     let report = tokio::task::spawn_blocking(move || {
@@ -69,28 +69,22 @@ pub(super) async fn evaluate(
 pub(super) async fn export(
     state: &AppState,
     caller: &Caller,
-    params: &Map<String, Value>,
+    params: ExportParams,
 ) -> Result<Value, RpcError> {
-    let id = job_id(params)?;
+    let id = params.job_id;
+    check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
-    let limit = uint(params, "limit", 1000)?;
+    let limit = params.limit.unwrap_or(1000);
     if limit > 10_000 {
         return Err(RpcError::new(
             codes::EXPORT_LIMIT,
             format!("export limit exceeded: limit must be <= 10000, got {limit}"),
         ));
     }
-    let offset = uint(params, "offset", 0)?;
-    let success_only = params.get("success_only").and_then(Value::as_bool).unwrap_or(false);
-    let min_reward = match params.get("min_reward") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_f64().ok_or_else(|| {
-            RpcError::new(codes::INVALID_PARAMS, format!("min_reward must be a number, got {v}"))
-        })?),
-    };
+    let offset = params.offset.unwrap_or(0);
     let filter = TrajectoryFilter {
-        success_only,
-        min_reward,
+        success_only: params.success_only.unwrap_or(false),
+        min_reward: params.min_reward,
         limit: Some(u32::try_from(limit).unwrap_or(10_000)),
         offset: u32::try_from(offset).unwrap_or(u32::MAX),
     };

@@ -48,30 +48,15 @@ fn settings_error(agent_id: &str, e: &agentcore_train::TrainError) -> RpcError {
 pub(super) async fn start(
     state: &Arc<AppState>,
     caller: &Caller,
-    params: Map<String, Value>,
+    params: StartParams,
 ) -> Result<StartResult, RpcError> {
-    let agent_id = required(&params, "agent_id")?;
+    let StartParams { agent_id, config, training_data, evaluation_data, metadata } = params;
     let stored = crate::agents::visible_agent(state, caller, &agent_id).await?;
     let agent = crate::agents::definition(&stored)?;
-    let config = match params.get("config") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m.clone()),
-        Some(other) => {
-            return Err(RpcError::new(
-                codes::INVALID_PARAMS,
-                format!("config must be an object, got {}", kind(other)),
-            ));
-        }
-    };
-    let data = params.get("training_data").or_else(|| params.get("training_queries")).ok_or_else(
-        || {
-            RpcError::new(
-                codes::DATA_VALIDATION,
-                "training_data is required (at least 100 queries)",
-            )
-        },
-    )?;
-    let train = tasks("training_data", data)?;
+    let data = training_data.ok_or_else(|| {
+        RpcError::new(codes::DATA_VALIDATION, "training_data is required (at least 100 queries)")
+    })?;
+    let train = tasks("training_data", &Value::Array(data))?;
     let min = agentcore_tasks::data::MIN_TRAINING_TASKS;
     if train.len() < min {
         return Err(RpcError::new(
@@ -80,20 +65,11 @@ pub(super) async fn start(
         )
         .with_data(json!({"field": "training_data", "count": train.len()})));
     }
-    let eval = match params.get("evaluation_data") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => tasks("evaluation_data", v)?,
+    let eval = match evaluation_data {
+        None => Vec::new(),
+        Some(v) => tasks("evaluation_data", &Value::Array(v))?,
     };
-    let metadata = match params.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(m @ Value::Object(_)) => Some(m.clone()),
-        Some(other) => {
-            return Err(RpcError::new(
-                codes::INVALID_PARAMS,
-                format!("metadata must be an object, got {}", kind(other)),
-            ));
-        }
-    };
+    let metadata = metadata.map(Value::Object);
     let mut settings =
         agentcore_train::spec::resolve(&agent, config.as_ref(), Some(JobData { train, eval }))
             .map_err(|e| settings_error(&agent_id, &e))?;
@@ -246,17 +222,14 @@ pub async fn status(store: &Store, job: &JobRow) -> Result<StatusResult, RpcErro
 pub(super) async fn list(
     state: &AppState,
     caller: &Caller,
-    params: &Map<String, Value>,
+    params: ListParams,
 ) -> Result<ListResult, RpcError> {
-    let limit = uint(params, "limit", 50)?.min(1000);
-    let offset = uint(params, "offset", 0)?;
+    let limit = params.limit.unwrap_or(50).min(1000);
+    let offset = params.offset.unwrap_or(0);
     let filter = JobFilter {
         org: Some(caller.org.clone()),
-        agent_id: string(params, "agent_id")?,
-        status: string(params, "status")?
-            .map(|s| s.parse::<JobStatus>())
-            .transpose()
-            .map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))?,
+        agent_id: params.agent_id,
+        status: params.status,
         limit: u32::try_from(limit).unwrap_or(50),
         offset: u32::try_from(offset).unwrap_or(u32::MAX),
     };
@@ -271,11 +244,11 @@ pub(super) async fn list(
 pub(super) async fn cancel(
     state: &AppState,
     caller: &Caller,
-    params: &Map<String, Value>,
+    params: CancelParams,
 ) -> Result<CancelResult, RpcError> {
-    let id = job_id(params)?;
+    let CancelParams { job_id: id, reason } = params;
+    check_job_id(&id)?;
     owned_job(state, caller, &id).await?;
-    let reason = string(params, "reason")?;
     match state
         .store
         .request_cancel(&id, reason.as_deref())

@@ -4,9 +4,13 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use agentcore_api::params::{
+    AgentParams, CancelParams, EvaluateParams, ExportParams, JobParams, ListParams, NoParams,
+    RewardsRegisterParams, StartParams, SubscribeParams,
+};
 use agentcore_api::{
     CancelResult, Cost, JobStatus, ListResult, Progress, Request, Response as RpcResponse,
-    RpcError, StartResult, StatusResult, SubscribeResult, WEBHOOK_EVENTS, codes, methods,
+    RpcError, StartResult, StatusResult, SubscribeResult, codes, methods,
 };
 use agentcore_grpo::GrpoError;
 use agentcore_store::{
@@ -190,43 +194,26 @@ fn need(caller: &Caller, permission: &str) -> Result<(), RpcError> {
     }
 }
 
-fn string(params: &Map<String, Value>, name: &str) -> Result<Option<String>, RpcError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(RpcError::new(
-            codes::INVALID_PARAMS,
-            format!("{name} must be a string, got {}", kind(other)),
-        )),
-    }
+/// The params of a method as its type (`agentcore_api::params`): a missing or unknown key, or a
+/// value of the wrong type, is refused naming the field.
+fn typed<T: serde::de::DeserializeOwned>(params: Map<String, Value>) -> Result<T, RpcError> {
+    serde_path_to_error::deserialize(Value::Object(params)).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let at = if field == "." { String::new() } else { format!(".{field}") };
+        RpcError::new(codes::INVALID_PARAMS, format!("params{at}: {message}"))
+            .with_data(json!({"field": field, "error": message}))
+    })
 }
 
-fn required(params: &Map<String, Value>, name: &str) -> Result<String, RpcError> {
-    string(params, name)?
-        .ok_or_else(|| RpcError::new(codes::INVALID_PARAMS, format!("{name} is required")))
-}
-
-fn uint(params: &Map<String, Value>, name: &str, default: u64) -> Result<u64, RpcError> {
-    match params.get(name) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_u64().ok_or_else(|| {
-            RpcError::new(
-                codes::INVALID_PARAMS,
-                format!("{name} must be a non-negative integer, got {v}"),
-            )
-        }),
-    }
-}
-
-fn job_id(params: &Map<String, Value>) -> Result<String, RpcError> {
-    let id = required(params, "job_id")?;
-    if uuid::Uuid::parse_str(&id).is_err() {
+fn check_job_id(id: &str) -> Result<(), RpcError> {
+    if uuid::Uuid::parse_str(id).is_err() {
         return Err(RpcError::new(
             codes::INVALID_PARAMS,
             format!("invalid job_id {id:?}: must be a UUID"),
         ));
     }
-    Ok(id)
+    Ok(())
 }
 
 /// The caller's job, or not found (another organisation's job is not found either).
@@ -250,33 +237,34 @@ async fn dispatch(
     match method {
         methods::START => {
             need(caller, "training:start")?;
-            to_value(start(state, caller, params).await)
+            to_value(start(state, caller, typed(params)?).await)
         }
         methods::STATUS => {
             need(caller, "training:view")?;
-            let id = job_id(&params)?;
-            let job = owned_job(state, caller, &id).await?;
+            let p: JobParams = typed(params)?;
+            check_job_id(&p.job_id)?;
+            let job = owned_job(state, caller, &p.job_id).await?;
             to_value(status(&state.store, &job).await)
         }
         methods::LIST => {
             need(caller, "training:view")?;
-            to_value(list(state, caller, &params).await)
+            to_value(list(state, caller, typed(params)?).await)
         }
         methods::CANCEL => {
             need(caller, "training:cancel")?;
-            to_value(cancel(state, caller, &params).await)
+            to_value(cancel(state, caller, typed(params)?).await)
         }
         methods::EVALUATE => {
             need(caller, "training:evaluate")?;
-            evaluate(state, caller, &params).await
+            evaluate(state, caller, typed(params)?).await
         }
         methods::EXPORT => {
             need(caller, "data:export")?;
-            export(state, caller, &params).await
+            export(state, caller, typed(params)?).await
         }
         methods::SUBSCRIBE => {
             need(caller, "training:start")?;
-            to_value(subscribe(state, caller, &params).await)
+            to_value(subscribe(state, caller, typed(params)?).await)
         }
         methods::AGENTS_REGISTER => {
             need(caller, "agents:manage")?;
@@ -284,11 +272,12 @@ async fn dispatch(
         }
         methods::AGENTS_GET => {
             need(caller, "training:view")?;
-            let id = required(&params, "agent_id")?;
-            crate::agents::visible_agent(state, caller, &id).await
+            let p: AgentParams = typed(params)?;
+            crate::agents::visible_agent(state, caller, &p.agent_id).await
         }
         methods::AGENTS_LIST => {
             need(caller, "training:view")?;
+            let _: NoParams = typed(params)?;
             let all = state.store.agents().await.map_err(|e| internal(method, e))?;
             let agents: Vec<Value> = all
                 .into_iter()
@@ -299,9 +288,7 @@ async fn dispatch(
         }
         methods::REWARDS_REGISTER => {
             need(caller, "agents:manage")?;
-            let agent_type = required(&params, "agent_type")?;
-            let name = required(&params, "name")?;
-            let url = required(&params, "url")?;
+            let RewardsRegisterParams { agent_type, name, url } = typed(params)?;
             let allow = state.config.webhooks.allow_private;
             let check = url.clone();
             tokio::task::spawn_blocking(move || crate::webhooks::check_target(&check, allow))
@@ -340,5 +327,5 @@ mod subscribe;
 use evaluation::{evaluate, export};
 pub use jobs::status;
 use jobs::{cancel, list, start};
-pub use openrpc::openrpc;
+pub use openrpc::{SERVED, openrpc};
 use subscribe::subscribe;

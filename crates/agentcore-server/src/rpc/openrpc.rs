@@ -1,34 +1,142 @@
-//! `rpc.discover`: the OpenRPC document of the served methods.
+//! `rpc.discover`: the OpenRPC document of the served methods, generated from the params and
+//! result types (`agentcore_api::params`, the result structs, the agent definition), so it
+//! cannot drift from what the handlers parse and return.
+
+use agentcore_agent::definition::AgentDefinition;
+use schemars::{JsonSchema, SchemaGenerator};
 
 use super::*;
+
+/// Every method the server answers, with its summary: `dispatch` serves exactly these (a test
+/// checks both ways).
+pub const SERVED: [&str; 12] = [
+    methods::START,
+    methods::STATUS,
+    methods::CANCEL,
+    methods::LIST,
+    methods::EVALUATE,
+    methods::EXPORT,
+    methods::SUBSCRIBE,
+    methods::AGENTS_REGISTER,
+    methods::AGENTS_GET,
+    methods::AGENTS_LIST,
+    methods::REWARDS_REGISTER,
+    methods::DISCOVER,
+];
+
+/// A result the contract keeps free-form (its fields are documented in the contract).
+#[derive(schemars::JsonSchema)]
+#[expect(dead_code, reason = "only its schema is used")]
+struct Object(Map<String, Value>);
+
+struct Doc {
+    generator: SchemaGenerator,
+    methods: Vec<Value>,
+}
+
+impl Doc {
+    fn method<P: JsonSchema, R: JsonSchema>(&mut self, name: &str, summary: &str) {
+        let params = self.generator.root_schema_for::<P>().to_value();
+        let required: Vec<&str> = params["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let params: Vec<Value> = params["properties"]
+            .as_object()
+            .map(|props| {
+                props
+                    .iter()
+                    .map(|(n, s)| {
+                        json!({"name": n, "required": required.contains(&n.as_str()), "schema": s})
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let result = self.generator.subschema_for::<R>().to_value();
+        self.methods.push(json!({
+            "name": name,
+            "summary": summary,
+            "paramStructure": "by-name",
+            "params": params,
+            "result": {"name": R::schema_name(), "schema": result},
+        }));
+    }
+}
 
 /// The OpenRPC document of the served methods.
 #[must_use]
 pub fn openrpc() -> Value {
-    let m = |name: &str, summary: &str, params: &[(&str, bool, &str)], result: &str| {
-        json!({
-            "name": name,
-            "summary": summary,
-            "params": params.iter().map(|(n, r, t)| json!({"name": n, "required": r, "schema": {"type": t}})).collect::<Vec<_>>(),
-            "result": {"name": result, "schema": {"type": "object"}},
-        })
-    };
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "#/components/schemas/".into();
+    let mut d = Doc { generator: settings.into_generator(), methods: Vec::new() };
+    d.method::<StartParams, StartResult>(methods::START, "Queue a GRPO job");
+    d.method::<JobParams, StatusResult>(methods::STATUS, "A job's status, metrics and cost");
+    d.method::<CancelParams, CancelResult>(methods::CANCEL, "Cancel a queued or running job");
+    d.method::<ListParams, ListResult>(methods::LIST, "The caller's jobs");
+    d.method::<EvaluateParams, Object>(
+        methods::EVALUATE,
+        "A checkpoint against the baseline, paired (McNemar, paired t-test, bootstrap)",
+    );
+    d.method::<ExportParams, Object>(methods::EXPORT, "A job's trajectories");
+    d.method::<SubscribeParams, SubscribeResult>(
+        methods::SUBSCRIBE,
+        "Webhook deliveries of job events",
+    );
+    d.method::<AgentDefinition, AgentDefinition>(
+        methods::AGENTS_REGISTER,
+        "Register an agent (the document `agentcore train --agent FILE` reads)",
+    );
+    d.method::<AgentParams, AgentDefinition>(methods::AGENTS_GET, "One agent");
+    d.method::<NoParams, Object>(methods::AGENTS_LIST, "The agents the caller sees");
+    d.method::<RewardsRegisterParams, Object>(
+        methods::REWARDS_REGISTER,
+        "Serve the rewards of an agent type from an HTTP endpoint (the remote-reward protocol)",
+    );
+    d.method::<NoParams, Object>(methods::DISCOVER, "This document");
+    let schemas: Map<String, Value> = d.generator.take_definitions(true).into_iter().collect();
     json!({
         "openrpc": "1.2.6",
         "info": {"title": "agentcore training service", "version": env!("CARGO_PKG_VERSION")},
-        "methods": [
-            m(methods::START, "Queue a GRPO job", &[("agent_id", true, "string"), ("config", false, "object"), ("training_data", true, "array"), ("evaluation_data", false, "array"), ("metadata", false, "object")], "StartResult"),
-            m(methods::STATUS, "A job's status, metrics and cost", &[("job_id", true, "string")], "JobStatus"),
-            m(methods::CANCEL, "Cancel a queued or running job", &[("job_id", true, "string"), ("reason", false, "string")], "CancelResult"),
-            m(methods::LIST, "The caller's jobs", &[("agent_id", false, "string"), ("status", false, "string"), ("limit", false, "integer"), ("offset", false, "integer")], "ListResult"),
-            m(methods::EVALUATE, "A checkpoint against the baseline, paired", &[("job_id", true, "string"), ("checkpoint_id", false, "string"), ("evaluation_queries", false, "array")], "EvaluateResult"),
-            m(methods::EXPORT, "A job's trajectories", &[("job_id", true, "string"), ("success_only", false, "boolean"), ("min_reward", false, "number"), ("limit", false, "integer"), ("offset", false, "integer")], "ExportResult"),
-            m(methods::SUBSCRIBE, "Webhook deliveries of job events", &[("events", false, "array"), ("url", true, "string")], "SubscribeResult"),
-            m(methods::AGENTS_REGISTER, "Register an agent", &[("agent_id", true, "string"), ("agent_type", false, "string"), ("model", false, "object"), ("system_prompt", false, "string"), ("tools", false, "array"), ("policy", false, "string"), ("sampling", false, "object"), ("tool_call_format", false, "string"), ("max_steps_per_trajectory", false, "integer"), ("max_tokens_per_trajectory", false, "integer")], "Agent"),
-            m(methods::AGENTS_GET, "One agent", &[("agent_id", true, "string")], "Agent"),
-            m(methods::AGENTS_LIST, "Agents", &[], "AgentList"),
-            m(methods::REWARDS_REGISTER, "Serve the rewards of an agent type from an HTTP endpoint (the remote-reward protocol)", &[("agent_type", true, "string"), ("name", true, "string"), ("url", true, "string")], "RewardEndpoint"),
-            m(methods::DISCOVER, "This document", &[], "OpenRPC"),
-        ],
+        "methods": d.methods,
+        "components": {"schemas": schemas},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_served_method_with_its_params() {
+        let doc = openrpc();
+        let names: Vec<&str> =
+            doc["methods"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
+        assert_eq!(names, SERVED.to_vec());
+        let method = |n: &str| {
+            doc["methods"].as_array().unwrap().iter().find(|m| m["name"] == n).unwrap().clone()
+        };
+        let params = |n: &str| -> Vec<(String, bool)> {
+            method(n)["params"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p["name"].as_str().unwrap().to_owned(), p["required"] == true))
+                .collect()
+        };
+        assert!(params(methods::START).contains(&("agent_id".into(), true)));
+        assert!(params(methods::START).contains(&("training_data".into(), false)));
+        assert_eq!(params(methods::STATUS), vec![("job_id".into(), true)]);
+        // The agent definition's own fields, `model` an object (it drifted to "string" once).
+        let register = params(methods::AGENTS_REGISTER);
+        for f in ["agent_id", "model", "tools", "sampling", "max_steps_per_trajectory"] {
+            assert!(register.iter().any(|(n, _)| n == f), "agents.register lacks {f}");
+        }
+        // References resolve into the components.
+        let text = doc.to_string();
+        for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &r[..r.find('"').unwrap()];
+            assert!(doc["components"]["schemas"].get(name).is_some(), "dangling $ref {name}");
+        }
+        assert!(doc["components"]["schemas"].get("JobStatus").is_some());
+    }
 }

@@ -5,28 +5,10 @@ use super::*;
 pub(super) async fn subscribe(
     state: &AppState,
     caller: &Caller,
-    params: &Map<String, Value>,
+    params: SubscribeParams,
 ) -> Result<SubscribeResult, RpcError> {
-    let url = required(params, "url")?;
-    let events: Vec<String> = match params.get("events") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|e| match e.as_str() {
-                Some(s) if WEBHOOK_EVENTS.contains(&s) => Ok(s.to_owned()),
-                _ => Err(RpcError::new(
-                    codes::INVALID_PARAMS,
-                    format!("unknown event {e}: expected one of {}", WEBHOOK_EVENTS.join(", ")),
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(RpcError::new(
-                codes::INVALID_PARAMS,
-                format!("events must be an array of event names, got {}", kind(other)),
-            ));
-        }
-    };
+    let url = params.url;
+    let events: Vec<String> = params.events.iter().map(|e| e.as_str().to_owned()).collect();
     let allow = state.config.webhooks.allow_private;
     let check_url = url.clone();
     tokio::task::spawn_blocking(move || crate::webhooks::check_target(&check_url, allow))
