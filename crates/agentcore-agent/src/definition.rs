@@ -187,7 +187,14 @@ impl AgentDefinition {
     /// # Errors
     /// Unknown fields, wrong types and broken rules, each naming the field.
     pub fn from_yaml(text: &str) -> Result<Self, DefinitionError> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
+        Self::checked(serde_yaml_ng::Deserializer::from_str(text))
+    }
+
+    /// Deserializes, names the field of an error, expands `~/`, checks the rules.
+    fn checked<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Self, DefinitionError>
+    where
+        D::Error: std::fmt::Display,
+    {
         let mut def: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             bad(
@@ -216,16 +223,7 @@ impl AgentDefinition {
     /// # Errors
     /// Unknown fields, wrong types and broken rules, each naming the field.
     pub fn from_value(value: Value) -> Result<Self, DefinitionError> {
-        let mut def: Self = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            bad(
-                if path == "." { "agent definition".to_owned() } else { path },
-                e.into_inner().to_string(),
-            )
-        })?;
-        def.expand_home();
-        def.validate()?;
-        Ok(def)
+        Self::checked(value)
     }
 
     /// Reads a `.yaml`, `.yml` or `.json` file.

@@ -4,41 +4,17 @@
 //! JSON-RPC (`agentcore serve`, `agentcore jobs start --url`) on the same store trains that
 //! model, and both jobs have the same settings (`job.json`).
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use agentcore_model::decoder::{Architecture, Decoder, DecoderConfig};
 use agentcore_model::hub::save_hf_dir;
+use common::{ok, run};
 use rand::SeedableRng;
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_agentcore");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args).stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("agentcore runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A random two-layer Llama with a word-level tokenizer and a ChatML template.
 fn write_tiny_llama(dir: &Path) {
@@ -166,29 +142,7 @@ fn a_local_model_agent_trains_the_same_from_the_cli_and_over_json_rpc() {
     assert_eq!(cli_settings["agent_type"], "code");
 
     // The service on the same store: the agent the CLI registered, started over JSON-RPC.
-    let mut server = Command::new(BIN)
-        .args(["serve", "--port", "0", "--workers", "1", "--data-dir", data_s])
-        .env_remove("AGENTCORE_JWT_SECRET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stderr = server.stderr.take().expect("stderr");
-    let _server = Killed(server);
-    let mut lines = BufReader::new(stderr).lines();
-    let (mut url, mut token) = (String::new(), String::new());
-    while url.is_empty() || token.is_empty() {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.strip_prefix("agentcore serve: ") {
-            url = rest.split_whitespace().next().expect("url").to_string();
-        }
-        if let Some(t) = line.strip_prefix("AGENTCORE_API_KEY=") {
-            token = t.to_string();
-        }
-    }
-    // Keep reading the server's stderr so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (_server, url, token, _) = common::serve(&["--workers", "1", "--data-dir", data_s]);
     let env = [("AGENTCORE_URL", url.as_str()), ("AGENTCORE_API_KEY", token.as_str())];
     let started: Value = serde_json::from_str(&ok(&run(
         &["jobs", "start", "--agent-id", "tiny-local", "--data", tasks_s, "--config", config_s],

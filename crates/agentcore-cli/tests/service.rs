@@ -3,35 +3,16 @@
 //! mid-job and a second worker process takes the job over from its checkpoint and finishes it;
 //! with the queue in a SQLite file, and in PostgreSQL.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{BIN, Killed, run};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agentcore");
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(BIN);
-    c.args(args).stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("agentcore runs")
-}
-
-fn json(out: &Output) -> Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout)
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_str(&common::ok(out))
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
@@ -56,34 +37,14 @@ fn worker_killed_and_replaced(database: Option<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().expect("utf-8").to_string();
     let db = database.clone().unwrap_or_else(|| format!("{data}/agentcore.db"));
-    // The server without workers; read its address and development token from stderr.
-    let mut serve = vec!["serve", "--port", "0", "--workers", "0", "--data-dir", &data];
+    // The server without workers; its address and development token come from its stderr.
+    let mut serve = vec!["--workers", "0", "--data-dir", &data];
     if let Some(url) = &database {
         serve.extend(["--database-url", url]);
     }
-    let mut server = Command::new(BIN)
-        .args(&serve)
-        .env_remove("AGENTCORE_JWT_SECRET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stderr = server.stderr.take().expect("stderr");
-    let _server = Killed(server);
-    let mut lines = BufReader::new(stderr).lines();
-    let (mut url, mut token) = (String::new(), String::new());
-    while url.is_empty() || token.is_empty() {
-        let line = lines.next().expect("server output").expect("line");
-        if let Some(rest) = line.strip_prefix("agentcore serve: ") {
-            url = rest.split_whitespace().next().expect("url").to_string();
-            if database.is_some() {
-                assert!(rest.contains("(store postgres://"), "{rest}");
-            }
-        }
-        if let Some(t) = line.strip_prefix("AGENTCORE_API_KEY=") {
-            token = t.to_string();
-        }
+    let (_server, url, token, banner) = common::serve(&serve);
+    if database.is_some() {
+        assert!(banner.contains("(store postgres://"), "{banner}");
     }
     let env = [("AGENTCORE_URL", url.as_str()), ("AGENTCORE_API_KEY", token.as_str())];
 
