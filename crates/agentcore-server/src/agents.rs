@@ -162,7 +162,9 @@ pub async fn register(
             format!("agent_id must be 1-64 characters, got {}", id.len()),
         ));
     }
-    if let Ok(Some(existing)) = state.store.agent(id).await
+    // A failed read must not skip the ownership check (another organisation's agent would be
+    // overwritten).
+    if let Some(existing) = state.store.agent(id).await.map_err(|e| internal("register", e))?
         && existing.get("org").and_then(Value::as_str) != Some(caller.org.as_str())
     {
         return Err(RpcError::new(codes::INVALID_PARAMS, format!("agent_id {id:?} is taken")));

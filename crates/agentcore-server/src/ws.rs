@@ -47,7 +47,10 @@ pub async fn handle(
         Ok(_) => {
             return (StatusCode::NOT_FOUND, format!("job not found: {job_id:?}")).into_response();
         }
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(e) => {
+            tracing::error!(job_id = %job_id, error = %e, "WebSocket: reading the job failed");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
     }
     upgrade.on_upgrade(move |socket| follow(state, job_id, socket))
 }
@@ -108,7 +111,14 @@ async fn send(socket: &mut WebSocket, value: &Value) -> bool {
 }
 
 async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
-    let Ok(Some(job)) = state.store.job(&job_id).await else { return };
+    let job = match state.store.job(&job_id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(job_id = %job_id, error = %e, "WebSocket: reading the job failed");
+            return;
+        }
+    };
     let mut status = job.status;
     if !send(&mut socket, &json!({"type": "status", "job_id": job_id, "status": status})).await {
         return;
@@ -116,7 +126,14 @@ async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
     let mut cursor = 0;
     let mut shutdown = state.shutdown.clone();
     loop {
-        let Ok(events) = state.store.events_after(Some(&job_id), cursor, 100).await else { return };
+        let events = match state.store.events_after(Some(&job_id), cursor, 100).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(job_id = %job_id, error = %e,
+                    "WebSocket: reading events failed; closing");
+                return;
+            }
+        };
         for e in &events {
             cursor = e.id;
             if let Some(m) = message(e, job.total_iterations) {
@@ -132,10 +149,25 @@ async fn follow(state: Arc<AppState>, job_id: String, mut socket: WebSocket) {
             continue;
         }
         // After the events, the row: a job cancelled while queued has no events.
-        let Ok(Some(now)) = state.store.job(&job_id).await else { return };
+        let now = match state.store.job(&job_id).await {
+            Ok(Some(now)) => now,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(job_id = %job_id, error = %e,
+                    "WebSocket: reading the job failed; closing");
+                return;
+            }
+        };
         if now.status != status {
             status = now.status;
-            let more = state.store.events_after(Some(&job_id), cursor, 1).await.unwrap_or_default();
+            let more = match state.store.events_after(Some(&job_id), cursor, 1).await {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::error!(job_id = %job_id, error = %e,
+                        "WebSocket: reading events failed; closing");
+                    return;
+                }
+            };
             if more.is_empty()
                 && !send(
                     &mut socket,
