@@ -289,6 +289,103 @@ pub struct SubscribeResult {
     pub secret: String,
 }
 
+/// Aggregates of one agent on the evaluation queries (`metrics`, `baseline_metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EvalMetrics {
+    /// Share verified.
+    pub success_rate: f64,
+    /// Mean reward.
+    pub avg_reward: f64,
+    /// Mean agent steps.
+    pub avg_steps: f64,
+    /// Share of tool calls without error.
+    pub tool_accuracy: f64,
+}
+
+/// `baseline_comparison` of `training.evaluate`: the checkpoint against the agent before
+/// training on the same queries, paired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BaselineComparison {
+    /// Trained minus baseline success rate.
+    pub success_rate_improvement: f64,
+    /// Trained minus baseline mean reward.
+    pub avg_reward_improvement: f64,
+    /// McNemar's exact p-value on success.
+    pub p_value: f64,
+    /// p below the significance level (0.05).
+    pub statistically_significant: bool,
+    /// The test's name.
+    pub test: String,
+    /// Interval of the success-rate improvement (`{low, high, level}`).
+    pub confidence_interval: Value,
+    /// Baseline success rate.
+    pub baseline_success_rate: f64,
+    /// Trained success rate.
+    pub trained_success_rate: f64,
+    /// Paired t-test on the rewards, when defined.
+    pub reward_t_test: Option<Value>,
+    /// Bootstrap interval of the mean reward difference.
+    pub reward_confidence_interval: Value,
+}
+
+/// `training.evaluate` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EvaluateResult {
+    /// The job.
+    pub job_id: String,
+    /// The checkpoint evaluated.
+    pub checkpoint_id: String,
+    /// Its iteration.
+    pub iteration: u32,
+    /// The checkpoint's metrics.
+    pub metrics: EvalMetrics,
+    /// The agent before training.
+    pub baseline_metrics: EvalMetrics,
+    /// The paired comparison.
+    pub baseline_comparison: BaselineComparison,
+    /// p < 0.05.
+    pub statistically_significant: bool,
+    /// Queries evaluated.
+    pub queries_evaluated: usize,
+    /// Wall time of the evaluation, ms.
+    pub evaluation_duration_ms: u64,
+}
+
+/// `training.export_trajectories` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ExportResult {
+    /// The job.
+    pub job_id: String,
+    /// Trajectories in the guide's export shape.
+    pub trajectories: Vec<Value>,
+    /// Trajectories matching the filter.
+    pub total_count: u64,
+    /// In this page.
+    pub returned_count: u64,
+    /// More pages follow.
+    pub has_more: bool,
+}
+
+/// `agents.list` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AgentList {
+    /// The agents the caller sees (stored definitions).
+    pub agents: Vec<Value>,
+    /// How many.
+    pub count: usize,
+}
+
+/// `rewards.register_remote` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RewardEndpoint {
+    /// The agent type.
+    pub agent_type: String,
+    /// The reward's name.
+    pub name: String,
+    /// The endpoint.
+    pub url: String,
+}
+
 /// The webhook events of the contract, by name.
 pub const WEBHOOK_EVENTS: [&str; 7] = [
     WebhookEvent::JobStarted.as_str(),

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::rpc::internal;
+use crate::errors::internal;
 
 /// The keys a stored definition has besides the agent's own.
 const STORED_ONLY: [&str; 3] = ["org", "registered", "tasks"];

@@ -13,6 +13,7 @@
 
 pub mod agents;
 pub mod auth;
+mod errors;
 pub mod limits;
 pub mod metrics;
 pub mod rpc;

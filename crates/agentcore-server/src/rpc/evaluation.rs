@@ -3,11 +3,16 @@
 use super::jobs::tasks;
 use super::*;
 
+/// A statistic's JSON form (intervals and tests are plain serde structs).
+fn value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
 pub(super) async fn evaluate(
     state: &AppState,
     caller: &Caller,
     params: EvaluateParams,
-) -> Result<Value, RpcError> {
+) -> Result<EvaluateResult, RpcError> {
     let EvaluateParams { job_id: id, checkpoint_id: checkpoint, evaluation_queries } = params;
     check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
@@ -42,35 +47,41 @@ pub(super) async fn evaluate(
     .map_err(|e| internal("evaluate", e))?
     .map_err(|e| RpcError::new(codes::EVALUATION_FAILED, format!("evaluation failed: {e}")))?;
     let c = &report.baseline_comparison;
-    Ok(json!({
-        "job_id": report.job_id,
-        "checkpoint_id": report.checkpoint_id,
-        "iteration": report.iteration,
-        "metrics": report.metrics,
-        "baseline_metrics": report.baseline_metrics,
-        "baseline_comparison": {
-            "success_rate_improvement": c.success_rate_improvement,
-            "avg_reward_improvement": c.avg_reward_improvement,
-            "p_value": c.p_value,
-            "statistically_significant": c.statistically_significant,
-            "test": c.test,
-            "confidence_interval": c.confidence_interval,
-            "baseline_success_rate": c.baseline_success_rate,
-            "trained_success_rate": c.trained_success_rate,
-            "reward_t_test": c.reward_t_test,
-            "reward_confidence_interval": c.reward_confidence_interval,
+    let metrics = |m: &agentcore_train::eval::EvalMetrics| EvalMetrics {
+        success_rate: m.success_rate,
+        avg_reward: m.avg_reward,
+        avg_steps: m.avg_steps,
+        tool_accuracy: m.tool_accuracy,
+    };
+    Ok(EvaluateResult {
+        job_id: report.job_id.clone(),
+        checkpoint_id: report.checkpoint_id.clone(),
+        iteration: report.iteration,
+        metrics: metrics(&report.metrics),
+        baseline_metrics: metrics(&report.baseline_metrics),
+        baseline_comparison: BaselineComparison {
+            success_rate_improvement: c.success_rate_improvement,
+            avg_reward_improvement: c.avg_reward_improvement,
+            p_value: c.p_value,
+            statistically_significant: c.statistically_significant,
+            test: c.test.clone(),
+            confidence_interval: value(&c.confidence_interval),
+            baseline_success_rate: c.baseline_success_rate,
+            trained_success_rate: c.trained_success_rate,
+            reward_t_test: c.reward_t_test.as_ref().map(value),
+            reward_confidence_interval: value(&c.reward_confidence_interval),
         },
-        "statistically_significant": report.statistically_significant,
-        "queries_evaluated": report.queries_evaluated,
-        "evaluation_duration_ms": report.evaluation_duration_ms,
-    }))
+        statistically_significant: report.statistically_significant,
+        queries_evaluated: report.queries_evaluated,
+        evaluation_duration_ms: report.evaluation_duration_ms,
+    })
 }
 
 pub(super) async fn export(
     state: &AppState,
     caller: &Caller,
     params: ExportParams,
-) -> Result<Value, RpcError> {
+) -> Result<ExportResult, RpcError> {
     let id = params.job_id;
     check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
@@ -104,11 +115,11 @@ pub(super) async fn export(
         })
         .collect();
     let returned = trajectories.len() as u64;
-    Ok(json!({
-        "job_id": id,
-        "trajectories": trajectories,
-        "total_count": total,
-        "returned_count": returned,
-        "has_more": offset + returned < total,
-    }))
+    Ok(ExportResult {
+        job_id: id,
+        trajectories,
+        total_count: total,
+        returned_count: returned,
+        has_more: offset + returned < total,
+    })
 }

@@ -9,6 +9,9 @@ use agentcore_api::params::{
     RewardsRegisterParams, StartParams, SubscribeParams,
 };
 use agentcore_api::{
+    AgentList, BaselineComparison, EvalMetrics, EvaluateResult, ExportResult, RewardEndpoint,
+};
+use agentcore_api::{
     CancelResult, Cost, JobStatus, ListResult, Progress, Request, Response as RpcResponse,
     RpcError, StartResult, StatusResult, SubscribeResult, codes, methods,
 };
@@ -175,12 +178,7 @@ async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<Rpc
     })
 }
 
-/// An internal error: logged with a correlation id, which the caller gets instead of the cause.
-pub(crate) fn internal(context: &str, e: impl std::fmt::Display) -> RpcError {
-    let correlation = uuid::Uuid::new_v4().simple().to_string();
-    tracing::error!(correlation = %correlation, context, error = %e, "internal error");
-    RpcError::new(codes::INTERNAL_ERROR, format!("internal error (correlation id {correlation})"))
-}
+use crate::errors::internal;
 
 fn need(caller: &Caller, permission: &str) -> Result<(), RpcError> {
     if caller.can(permission) {
@@ -256,11 +254,11 @@ async fn dispatch(
         }
         methods::EVALUATE => {
             need(caller, "training:evaluate")?;
-            evaluate(state, caller, typed(params)?).await
+            to_value(evaluate(state, caller, typed(params)?).await)
         }
         methods::EXPORT => {
             need(caller, "data:export")?;
-            export(state, caller, typed(params)?).await
+            to_value(export(state, caller, typed(params)?).await)
         }
         methods::SUBSCRIBE => {
             need(caller, "training:start")?;
@@ -284,7 +282,7 @@ async fn dispatch(
                 .filter(|(_, d)| crate::agents::visible(d, caller))
                 .map(|(_, d)| d)
                 .collect();
-            Ok(json!({"agents": agents, "count": agents.len()}))
+            to_value(Ok(AgentList { count: agents.len(), agents }))
         }
         methods::REWARDS_REGISTER => {
             need(caller, "agents:manage")?;
@@ -302,7 +300,7 @@ async fn dispatch(
                 .set_reward_endpoint(&caller.org, &agent_type, &name, &url)
                 .await
                 .map_err(|e| internal(method, e))?;
-            Ok(json!({"agent_type": agent_type, "name": name, "url": url}))
+            to_value(Ok(RewardEndpoint { agent_type, name, url }))
         }
         methods::DISCOVER => Ok(openrpc()),
         "training.deploy_checkpoint" | "training.configure_ab_test" | "agents.invoke" => {

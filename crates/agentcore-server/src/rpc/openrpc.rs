@@ -24,7 +24,7 @@ pub const SERVED: [&str; 12] = [
     methods::DISCOVER,
 ];
 
-/// A result the contract keeps free-form (its fields are documented in the contract).
+/// The OpenRPC document itself (its shape is OpenRPC's).
 #[derive(schemars::JsonSchema)]
 #[expect(dead_code, reason = "only its schema is used")]
 struct Object(Map<String, Value>);
@@ -73,11 +73,11 @@ pub fn openrpc() -> Value {
     d.method::<JobParams, StatusResult>(methods::STATUS, "A job's status, metrics and cost");
     d.method::<CancelParams, CancelResult>(methods::CANCEL, "Cancel a queued or running job");
     d.method::<ListParams, ListResult>(methods::LIST, "The caller's jobs");
-    d.method::<EvaluateParams, Object>(
+    d.method::<EvaluateParams, EvaluateResult>(
         methods::EVALUATE,
         "A checkpoint against the baseline, paired (McNemar, paired t-test, bootstrap)",
     );
-    d.method::<ExportParams, Object>(methods::EXPORT, "A job's trajectories");
+    d.method::<ExportParams, ExportResult>(methods::EXPORT, "A job's trajectories");
     d.method::<SubscribeParams, SubscribeResult>(
         methods::SUBSCRIBE,
         "Webhook deliveries of job events",
@@ -87,8 +87,8 @@ pub fn openrpc() -> Value {
         "Register an agent (the document `agentcore train --agent FILE` reads)",
     );
     d.method::<AgentParams, AgentDefinition>(methods::AGENTS_GET, "One agent");
-    d.method::<NoParams, Object>(methods::AGENTS_LIST, "The agents the caller sees");
-    d.method::<RewardsRegisterParams, Object>(
+    d.method::<NoParams, AgentList>(methods::AGENTS_LIST, "The agents the caller sees");
+    d.method::<RewardsRegisterParams, RewardEndpoint>(
         methods::REWARDS_REGISTER,
         "Serve the rewards of an agent type from an HTTP endpoint (the remote-reward protocol)",
     );
