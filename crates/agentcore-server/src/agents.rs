@@ -9,15 +9,13 @@
 //! ["python"]`.
 
 use agentcore_agent::definition::AgentDefinition;
-use agentcore_api::RpcError;
-use agentcore_api::codes;
 use agentcore_store::Store;
 use agentcore_train::defaults::SEED_AGENT_ID;
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::errors::internal;
+use crate::errors::ApiError;
 
 /// The keys a stored definition has besides the agent's own.
 const STORED_ONLY: [&str; 3] = ["org", "registered", "tasks"];
@@ -89,13 +87,13 @@ pub fn normalize(mut doc: Map<String, Value>) -> Map<String, Value> {
 ///
 /// # Errors
 /// A document that does not describe an agent (the field named).
-pub fn definition(stored: &Value) -> Result<AgentDefinition, RpcError> {
+pub fn definition(stored: &Value) -> Result<AgentDefinition, ApiError> {
     let mut doc = stored.as_object().cloned().unwrap_or_default();
     for k in STORED_ONLY {
         doc.remove(k);
     }
     AgentDefinition::from_value(Value::Object(normalize(doc)))
-        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, format!("agent definition: {e}")))
+        .map_err(|e| ApiError::params(format!("agent definition: {e}")))
 }
 
 /// The built-in agent of the embedded default, always registered as `seed-agent`.
@@ -131,14 +129,14 @@ pub fn visible(definition: &Value, caller: &Caller) -> bool {
 ///
 /// # Errors
 /// Not found (also for another organisation's agent), database errors.
-pub async fn visible_agent(state: &AppState, caller: &Caller, id: &str) -> Result<Value, RpcError> {
-    match state.store.agent(id).await {
-        Ok(Some(d)) if visible(&d, caller) => Ok(d),
-        Ok(_) => Err(RpcError::new(
-            codes::NOT_FOUND,
-            format!("agent not found: {id:?} (register it with agents.register)"),
-        )),
-        Err(e) => Err(internal("agent lookup", e)),
+pub async fn visible_agent(state: &AppState, caller: &Caller, id: &str) -> Result<Value, ApiError> {
+    match state.store.agent(id).await? {
+        Some(d) if visible(&d, caller) => Ok(d),
+        _ => Err(ApiError::NotFound {
+            what: "agent",
+            id: id.to_owned(),
+            hint: " (register it with agents.register)",
+        }),
     }
 }
 
@@ -151,41 +149,41 @@ pub async fn register(
     state: &AppState,
     caller: &Caller,
     params: &Map<String, Value>,
-) -> Result<Value, RpcError> {
+) -> Result<Value, ApiError> {
     let doc = normalize(params.clone());
     let def = AgentDefinition::from_value(Value::Object(doc))
-        .map_err(|e| RpcError::new(codes::INVALID_PARAMS, e.to_string()))?;
+        .map_err(|e| ApiError::params(e.to_string()))?;
     let id = &def.agent_id;
     if id.len() > 64 {
-        return Err(RpcError::new(
-            codes::INVALID_PARAMS,
+        return Err(ApiError::param(
+            "agent_id",
             format!("agent_id must be 1-64 characters, got {}", id.len()),
         ));
     }
     // A failed read must not skip the ownership check (another organisation's agent would be
     // overwritten).
-    if let Some(existing) = state.store.agent(id).await.map_err(|e| internal("register", e))?
+    if let Some(existing) = state.store.agent(id).await?
         && existing.get("org").and_then(Value::as_str) != Some(caller.org.as_str())
     {
-        return Err(RpcError::new(codes::INVALID_PARAMS, format!("agent_id {id:?} is taken")));
+        return Err(ApiError::param("agent_id", format!("agent_id {id:?} is taken")));
     }
     if let agentcore_agent::definition::ModelSpec::Local { path, .. } = &def.model
         && !path.exists()
     {
-        return Err(RpcError::new(
-            codes::INVALID_PARAMS,
+        return Err(ApiError::param(
+            "model.path",
             format!("model.path {:?} does not exist on the server", path.display().to_string()),
         ));
     }
     if def.policy != agentcore_agent::definition::PolicyKind::Weights {
-        return Err(RpcError::new(
-            codes::INVALID_PARAMS,
-            "policy \"prompt\" is not served yet: only \"weights\"".to_string(),
+        return Err(ApiError::param(
+            "policy",
+            "policy \"prompt\" is not served yet: only \"weights\"",
         ));
     }
-    let mut stored = serde_json::to_value(&def).map_err(|e| internal("register", e))?;
+    let mut stored = serde_json::to_value(&def)?;
     stored["org"] = json!(caller.org);
-    state.store.register_agent(id, &stored).await.map_err(|e| internal("register", e))?;
+    state.store.register_agent(id, &stored).await?;
     stored["registered"] = json!(true);
     Ok(stored)
 }
@@ -229,6 +227,6 @@ mod tests {
         let e = AgentDefinition::from_value(Value::Object(doc)).unwrap_err();
         assert!(e.to_string().contains("modle"), "{e}");
         let e = definition(&json!({"agent_id": "a", "model": {"kind": "local"}})).unwrap_err();
-        assert!(e.message.contains("path"), "{}", e.message);
+        assert!(e.to_string().contains("path"), "{e}");
     }
 }

@@ -116,10 +116,11 @@ pub async fn metrics(State(state): State<Arc<crate::AppState>>, headers: HeaderM
     }
     match render_metrics(&state).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, crate::errors::internal("metrics", e).message)
-                .into_response()
-        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            agentcore_api::RpcError::from(crate::errors::ApiError::internal("metrics", e)).message,
+        )
+            .into_response(),
     }
 }
 

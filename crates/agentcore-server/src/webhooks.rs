@@ -163,11 +163,11 @@ async fn attempt(
         },
     };
     let delivered = error.is_none();
-    let message_id = m.message_id.clone();
+    let message_id = m.message_id;
     if let Err(e) = store
         .record_delivery(&WebhookDelivery {
             subscription_id: m.subscription_id,
-            message_id: m.message_id.clone(),
+            message_id: message_id.clone(),
             event: m.event,
             attempt: number,
             status_code: status,

@@ -72,37 +72,12 @@ impl Backend for AlwaysCalls {
 
 struct Scripted(Arc<AlwaysCalls>);
 
-struct Shared(Arc<AlwaysCalls>);
-
-impl Backend for Shared {
-    fn start(&self, conv: &mut Conversation, tools: &[ToolSchema]) -> Result<(), BackendError> {
-        self.0.start(conv, tools)
-    }
-    fn turns(
-        &self,
-        convs: &mut [&mut Conversation],
-        tools: &[ToolSchema],
-        sampling: &Sampling,
-        rng: &mut ChaCha8Rng,
-    ) -> Vec<Result<Turn, BackendError>> {
-        self.0.turns(convs, tools, sampling, rng)
-    }
-    fn observe(
-        &self,
-        conv: &mut Conversation,
-        messages: Vec<Message>,
-        tools: &[ToolSchema],
-    ) -> Result<(), BackendError> {
-        self.0.observe(conv, messages, tools)
-    }
-}
-
 impl Policy for Scripted {
     fn describe(&self) -> String {
         "scripted".into()
     }
     fn backend(&self) -> Result<Box<dyn Backend + '_>, TrainError> {
-        Ok(Box::new(Shared(Arc::clone(&self.0))))
+        Ok(Box::new(&*self.0))
     }
     fn update(&mut self, _batch: &ScoredBatch<'_>) -> Result<UpdateStats, TrainError> {
         Ok(UpdateStats::default())

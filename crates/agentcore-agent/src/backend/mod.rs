@@ -146,6 +146,33 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// A borrowed backend is a backend (a policy lends the one it owns for a rollout).
+impl<B: Backend + ?Sized> Backend for &B {
+    fn start(&self, conv: &mut Conversation, tools: &[ToolSchema]) -> Result<(), BackendError> {
+        (**self).start(conv, tools)
+    }
+    fn turns(
+        &self,
+        convs: &mut [&mut Conversation],
+        tools: &[ToolSchema],
+        sampling: &Sampling,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<Result<Turn, BackendError>> {
+        (**self).turns(convs, tools, sampling, rng)
+    }
+    fn observe(
+        &self,
+        conv: &mut Conversation,
+        messages: Vec<Message>,
+        tools: &[ToolSchema],
+    ) -> Result<(), BackendError> {
+        (**self).observe(conv, messages, tools)
+    }
+    fn tool_role(&self) -> &'static str {
+        (**self).tool_role()
+    }
+}
+
 /// A tool as the model is told about it: OpenAI's function schema.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolSchema {

@@ -12,24 +12,23 @@ pub(super) async fn evaluate(
     state: &AppState,
     caller: &Caller,
     params: EvaluateParams,
-) -> Result<EvaluateResult, RpcError> {
+) -> Result<EvaluateResult, ApiError> {
     let EvaluateParams { job_id: id, checkpoint_id: checkpoint, evaluation_queries } = params;
     check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
     if job.iterations_completed == 0 && job.best_checkpoint_id.is_none() {
-        let checkpoints =
-            state.store.checkpoints(&id).await.map_err(|e| internal("evaluate", e))?;
+        let checkpoints = state.store.checkpoints(&id).await?;
         if checkpoints.iter().all(|c| c.deleted) {
-            return Err(RpcError::new(
-                codes::EVALUATION_FAILED,
-                format!("job {id} has no checkpoint yet (status {})", job.status),
-            ));
+            return Err(ApiError::EvaluationFailed(format!(
+                "job {id} has no checkpoint yet (status {})",
+                job.status
+            )));
         }
     }
     if let Some(c) = &checkpoint {
-        let known = state.store.checkpoints(&id).await.map_err(|e| internal("evaluate", e))?;
+        let known = state.store.checkpoints(&id).await?;
         if !known.iter().any(|k| &k.id == c && !k.deleted) {
-            return Err(RpcError::new(codes::NOT_FOUND, format!("checkpoint not found: {c:?}")));
+            return Err(ApiError::NotFound { what: "checkpoint", id: c.clone(), hint: "" });
         }
     }
     let queries = match evaluation_queries {
@@ -43,9 +42,8 @@ pub(super) async fn evaluate(
         agentcore_train::eval::compare(&data_dir, &id, checkpoint.as_deref(), queries, &sandbox)
             .map_err(|e| e.to_string())
     })
-    .await
-    .map_err(|e| internal("evaluate", e))?
-    .map_err(|e| RpcError::new(codes::EVALUATION_FAILED, format!("evaluation failed: {e}")))?;
+    .await?
+    .map_err(ApiError::EvaluationFailed)?;
     let c = &report.baseline_comparison;
     let metrics = |m: &agentcore_train::eval::EvalMetrics| EvalMetrics {
         success_rate: m.success_rate,
@@ -81,16 +79,13 @@ pub(super) async fn export(
     state: &AppState,
     caller: &Caller,
     params: ExportParams,
-) -> Result<ExportResult, RpcError> {
+) -> Result<ExportResult, ApiError> {
     let id = params.job_id;
     check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
     let limit = params.limit.unwrap_or(1000);
     if limit > 10_000 {
-        return Err(RpcError::new(
-            codes::EXPORT_LIMIT,
-            format!("export limit exceeded: limit must be <= 10000, got {limit}"),
-        ));
+        return Err(ApiError::ExportLimit { max: 10_000, got: limit });
     }
     let offset = params.offset.unwrap_or(0);
     let filter = TrajectoryFilter {
@@ -99,9 +94,8 @@ pub(super) async fn export(
         limit: Some(u32::try_from(limit).unwrap_or(10_000)),
         offset: u32::try_from(offset).unwrap_or(u32::MAX),
     };
-    let total =
-        state.store.count_trajectories(&id, &filter).await.map_err(|e| internal("export", e))?;
-    let rows = state.store.trajectories(&id, &filter).await.map_err(|e| internal("export", e))?;
+    let total = state.store.count_trajectories(&id, &filter).await?;
+    let rows = state.store.trajectories(&id, &filter).await?;
     let shaping = agentcore_train::record::reward_shaping(&job.settings);
     let trajectories: Vec<Value> = rows
         .iter()

@@ -2,68 +2,49 @@
 
 use super::*;
 
-fn config_error(e: &GrpoError) -> RpcError {
-    let (field, error) = match e {
-        GrpoError::InvalidConfig(f) => (
-            Some(f.field.clone()),
-            format!("{} must {}, got {}", f.field, f.rule.trim_start_matches("must "), f.value),
-        ),
-        GrpoError::UnknownConfigField { field, .. } => (Some(field.clone()), e.to_string()),
-        GrpoError::ConfigParse { field, .. } => (field.clone(), e.to_string()),
-        other => (None, other.to_string()),
-    };
-    RpcError::new(codes::INVALID_REQUEST, e.to_string())
-        .with_data(json!({"field": field, "error": error}))
-}
-
-pub(super) fn tasks(name: &str, value: &Value) -> Result<Vec<Task>, RpcError> {
+pub(super) fn tasks(name: &str, value: &Value) -> Result<Vec<Task>, ApiError> {
     let Value::Array(items) = value else {
-        return Err(RpcError::new(
-            codes::DATA_VALIDATION,
-            format!("{name} must be an array of {{query, expected_outcome}}, got {}", kind(value)),
-        ));
+        return Err(ApiError::DataValidation {
+            message: format!(
+                "{name} must be an array of {{query, expected_outcome}}, got {}",
+                kind(value)
+            ),
+            data: Some(json!({"field": name})),
+        });
     };
     items
         .iter()
         .enumerate()
         .map(|(i, v)| {
             agentcore_tasks::data::task_from_value(i, v.clone()).map_err(|e| {
-                RpcError::new(codes::DATA_VALIDATION, format!("{name}[{i}]: {e}"))
-                    .with_data(json!({"field": name, "index": i}))
+                ApiError::DataValidation {
+                    message: format!("{name}[{i}]: {e}"),
+                    data: Some(json!({"field": name, "index": i})),
+                }
             })
         })
         .collect()
-}
-
-/// A job's settings error as the contract's codes: a config that does not parse or breaks a
-/// range names its field in `data`; anything else about the agent or the job is an invalid
-/// request that says what is wrong.
-fn settings_error(agent_id: &str, e: &agentcore_train::TrainError) -> RpcError {
-    match e {
-        agentcore_train::TrainError::Config(g) => config_error(g),
-        other => RpcError::new(codes::INVALID_REQUEST, format!("agent {agent_id}: {other}")),
-    }
 }
 
 pub(super) async fn start(
     state: &Arc<AppState>,
     caller: &Caller,
     params: StartParams,
-) -> Result<StartResult, RpcError> {
+) -> Result<StartResult, ApiError> {
     let StartParams { agent_id, config, training_data, evaluation_data, metadata } = params;
     let stored = crate::agents::visible_agent(state, caller, &agent_id).await?;
     let agent = crate::agents::definition(&stored)?;
-    let data = training_data.ok_or_else(|| {
-        RpcError::new(codes::DATA_VALIDATION, "training_data is required (at least 100 queries)")
+    let data = training_data.ok_or_else(|| ApiError::DataValidation {
+        message: "training_data is required (at least 100 queries)".into(),
+        data: Some(json!({"field": "training_data"})),
     })?;
     let train = tasks("training_data", &Value::Array(data))?;
     let min = agentcore_tasks::data::MIN_TRAINING_TASKS;
     if train.len() < min {
-        return Err(RpcError::new(
-            codes::DATA_VALIDATION,
-            format!("training_data must have at least {min} queries, got {}", train.len()),
-        )
-        .with_data(json!({"field": "training_data", "count": train.len()})));
+        return Err(ApiError::DataValidation {
+            message: format!("training_data must have at least {min} queries, got {}", train.len()),
+            data: Some(json!({"field": "training_data", "count": train.len()})),
+        });
     }
     let eval = match evaluation_data {
         None => Vec::new(),
@@ -72,12 +53,9 @@ pub(super) async fn start(
     let metadata = metadata.map(Value::Object);
     let mut settings =
         agentcore_train::spec::resolve(&agent, config.as_ref(), Some(JobData { train, eval }))
-            .map_err(|e| settings_error(&agent_id, &e))?;
-    if let Some((name, url)) = state
-        .store
-        .reward_endpoint(&caller.org, settings.agent_type())
-        .await
-        .map_err(|e| internal("start", e))?
+            .map_err(|source| ApiError::Settings { agent_id: agent_id.clone(), source })?;
+    if let Some((name, url)) =
+        state.store.reward_endpoint(&caller.org, settings.agent_type()).await?
     {
         settings.remote_reward = Some(agentcore_train::settings::RemoteReward {
             name,
@@ -90,34 +68,27 @@ pub(super) async fn start(
     let estimate = agentcore_train::spec::estimated_cost_usd(&settings);
     let trajectories = c.batch_size * c.n_trajectories_per_query;
     if estimate > c.max_budget_usd {
-        return Err(RpcError::new(
-            codes::BUDGET_EXCEEDED,
-            format!(
-                "estimated cost ${estimate} exceeds max_budget_usd ${} ({} iterations x {} trajectories at ${}/hour)",
-                c.max_budget_usd,
-                c.n_iterations,
-                trajectories,
-                settings.price_per_hour_usd
+        return Err(ApiError::BudgetExceeded {
+            estimate,
+            max: c.max_budget_usd,
+            detail: format!(
+                "{} iterations x {} trajectories at ${}/hour",
+                c.n_iterations, trajectories, settings.price_per_hour_usd
             ),
-        )
-        .with_data(json!({"estimated_cost_usd": estimate.to_string(), "max_budget_usd": c.max_budget_usd.to_string()})));
+        });
     }
     let id = uuid::Uuid::new_v4().to_string();
     let run_dir = agentcore_train::settings::run_dir(&state.config.data_dir, &id);
     let new_job = NewJob {
         id: id.clone(),
         agent_id: agent_id.clone(),
-        settings: serde_json::to_value(&settings).map_err(|e| internal("start", e))?,
+        settings: serde_json::to_value(&settings)?,
         total_iterations: settings.config.n_iterations,
         budget_usd: settings.config.max_budget_usd.to_string(),
         run_dir: run_dir.display().to_string(),
     };
-    state
-        .store
-        .enqueue_job(&new_job, &caller.org, &caller.subject, metadata.as_ref())
-        .await
-        .map_err(|e| internal("start", e))?;
-    let row = state.store.job(&id).await.map_err(|e| internal("start", e))?;
+    state.store.enqueue_job(&new_job, &caller.org, &caller.subject, metadata.as_ref()).await?;
+    let row = state.store.job(&id).await?;
     Ok(StartResult {
         job_id: id,
         status: JobStatus::Queued,
@@ -132,9 +103,9 @@ pub(super) async fn start(
 ///
 /// # Errors
 /// Database errors.
-pub async fn status(store: &Store, job: &JobRow) -> Result<StatusResult, RpcError> {
-    let last = store.last_iteration(&job.id).await.map_err(|e| internal("status", e))?;
-    let validation = store.last_validation(&job.id).await.map_err(|e| internal("status", e))?;
+pub async fn status(store: &Store, job: &JobRow) -> Result<StatusResult, ApiError> {
+    let last = store.last_iteration(&job.id).await?;
+    let validation = store.last_validation(&job.id).await?;
     let per_iteration = job
         .settings
         .get("config")
@@ -223,7 +194,7 @@ pub(super) async fn list(
     state: &AppState,
     caller: &Caller,
     params: ListParams,
-) -> Result<ListResult, RpcError> {
+) -> Result<ListResult, ApiError> {
     let limit = params.limit.unwrap_or(50).min(1000);
     let offset = params.offset.unwrap_or(0);
     let filter = JobFilter {
@@ -233,7 +204,7 @@ pub(super) async fn list(
         limit: u32::try_from(limit).unwrap_or(50),
         offset: u32::try_from(offset).unwrap_or(u32::MAX),
     };
-    let (rows, total) = state.store.list_jobs(&filter).await.map_err(|e| internal("list", e))?;
+    let (rows, total) = state.store.list_jobs(&filter).await?;
     let mut jobs = Vec::with_capacity(rows.len());
     for r in &rows {
         jobs.push(status(&state.store, r).await?);
@@ -245,25 +216,14 @@ pub(super) async fn cancel(
     state: &AppState,
     caller: &Caller,
     params: CancelParams,
-) -> Result<CancelResult, RpcError> {
+) -> Result<CancelResult, ApiError> {
     let CancelParams { job_id: id, reason } = params;
     check_job_id(&id)?;
     owned_job(state, caller, &id).await?;
-    match state
-        .store
-        .request_cancel(&id, reason.as_deref())
-        .await
-        .map_err(|e| internal("cancel", e))?
-    {
-        CancelOutcome::NotFound => {
-            return Err(RpcError::new(codes::NOT_FOUND, format!("job not found: {id:?}")));
-        }
+    match state.store.request_cancel(&id, reason.as_deref()).await? {
+        CancelOutcome::NotFound => return Err(ApiError::no_job(&id)),
         CancelOutcome::Finished(s) => {
-            return Err(RpcError::new(
-                codes::CANNOT_CANCEL,
-                format!("cannot cancel job {id}: it is already {s}"),
-            )
-            .with_data(json!({"status": s})));
+            return Err(ApiError::CannotCancel { job_id: id, status: s.to_string() });
         }
         // A queued job is cancelled at once. A running one is asked to stop: its worker sees
         // the request at its next heartbeat, finishes the iteration, checkpoints and ends as
@@ -272,7 +232,7 @@ pub(super) async fn cancel(
         CancelOutcome::Cancelled | CancelOutcome::Requested => {}
     }
     let job = owned_job(state, caller, &id).await?;
-    let checkpoints = state.store.checkpoints(&id).await.map_err(|e| internal("cancel", e))?;
+    let checkpoints = state.store.checkpoints(&id).await?;
     let latest = checkpoints.iter().filter(|c| !c.deleted).max_by_key(|c| c.iteration);
     Ok(CancelResult {
         job_id: id,

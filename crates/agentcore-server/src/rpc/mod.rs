@@ -13,9 +13,8 @@ use agentcore_api::{
 };
 use agentcore_api::{
     CancelResult, Cost, JobStatus, ListResult, Progress, Request, Response as RpcResponse,
-    RpcError, StartResult, StatusResult, SubscribeResult, codes, methods,
+    StartResult, StatusResult, SubscribeResult, methods,
 };
-use agentcore_grpo::GrpoError;
 use agentcore_store::{
     CancelOutcome, JobFilter, JobRow, NewJob, Store, TrajectoryFilter, WebhookRow,
 };
@@ -33,6 +32,7 @@ use agentcore_tasks::data::kind;
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::errors::ApiError;
 use crate::limits::{Decision, unix_now};
 
 /// The bearer token of a request.
@@ -88,13 +88,13 @@ pub async fn handle(
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            let err = RpcError::new(codes::PARSE_ERROR, format!("parse error: {e}"));
+            let err = ApiError::Parse(e.to_string()).into();
             return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
         }
     };
     let (items, batch) = match parsed {
         Value::Array(items) if items.is_empty() => {
-            let err = RpcError::new(codes::INVALID_REQUEST, "invalid request: empty batch");
+            let err = ApiError::InvalidRequest("empty batch".into()).into();
             return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
         }
         Value::Array(items) => (items, true),
@@ -107,10 +107,8 @@ pub async fn handle(
         let Some(method) = item.get("method").and_then(Value::as_str) else { continue };
         if let Some(d) = state.limiter.check(&caller.subject, method, now) {
             if !d.allowed {
-                let err = RpcError::new(
-                    codes::INVALID_REQUEST,
-                    format!("rate limit of {method} exceeded: {} calls per minute", d.limit),
-                );
+                let err =
+                    ApiError::RateLimited { method: method.to_owned(), limit: d.limit }.into();
                 let body = axum::Json(RpcResponse::err(
                     item.get("id").cloned().unwrap_or(Value::Null),
                     err,
@@ -148,25 +146,22 @@ async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<Rpc
     let request: Request = match serde_json::from_value(item) {
         Ok(r) => r,
         Err(e) => {
-            let err = RpcError::new(codes::INVALID_REQUEST, format!("invalid request: {e}"));
+            let err = ApiError::InvalidRequest(e.to_string()).into();
             return Some(RpcResponse::err(id.unwrap_or(Value::Null), err));
         }
     };
     if request.jsonrpc != "2.0" {
-        let err = RpcError::new(
-            codes::INVALID_REQUEST,
-            format!("invalid request: jsonrpc must be \"2.0\", got {:?}", request.jsonrpc),
-        );
+        let err =
+            ApiError::InvalidRequest(format!("jsonrpc must be \"2.0\", got {:?}", request.jsonrpc))
+                .into();
         return Some(RpcResponse::err(id.unwrap_or(Value::Null), err));
     }
     let params = match request.params {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m,
         Some(other) => {
-            let err = RpcError::new(
-                codes::INVALID_PARAMS,
-                format!("params must be an object, got {}", kind(&other)),
-            );
+            let err =
+                ApiError::params(format!("params must be an object, got {}", kind(&other))).into();
             return request.id.map(|id| RpcResponse::err(id, err));
         }
     };
@@ -174,52 +169,41 @@ async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<Rpc
     let id = request.id?;
     Some(match result {
         Ok(v) => RpcResponse::ok(id, v),
-        Err(e) => RpcResponse::err(id, e),
+        Err(e) => RpcResponse::err(id, e.into()),
     })
 }
 
-use crate::errors::internal;
-
-fn need(caller: &Caller, permission: &str) -> Result<(), RpcError> {
+fn need(caller: &Caller, permission: &str) -> Result<(), ApiError> {
     if caller.can(permission) {
         Ok(())
     } else {
-        Err(RpcError::new(
-            codes::PERMISSION_DENIED,
-            format!("permission denied: {permission} is required"),
-        )
-        .with_data(json!({"permission": permission})))
+        Err(ApiError::PermissionDenied(permission.to_owned()))
     }
 }
 
 /// The params of a method as its type (`agentcore_api::params`): a missing or unknown key, or a
 /// value of the wrong type, is refused naming the field.
-fn typed<T: serde::de::DeserializeOwned>(params: Map<String, Value>) -> Result<T, RpcError> {
+fn typed<T: serde::de::DeserializeOwned>(params: Map<String, Value>) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(Value::Object(params)).map_err(|e| {
         let field = e.path().to_string();
         let message = e.into_inner().to_string();
         let at = if field == "." { String::new() } else { format!(".{field}") };
-        RpcError::new(codes::INVALID_PARAMS, format!("params{at}: {message}"))
-            .with_data(json!({"field": field, "error": message}))
+        ApiError::InvalidParams { message: format!("params{at}: {message}"), field: Some(field) }
     })
 }
 
-fn check_job_id(id: &str) -> Result<(), RpcError> {
+fn check_job_id(id: &str) -> Result<(), ApiError> {
     if uuid::Uuid::parse_str(id).is_err() {
-        return Err(RpcError::new(
-            codes::INVALID_PARAMS,
-            format!("invalid job_id {id:?}: must be a UUID"),
-        ));
+        return Err(ApiError::param("job_id", format!("invalid job_id {id:?}: must be a UUID")));
     }
     Ok(())
 }
 
 /// The caller's job, or not found (another organisation's job is not found either).
-async fn owned_job(state: &AppState, caller: &Caller, id: &str) -> Result<JobRow, RpcError> {
-    match state.store.job(id).await {
-        Ok(Some(j)) if j.org == caller.org => Ok(j),
-        Ok(_) => Err(RpcError::new(codes::NOT_FOUND, format!("job not found: {id:?}"))),
-        Err(e) => Err(internal("job lookup", e)),
+async fn owned_job(state: &AppState, caller: &Caller, id: &str) -> Result<JobRow, ApiError> {
+    match state.store.job(id).await? {
+        Some(j) if j.org == caller.org => Ok(j),
+        _ => Err(ApiError::no_job(id)),
     }
 }
 
@@ -228,9 +212,9 @@ async fn dispatch(
     caller: &Caller,
     method: &str,
     params: Map<String, Value>,
-) -> Result<Value, RpcError> {
-    fn to_value<T: serde::Serialize>(v: Result<T, RpcError>) -> Result<Value, RpcError> {
-        v.and_then(|r| serde_json::to_value(r).map_err(|e| internal("result", e)))
+) -> Result<Value, ApiError> {
+    fn to_value<T: serde::Serialize>(v: Result<T, ApiError>) -> Result<Value, ApiError> {
+        Ok(serde_json::to_value(v?)?)
     }
     match method {
         methods::START => {
@@ -276,7 +260,7 @@ async fn dispatch(
         methods::AGENTS_LIST => {
             need(caller, "training:view")?;
             let _: NoParams = typed(params)?;
-            let all = state.store.agents().await.map_err(|e| internal(method, e))?;
+            let all = state.store.agents().await?;
             let agents: Vec<Value> = all
                 .into_iter()
                 .filter(|(_, d)| crate::agents::visible(d, caller))
@@ -290,30 +274,18 @@ async fn dispatch(
             let allow = state.config.webhooks.allow_private;
             let check = url.clone();
             tokio::task::spawn_blocking(move || crate::webhooks::check_target(&check, allow))
-                .await
-                .map_err(|e| internal(method, e))?
-                .map_err(|e| {
-                    RpcError::new(codes::INVALID_PARAMS, e).with_data(json!({"field": "url"}))
-                })?;
-            state
-                .store
-                .set_reward_endpoint(&caller.org, &agent_type, &name, &url)
-                .await
-                .map_err(|e| internal(method, e))?;
+                .await?
+                .map_err(|e| ApiError::param("url", e))?;
+            state.store.set_reward_endpoint(&caller.org, &agent_type, &name, &url).await?;
             to_value(Ok(RewardEndpoint { agent_type, name, url }))
         }
         methods::DISCOVER => Ok(openrpc()),
         "training.deploy_checkpoint" | "training.configure_ab_test" | "agents.invoke" => {
-            Err(RpcError::new(
-                codes::METHOD_NOT_FOUND,
-                format!(
-                    "method not found: {method} is not served by this version (deployment comes later)"
-                ),
-            ))
+            Err(ApiError::MethodNotFound(format!(
+                "{method} is not served by this version (deployment comes later)"
+            )))
         }
-        other => {
-            Err(RpcError::new(codes::METHOD_NOT_FOUND, format!("method not found: {other:?}")))
-        }
+        other => Err(ApiError::MethodNotFound(format!("{other:?}"))),
     }
 }
 
