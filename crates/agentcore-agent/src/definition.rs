@@ -165,6 +165,185 @@ pub struct AgentDefinition {
     /// Most tokens per trajectory ([`DEFAULT_MAX_TOKENS`] when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens_per_trajectory: Option<u64>,
+    /// How the prompt policy renders and learns (`policy: prompt`; its defaults when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_policy: Option<PromptPolicySettings>,
+}
+
+/// Defaults of [`PromptPolicySettings`].
+pub mod prompt_defaults {
+    /// Exemplars shown per query.
+    pub const EXEMPLARS_SHOWN: usize = 2;
+    /// Lessons shown per query.
+    pub const LESSONS_SHOWN: usize = 4;
+    /// Largest exemplar bank (the lowest-credit exemplar is retired past it).
+    pub const MAX_EXEMPLARS: usize = 48;
+    /// Largest lesson library.
+    pub const MAX_LESSONS: usize = 24;
+    /// Most tokens the lessons and exemplars add to the system prompt (counted as characters / 4).
+    pub const MAX_PROMPT_TOKENS: usize = 800;
+    /// Temperature of the item choice in training rollouts (evaluation picks the best items).
+    pub const SELECTION_TEMPERATURE: f64 = 1.0;
+    /// Weight of the query's similarity to an item (BM25, scaled to 0..1 per query) against the
+    /// item's credit.
+    pub const RELEVANCE_WEIGHT: f64 = 2.0;
+    /// Tokens of one reflection answer.
+    pub const REFLECTION_MAX_TOKENS: usize = 256;
+    /// Library operations applied per iteration.
+    pub const REFLECTION_MAX_OPS: usize = 4;
+    /// Groups shown to the reflector per iteration (those with the largest reward spread).
+    pub const REFLECTION_GROUPS: usize = 2;
+    /// Longest lesson, characters.
+    pub const MAX_LESSON_CHARS: usize = 300;
+}
+
+/// The prompt policy's rendering and update (see `agentcore_train::policy::prompt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptPolicySettings {
+    /// Exemplars (the agent's own verified trajectories) shown per query.
+    pub exemplars_shown: usize,
+    /// Lessons shown per query.
+    pub lessons_shown: usize,
+    /// Largest exemplar bank.
+    pub max_exemplars: usize,
+    /// Largest lesson library.
+    pub max_lessons: usize,
+    /// Most tokens the shown items add to the system prompt (characters / 4).
+    pub max_prompt_tokens: usize,
+    /// Temperature of the item choice in training rollouts (> 0).
+    pub selection_temperature: f64,
+    /// Weight of query similarity against credit (>= 0).
+    pub relevance_weight: f64,
+    /// Reflection on groups with a reward spread.
+    pub reflection: ReflectionSettings,
+}
+
+/// The reflector: shown the better and the worse trajectories of a group, it proposes library
+/// operations as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReflectionSettings {
+    /// Whether to reflect at all.
+    pub enabled: bool,
+    /// The reflector's endpoint and prices (default: the agent's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<OpenAiSettings>,
+    /// Tokens of one answer.
+    pub max_tokens: usize,
+    /// Operations applied per iteration (the rest are recorded as rejected).
+    pub max_ops_per_iteration: usize,
+    /// Groups reflected on per iteration.
+    pub groups_per_iteration: usize,
+    /// Longest lesson, characters.
+    pub max_lesson_chars: usize,
+}
+
+impl Default for ReflectionSettings {
+    fn default() -> Self {
+        use prompt_defaults as d;
+        Self {
+            enabled: true,
+            model: None,
+            max_tokens: d::REFLECTION_MAX_TOKENS,
+            max_ops_per_iteration: d::REFLECTION_MAX_OPS,
+            groups_per_iteration: d::REFLECTION_GROUPS,
+            max_lesson_chars: d::MAX_LESSON_CHARS,
+        }
+    }
+}
+
+impl Default for PromptPolicySettings {
+    fn default() -> Self {
+        use prompt_defaults as d;
+        Self {
+            exemplars_shown: d::EXEMPLARS_SHOWN,
+            lessons_shown: d::LESSONS_SHOWN,
+            max_exemplars: d::MAX_EXEMPLARS,
+            max_lessons: d::MAX_LESSONS,
+            max_prompt_tokens: d::MAX_PROMPT_TOKENS,
+            selection_temperature: d::SELECTION_TEMPERATURE,
+            relevance_weight: d::RELEVANCE_WEIGHT,
+            reflection: ReflectionSettings::default(),
+        }
+    }
+}
+
+impl PromptPolicySettings {
+    /// The rules, each naming the field.
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn validate(&self) -> Result<(), DefinitionError> {
+        let f = "prompt_policy";
+        if self.exemplars_shown > 16 {
+            return Err(bad(
+                format!("{f}.exemplars_shown"),
+                format!("must be <= 16, got {}", self.exemplars_shown),
+            ));
+        }
+        if self.lessons_shown > 32 {
+            return Err(bad(
+                format!("{f}.lessons_shown"),
+                format!("must be <= 32, got {}", self.lessons_shown),
+            ));
+        }
+        for (name, v) in [("max_exemplars", self.max_exemplars), ("max_lessons", self.max_lessons)]
+        {
+            if !(1..=10_000).contains(&v) {
+                return Err(bad(format!("{f}.{name}"), format!("must be in 1..=10000, got {v}")));
+            }
+        }
+        if !(16..=100_000).contains(&self.max_prompt_tokens) {
+            return Err(bad(
+                format!("{f}.max_prompt_tokens"),
+                format!("must be in 16..=100000, got {}", self.max_prompt_tokens),
+            ));
+        }
+        if !(self.selection_temperature > 0.0 && self.selection_temperature.is_finite()) {
+            return Err(bad(
+                format!("{f}.selection_temperature"),
+                format!("must be > 0, got {}", self.selection_temperature),
+            ));
+        }
+        if !(self.relevance_weight >= 0.0 && self.relevance_weight.is_finite()) {
+            return Err(bad(
+                format!("{f}.relevance_weight"),
+                format!("must be >= 0, got {}", self.relevance_weight),
+            ));
+        }
+        let r = &self.reflection;
+        if !(16..=8192).contains(&r.max_tokens) {
+            return Err(bad(
+                format!("{f}.reflection.max_tokens"),
+                format!("must be in 16..=8192, got {}", r.max_tokens),
+            ));
+        }
+        if !(20..=4000).contains(&r.max_lesson_chars) {
+            return Err(bad(
+                format!("{f}.reflection.max_lesson_chars"),
+                format!("must be in 20..=4000, got {}", r.max_lesson_chars),
+            ));
+        }
+        if r.max_ops_per_iteration > 100 || r.groups_per_iteration > 100 {
+            return Err(bad(
+                format!("{f}.reflection"),
+                format!(
+                    "max_ops_per_iteration and groups_per_iteration must be <= 100, got {} and {}",
+                    r.max_ops_per_iteration, r.groups_per_iteration
+                ),
+            ));
+        }
+        if let Some(m) = &r.model
+            && !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://"))
+        {
+            return Err(bad(
+                format!("{f}.reflection.model.base_url"),
+                format!("must start with http:// or https://, got {:?}", m.base_url),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A definition error: the field, the rule and the value.
@@ -276,6 +455,12 @@ impl AgentDefinition {
         }
         if s.max_tokens_per_turn == 0 {
             return Err(bad("sampling.max_tokens_per_turn", "must be >= 1, got 0"));
+        }
+        if let Some(p) = &self.prompt_policy {
+            if self.policy != PolicyKind::Prompt {
+                return Err(bad("prompt_policy", "is for `policy: prompt` agents only"));
+            }
+            p.validate()?;
         }
         if self.policy == PolicyKind::Weights && matches!(self.model, ModelSpec::Openai(_)) {
             return Err(bad(

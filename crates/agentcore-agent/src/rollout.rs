@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::backend::{Backend, Conversation, Message, Sampling, ToolSchema};
 use crate::toolcall::{ToolCall, ToolCallError, parse_hermes};
 use crate::tools::{ToolOutput, Toolbox};
-use crate::trajectory::{Step, StopReason, Trajectory, Usage};
+use crate::trajectory::{PromptContext, Step, StopReason, Trajectory, Usage};
 
 /// How tool calls and answers are written in model output.
 #[derive(
@@ -193,13 +193,34 @@ pub fn run_batch(
     queries: &[String],
     rng: &mut ChaCha8Rng,
 ) -> Vec<Trajectory> {
+    run_batch_with(runtime, backend, queries, None, rng)
+}
+
+/// [`run_batch`] where run `i` gets the system prompt of `contexts[i]` instead of the runtime's
+/// (a prompt policy's rendering), recorded in its trajectory.
+///
+/// # Panics
+/// When `contexts` is not one per query.
+pub fn run_batch_with(
+    runtime: &AgentRuntime,
+    backend: &dyn Backend,
+    queries: &[String],
+    contexts: Option<&[PromptContext]>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Trajectory> {
+    if let Some(c) = contexts {
+        assert_eq!(c.len(), queries.len(), "one prompt context per query");
+    }
     let schemas: Vec<ToolSchema> = runtime.toolbox.schemas();
     let mut runs: Vec<Run> = queries
         .iter()
-        .map(|q| {
+        .enumerate()
+        .map(|(i, q)| {
+            let context = contexts.map(|c| c[i].clone());
+            let system = context.as_ref().map_or(&runtime.system_prompt, |c| &c.system_prompt);
             let mut messages = Vec::new();
-            if !runtime.system_prompt.is_empty() {
-                messages.push(Message::new("system", runtime.system_prompt.clone()));
+            if !system.is_empty() {
+                messages.push(Message::new("system", system.clone()));
             }
             messages.push(Message::new("user", q.clone()));
             Run {
@@ -217,6 +238,7 @@ pub fn run_batch(
                     tool_calls: 0,
                     successful_tool_calls: 0,
                     verification_steps: 0,
+                    context,
                 },
                 conv: Conversation { messages, ..Conversation::default() },
                 done: false,

@@ -121,6 +121,19 @@ pub struct Trajectory {
     /// Steps that ran the agent's result again to check it (a tool call after the first successful
     /// one whose input mentions a value an earlier call returned).
     pub verification_steps: u32,
+    /// The prompt this run was given, when a prompt policy rendered one for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<PromptContext>,
+}
+
+/// What a prompt policy showed one run: the system prompt it rendered and the ids of the library
+/// items (lessons, exemplars) in it, in the order they were picked.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PromptContext {
+    /// The whole system prompt sent.
+    pub system_prompt: String,
+    /// Ids of the items shown, in pick order.
+    pub shown: Vec<String>,
 }
 
 impl Trajectory {

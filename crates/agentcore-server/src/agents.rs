@@ -175,12 +175,6 @@ pub async fn register(
             format!("model.path {:?} does not exist on the server", path.display().to_string()),
         ));
     }
-    if def.policy != agentcore_agent::definition::PolicyKind::Weights {
-        return Err(ApiError::param(
-            "policy",
-            "policy \"prompt\" is not served yet: only \"weights\"",
-        ));
-    }
     let mut stored = serde_json::to_value(&def)?;
     stored["org"] = json!(caller.org);
     state.store.register_agent(id, &stored).await?;

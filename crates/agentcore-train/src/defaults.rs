@@ -97,6 +97,30 @@ pub fn embedded_config() -> GRPOConfig {
     }
 }
 
+/// The agent id of a job on an API model whose settings name none.
+pub const API_AGENT_ID: &str = "api-agent";
+
+/// Credit step of the prompt policy (its `learning_rate`): items move this far along the
+/// group-relative policy gradient of the item choice per iteration.
+pub const PROMPT_LEARNING_RATE: f64 = 0.5;
+
+/// Seconds one API trajectory takes, for the pre-flight time estimate of a prompt job (measured:
+/// Gemma 3 270M on llama.cpp, 2 cores, about 2 s per sampled trajectory).
+pub const MEASURED_SECONDS_PER_API_TRAJECTORY: f64 = 2.0;
+
+/// Prompt tokens of one API turn assumed by the pre-flight estimate when the agent's prompt is
+/// not yet rendered (its system prompt, shown items and the conversation so far).
+pub const ESTIMATED_PROMPT_TOKENS_PER_TURN: u64 = 1200;
+
+/// The default config of a prompt-policy agent on an API model: the contract's, with the
+/// credit step as `learning_rate`, groups of 4 and reward shaping (a call the sandbox ran
+/// without error separates samples before any answers right).
+pub fn apply_prompt_config(config: &mut GRPOConfig) {
+    config.learning_rate = PROMPT_LEARNING_RATE;
+    config.reward_shaping.enabled = true;
+    config.max_steps_per_trajectory = BUILT_IN_MAX_STEPS;
+}
+
 /// What a pretrained model's job changes in a config (applied when the job file names no config
 /// of its own).
 pub fn apply_real_model_config(config: &mut GRPOConfig) {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use agentcore_agent::rollout::run_batch;
+use agentcore_agent::rollout::run_batch_with;
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_tasks::Task;
 use agentcore_tasks::judge::{RewardInput, RewardRegistry, Verifiers};
@@ -86,7 +86,9 @@ impl<'a> Evaluator<'a> {
         let mut out = Vec::with_capacity(tasks.len());
         for chunk in tasks.chunks(EVAL_BATCH_QUERIES) {
             let queries: Vec<String> = chunk.iter().map(|t| t.query.clone()).collect();
-            let trajs = run_batch(&rt, backend.as_ref(), &queries, &mut rng);
+            let contexts = policy.contexts(&queries, false, &mut rng);
+            let trajs =
+                run_batch_with(&rt, backend.as_ref(), &queries, contexts.as_deref(), &mut rng);
             for (t, tr) in chunk.iter().zip(&trajs) {
                 let verdict = self.verifiers.verify(t, tr);
                 let reward = self

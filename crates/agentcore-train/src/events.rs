@@ -49,6 +49,10 @@ pub struct IterationMetrics {
     pub eval_success_rate: Option<f64>,
     /// Dollars spent by the job so far.
     pub cost_usd: Decimal,
+    /// The prompt policy's `library_size`, `exemplar_bank_size`, `exemplars_shown`,
+    /// `reflection_ops_applied`, `reflection_ops_rejected` (absent for weights).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::update::PromptStats>,
 }
 
 /// Why the job stopped.

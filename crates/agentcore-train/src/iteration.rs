@@ -58,6 +58,7 @@ pub fn run_iteration(
     let scores = score(settings, evaluator, &tasks, &trajectories)?;
     let group_size = settings.config.n_trajectories_per_query as usize;
     let stats = policy.update(&ScoredBatch {
+        iteration,
         tasks: &tasks,
         group_size,
         trajectories: &trajectories,
@@ -70,7 +71,8 @@ pub fn run_iteration(
 
     let metrics =
         metrics(iteration, &trajectories, &scores, &stats, rollout_seconds, update_seconds);
-    let api_cost_usd = trajectories.iter().map(|t| t.cost_usd).sum::<Decimal>();
+    let api_cost_usd =
+        trajectories.iter().map(|t| t.cost_usd).sum::<Decimal>() + stats.api_cost_usd;
     let records = trajectories
         .into_iter()
         .enumerate()
@@ -103,8 +105,11 @@ pub fn metrics(
     let n = rewards.len().max(1) as f64;
     let mean = rewards.iter().sum::<f64>() / n;
     let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
-    let sampled: usize =
-        trajectories.iter().filter_map(|t| t.tokens.as_ref()).map(|t| t.sampled_len()).sum();
+    // Sampled tokens: the token trace of in-process models, the endpoint's usage otherwise.
+    let sampled: usize = trajectories
+        .iter()
+        .map(|t| t.tokens.as_ref().map_or(t.usage.output_tokens as usize, |t| t.sampled_len()))
+        .sum();
     let (calls, ok_calls) = trajectories
         .iter()
         .fold((0u32, 0u32), |(a, b), t| (a + t.tool_calls, b + t.successful_tool_calls));
@@ -126,5 +131,6 @@ pub fn metrics(
         update_seconds,
         eval_success_rate: None,
         cost_usd: Decimal::ZERO,
+        prompt: stats.prompt,
     }
 }

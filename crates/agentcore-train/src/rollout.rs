@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use agentcore_agent::rollout::run_batch;
+use agentcore_agent::rollout::run_batch_with;
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_agent::trajectory::Trajectory;
 use agentcore_tasks::Task;
@@ -42,7 +42,8 @@ pub fn roll_out(
     let group = settings.config.n_trajectories_per_query as usize;
     let queries: Vec<String> =
         tasks.iter().flat_map(|t| std::iter::repeat_n(t.query.clone(), group)).collect();
+    let contexts = policy.contexts(&queries, true, rng);
     let backend = policy.backend()?;
     let rt = settings.runtime(sandbox, settings.sampling());
-    Ok(run_batch(&rt, backend.as_ref(), &queries, rng))
+    Ok(run_batch_with(&rt, backend.as_ref(), &queries, contexts.as_deref(), rng))
 }

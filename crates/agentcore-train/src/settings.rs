@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agentcore_agent::backend::Sampling;
+use agentcore_agent::backend::{OpenAiSettings, Sampling};
+use agentcore_agent::definition::PromptPolicySettings;
 use agentcore_agent::rollout::{AgentRuntime, CallFormat};
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_agent::tools::{PythonTool, Toolbox};
@@ -65,6 +66,24 @@ pub struct JobSettings {
     /// ([`RolloutLimits::for_agent`]) when unset (jobs written before the field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutLimits>,
+    /// An agent behind an OpenAI-compatible endpoint, trained through its prompt (the prompt
+    /// policy) instead of an in-process model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiAgent>,
+}
+
+/// An agent on an OpenAI-compatible endpoint (llama.cpp, vLLM, SGLang, a hosted API) whose
+/// system prompt, lessons and exemplars the prompt policy trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAgent {
+    /// The endpoint, its prices, retries, timeouts and concurrency.
+    pub endpoint: OpenAiSettings,
+    /// The agent's own system prompt (the baseline's whole prompt).
+    pub system_prompt: String,
+    /// Rendering and update settings.
+    #[serde(default)]
+    pub prompt_policy: PromptPolicySettings,
 }
 
 /// Limits of one conversation besides the contract's `max_steps_per_trajectory` and
@@ -160,6 +179,7 @@ impl Default for JobSettings {
             agent_id: None,
             agent_type: None,
             rollout: None,
+            api: None,
         }
     }
 }
@@ -218,6 +238,14 @@ impl JobSettings {
                 }
             }
         }
+        if let Some(a) = &self.api {
+            if self.model.is_some() {
+                out.push("api and model are exclusive: a job trains one agent".into());
+            }
+            if let Err(e) = a.prompt_policy.validate() {
+                out.push(e.to_string());
+            }
+        }
         if let Some(r) = &self.rollout {
             if r.max_conversation_tokens < 2 {
                 out.push(format!(
@@ -241,7 +269,8 @@ impl JobSettings {
     /// The job's conversation limits (saved ones, else the agent kind's defaults).
     #[must_use]
     pub fn rollout_limits(&self) -> RolloutLimits {
-        self.rollout.unwrap_or_else(|| RolloutLimits::for_agent(self.model.is_some()))
+        self.rollout
+            .unwrap_or_else(|| RolloutLimits::for_agent(self.model.is_some() || self.api.is_some()))
     }
 
     /// The agent type that picks the reward strategy.
@@ -256,6 +285,9 @@ impl JobSettings {
     pub fn agent_id(&self) -> String {
         if let Some(id) = &self.agent_id {
             return id.clone();
+        }
+        if self.api.is_some() {
+            return defaults::API_AGENT_ID.to_string();
         }
         match &self.model {
             None => defaults::SEED_AGENT_ID.to_string(),
@@ -290,9 +322,10 @@ impl JobSettings {
     pub fn runtime(&self, sandbox: &Arc<PythonSandbox>, sampling: Sampling) -> AgentRuntime {
         let mut toolbox = Toolbox::new();
         toolbox.add(Arc::new(PythonTool::new(Arc::clone(sandbox)))).expect("one tool");
-        let (format, system_prompt) = match &self.model {
-            None => (CallFormat::Tags, String::new()),
-            Some(m) => (CallFormat::Hermes, m.system_prompt.clone()),
+        let (format, system_prompt) = match (&self.model, &self.api) {
+            (_, Some(a)) => (CallFormat::Hermes, a.system_prompt.clone()),
+            (None, None) => (CallFormat::Tags, String::new()),
+            (Some(m), None) => (CallFormat::Hermes, m.system_prompt.clone()),
         };
         let limits = self.rollout_limits();
         let mut rt = AgentRuntime::new(toolbox, format);

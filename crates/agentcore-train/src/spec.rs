@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::TrainError;
 use crate::defaults;
-use crate::settings::{ExternalModel, JobData, JobSettings, RolloutLimits};
+use crate::settings::{ApiAgent, ExternalModel, JobData, JobSettings, RolloutLimits};
 use crate::warmstart::WarmStartSettings;
 
 fn invalid(problem: String) -> TrainError {
@@ -29,6 +29,11 @@ fn invalid(problem: String) -> TrainError {
 fn kind_config(agent: &AgentDefinition) -> GRPOConfig {
     match agent.model {
         ModelSpec::BuiltIn { .. } => defaults::embedded_config(),
+        ModelSpec::Openai(_) => {
+            let mut c = GRPOConfig::default();
+            defaults::apply_prompt_config(&mut c);
+            c
+        }
         _ => {
             let mut c = GRPOConfig::default();
             defaults::apply_real_model_config(&mut c);
@@ -89,10 +94,10 @@ pub fn resolve(
     data: Option<JobData>,
 ) -> Result<JobSettings, TrainError> {
     agent.validate().map_err(|e| invalid(format!("agent {}: {e}", agent.agent_id)))?;
-    if agent.policy == PolicyKind::Prompt {
+    if agent.policy == PolicyKind::Prompt && !matches!(agent.model, ModelSpec::Openai(_)) {
         return Err(invalid(format!(
-            "agent {}: policy `prompt` (training the prompt of an API model) is not available yet; \
-             use `weights` with a built_in or local model",
+            "agent {}: policy `prompt` trains an agent behind an OpenAI-compatible endpoint \
+             (model.kind openai); in-process models train with `weights`",
             agent.agent_id
         )));
     }
@@ -140,12 +145,16 @@ pub fn resolve(
             rollout: Some(RolloutLimits::for_agent(true)),
             ..JobSettings::default()
         },
-        ModelSpec::Openai(_) => {
-            return Err(invalid(format!(
-                "agent {}: model.kind `openai` needs the prompt policy, which is not available yet",
-                agent.agent_id
-            )));
-        }
+        ModelSpec::Openai(endpoint) => JobSettings {
+            n_tasks: defaults::REAL_MODEL_N_TASKS,
+            api: Some(ApiAgent {
+                endpoint: endpoint.clone(),
+                system_prompt: agent.system_prompt.clone(),
+                prompt_policy: agent.prompt_policy.clone().unwrap_or_default(),
+            }),
+            rollout: Some(RolloutLimits::for_agent(true)),
+            ..JobSettings::default()
+        },
     };
     let expected = match agent.model {
         ModelSpec::BuiltIn { .. } => CallFormat::Tags,
@@ -194,6 +203,21 @@ pub fn resolve(
 /// warm start when it is not the default) or a local model with its adapters and prompt.
 #[must_use]
 pub fn agent_of(settings: &JobSettings) -> AgentDefinition {
+    if let Some(a) = &settings.api {
+        return AgentDefinition {
+            agent_id: settings.agent_id(),
+            agent_type: settings.agent_type().to_string(),
+            model: ModelSpec::Openai(a.endpoint.clone()),
+            system_prompt: a.system_prompt.clone(),
+            tools: vec![ToolSpec::Python { timeout_s: None, memory_mb: None }],
+            policy: PolicyKind::Prompt,
+            sampling: None,
+            tool_call_format: None,
+            max_steps_per_trajectory: None,
+            max_tokens_per_trajectory: None,
+            prompt_policy: Some(a.prompt_policy.clone()),
+        };
+    }
     let (model, system_prompt) = match &settings.model {
         None => {
             let ws = (settings.warm_start != WarmStartSettings::default())
@@ -218,20 +242,47 @@ pub fn agent_of(settings: &JobSettings) -> AgentDefinition {
         tool_call_format: None,
         max_steps_per_trajectory: None,
         max_tokens_per_trajectory: None,
+        prompt_policy: None,
     }
 }
 
 /// Pre-flight: the local compute a job would take at its price per hour, from the measured
 /// seconds per trajectory of the embedded default
-/// ([`defaults::MEASURED_SECONDS_PER_128_TRAJECTORIES`]).
+/// ([`defaults::MEASURED_SECONDS_PER_128_TRAJECTORIES`]) or of an API agent
+/// ([`defaults::MEASURED_SECONDS_PER_API_TRAJECTORY`]); plus, for an API agent, the tokens of
+/// every turn at the endpoint's prices (each turn at most `max_completion_length` tokens out and
+/// [`defaults::ESTIMATED_PROMPT_TOKENS_PER_TURN`] in, every trajectory taking all its steps, the
+/// held-out set evaluated twice) and the reflector's requests at its prices.
 #[must_use]
 pub fn estimated_cost_usd(settings: &JobSettings) -> Decimal {
     let c = &settings.config;
     let trajectories = f64::from(c.batch_size) * f64::from(c.n_trajectories_per_query);
-    let seconds = f64::from(c.n_iterations) * trajectories / 128.0
-        * defaults::MEASURED_SECONDS_PER_128_TRAJECTORIES;
-    (settings.price_per_hour_usd * Decimal::from_f64(seconds / 3600.0).unwrap_or_default())
-        .round_dp(4)
+    let rollouts = f64::from(c.n_iterations) * trajectories;
+    let seconds = match &settings.api {
+        None => rollouts / 128.0 * defaults::MEASURED_SECONDS_PER_128_TRAJECTORIES,
+        Some(_) => rollouts * defaults::MEASURED_SECONDS_PER_API_TRAJECTORY,
+    };
+    let compute =
+        settings.price_per_hour_usd * Decimal::from_f64(seconds / 3600.0).unwrap_or_default();
+    let api = settings.api.as_ref().map_or(Decimal::ZERO, |a| {
+        let eval_runs = settings.tasks().map_or(0, |(_, eval)| eval.len()) as u64
+            * (u64::from(c.n_iterations / c.eval_interval.max(1)) + 2);
+        let turns = (rollouts as u64 + eval_runs) * u64::from(c.max_steps_per_trajectory);
+        let usage = agentcore_agent::trajectory::Usage {
+            input_tokens: turns * defaults::ESTIMATED_PROMPT_TOKENS_PER_TURN,
+            output_tokens: turns * u64::from(c.max_completion_length),
+        };
+        let r = &a.prompt_policy.reflection;
+        let reflections =
+            if r.enabled { u64::from(c.n_iterations) * r.groups_per_iteration as u64 } else { 0 };
+        let reflector = r.model.as_ref().unwrap_or(&a.endpoint);
+        a.endpoint.cost(usage)
+            + reflector.cost(agentcore_agent::trajectory::Usage {
+                input_tokens: reflections * 2 * defaults::ESTIMATED_PROMPT_TOKENS_PER_TURN,
+                output_tokens: reflections * r.max_tokens as u64,
+            })
+    });
+    (compute + api).round_dp(4)
 }
 
 #[cfg(test)]

@@ -33,6 +33,21 @@ pub struct UpdateRow {
     pub ref_logp: Option<Vec<f32>>,
 }
 
+/// What a prompt policy's update measured (metrics of the same names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PromptStats {
+    /// Lessons in the library after the update.
+    pub library_size: usize,
+    /// Exemplars in the bank after the update.
+    pub exemplar_bank_size: usize,
+    /// Mean exemplars shown per rollout of the iteration.
+    pub exemplars_shown: f64,
+    /// Reflector operations applied.
+    pub reflection_ops_applied: usize,
+    /// Reflector operations rejected (malformed answers count as one).
+    pub reflection_ops_rejected: usize,
+}
+
 /// What the update measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct UpdateStats {
@@ -48,6 +63,10 @@ pub struct UpdateStats {
     pub scored_rows: usize,
     /// Whether an optimizer step was taken.
     pub stepped: bool,
+    /// The prompt policy's own measurements.
+    pub prompt: Option<PromptStats>,
+    /// API money the update spent (a reflector's tokens).
+    pub api_cost_usd: rust_decimal::Decimal,
 }
 
 /// Splits `rows` (indices sorted by length) into micro-batches whose padded size stays within
@@ -175,6 +194,7 @@ pub fn policy_update(
         grad_norm: step.grad_norm,
         scored_rows: order.len(),
         stepped: true,
+        ..UpdateStats::default()
     })
 }
 

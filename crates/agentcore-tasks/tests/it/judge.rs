@@ -51,6 +51,7 @@ fn traj(
         tool_calls: calls,
         successful_tool_calls: ok_calls,
         verification_steps: verifications,
+        context: None,
     }
 }
 

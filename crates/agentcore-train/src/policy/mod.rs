@@ -5,14 +5,17 @@
 //!
 //! - [`weights`]: the weights policy (the built-in model, full weights; a pretrained model with
 //!   LoRA adapters): the GRPO loss and an AdamW step.
+//! - [`prompt`]: the prompt policy (any model behind an OpenAI-compatible endpoint): the
+//!   system prompt plus an experience library and an exemplar bank, rendered per query.
 
+pub mod prompt;
 pub mod weights;
 
 use std::path::Path;
 
 use agentcore_agent::backend::Backend;
 use agentcore_agent::sandbox::PythonSandbox;
-use agentcore_agent::trajectory::Trajectory;
+use agentcore_agent::trajectory::{PromptContext, Trajectory};
 use agentcore_tasks::Task;
 use rand_chacha::ChaCha8Rng;
 
@@ -20,12 +23,14 @@ use crate::TrainError;
 use crate::settings::JobSettings;
 use crate::warmstart::WarmStartProgress;
 
-pub use crate::update::UpdateStats;
+pub use crate::update::{PromptStats, UpdateStats};
 
 /// One iteration's scored trajectories: group `g` holds trajectories
 /// `g * group_size .. (g + 1) * group_size`, all answering `tasks[g]`.
 #[derive(Debug, Clone, Copy)]
 pub struct ScoredBatch<'a> {
+    /// The iteration (1-based).
+    pub iteration: u32,
     /// The task of each group.
     pub tasks: &'a [&'a Task],
     /// Trajectories per group.
@@ -59,6 +64,18 @@ pub trait Policy {
     /// A model the backend cannot run.
     fn backend(&self) -> Result<Box<dyn Backend + '_>, TrainError>;
 
+    /// The prompt of each query (a rendering per query, recorded in its trajectory), or `None`
+    /// for the agent's own system prompt everywhere. `explore`: training rollouts (may draw
+    /// from `rng`); otherwise evaluation (deterministic).
+    fn contexts(
+        &self,
+        _queries: &[String],
+        _explore: bool,
+        _rng: &mut ChaCha8Rng,
+    ) -> Option<Vec<PromptContext>> {
+        None
+    }
+
     /// Improves the policy from one scored batch.
     ///
     /// # Errors
@@ -83,6 +100,9 @@ pub fn initial(
     sandbox: &PythonSandbox,
     progress: &mut dyn FnMut(WarmStartProgress),
 ) -> Result<(Box<dyn Policy>, bool), TrainError> {
+    if let Some(api) = &settings.api {
+        return Ok((Box::new(prompt::PromptPolicy::initial(settings, api)), true));
+    }
     let (policy, cached) = weights::WeightsPolicy::initial(settings, data_dir, sandbox, progress)?;
     Ok((Box::new(policy), cached))
 }
@@ -95,6 +115,10 @@ pub fn from_checkpoint(
     settings: &JobSettings,
     dir: &Path,
 ) -> Result<(Box<dyn Policy>, ChaCha8Rng), TrainError> {
+    if let Some(api) = &settings.api {
+        let (policy, rng) = prompt::PromptPolicy::from_checkpoint(settings, api, dir)?;
+        return Ok((Box::new(policy), rng));
+    }
     let (policy, rng) = weights::WeightsPolicy::from_checkpoint(settings, dir)?;
     Ok((Box::new(policy), rng))
 }

@@ -1,0 +1,516 @@
+//! The prompt policy: GRPO in prompt space for any agent behind an OpenAI-compatible endpoint.
+//!
+//! Its state ([`state::PromptState`]) is the agent's system prompt, an experience library of
+//! lessons and a bank of exemplars taken from the agent's own verified, high-advantage
+//! trajectories. A rendering shows, after the system prompt, the items chosen for the query:
+//! each item's logit is `(credit + relevance_weight * similarity) / selection_temperature`,
+//! where similarity is the BM25 score of the query against the item (scaled to 0..1 per query),
+//! and items are picked one after another ([`select`]) under the token cap. Training rollouts
+//! sample the choice, so the rollouts of a group see different renderings (recorded in each
+//! trajectory); evaluation takes the best items.
+//!
+//! The update uses the same groups and advantages as the weights policy:
+//! - credit: each item's credit moves by `learning_rate` times the policy gradient of the
+//!   choice, `sum over groups (1/G) sum_k A_k d log p(rendering_k) / d credit` — items shown in
+//!   rollouts that beat their group rise, the others sink; `train_loss` is the matching
+//!   surrogate `-mean_groups (1/G) sum_k A_k log p(rendering_k)` before the step;
+//! - exemplars: the best trajectory of each group with a reward spread, when the verifier
+//!   accepted it, joins the bank (expected outcomes only score; they never enter a prompt);
+//! - reflection: where enabled, the reflector proposes library operations for the groups with
+//!   the largest spread ([`reflect`]);
+//! - past `max_exemplars` / `max_lessons`, the lowest-credit items are retired.
+//!
+//! GRPOConfig fields for this policy: `learning_rate` is the credit step; `temperature`,
+//! `top_p`, `top_k`, `max_completion_length` are the endpoint's sampling (the reflector samples
+//! at `temperature` too); `batch_size`, `n_trajectories_per_query`, `scale_rewards`, reward
+//! shaping, evaluation, checkpoints, early stopping and the budget mean what they mean for
+//! weights. The gradient-only fields (`num_iterations`, `beta`, `epsilon*`, `loss_type`,
+//! `max_grad_norm`, `warmup_steps`) are validated and have no effect.
+
+pub mod reflect;
+pub mod select;
+pub mod state;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use agentcore_agent::backend::{Backend, OpenAiBackend};
+use agentcore_agent::definition::PromptPolicySettings;
+use agentcore_agent::trajectory::PromptContext;
+use bm25::{Document, Language, SearchEngineBuilder};
+use rand_chacha::ChaCha8Rng;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use super::{Policy, PromptStats, ScoredBatch, UpdateStats};
+use crate::TrainError;
+use crate::settings::{ApiAgent, JobSettings};
+use select::Candidate;
+use state::{Exemplar, Lesson, PromptState, StateDiff};
+
+/// The prompt policy of a job.
+pub struct PromptPolicy {
+    state: PromptState,
+    settings: PromptPolicySettings,
+    backend: OpenAiBackend,
+    reflector: Option<OpenAiBackend>,
+    learning_rate: f64,
+    temperature: f64,
+    /// The state of the previous checkpoint and the reflections since (for the diff file).
+    saved: Mutex<(PromptState, Vec<Value>)>,
+}
+
+/// Similarity of `query` to each text, scaled so the best is 1 (all 0 when none shares a word).
+fn similarity(query: &str, texts: &[String]) -> Vec<f64> {
+    if texts.is_empty() {
+        return Vec::new();
+    }
+    let docs: Vec<Document<usize>> =
+        texts.iter().enumerate().map(|(i, t)| Document::new(i, t.clone())).collect();
+    let engine = SearchEngineBuilder::<usize>::with_documents(Language::English, docs).build();
+    let mut out = vec![0.0; texts.len()];
+    for r in engine.search(query, None) {
+        out[r.document.id] = f64::from(r.score);
+    }
+    let max = out.iter().copied().fold(0.0, f64::max);
+    if max > 0.0 {
+        for v in &mut out {
+            *v /= max;
+        }
+    }
+    out
+}
+
+/// Items of one kind for one query: candidates and ids.
+struct Pool {
+    ids: Vec<String>,
+    cands: Vec<Candidate>,
+}
+
+impl PromptPolicy {
+    fn build(settings: &JobSettings, api: &ApiAgent, state: PromptState) -> Self {
+        let p = &api.prompt_policy;
+        let reflector = p.reflection.enabled.then(|| {
+            OpenAiBackend::new(p.reflection.model.clone().unwrap_or_else(|| api.endpoint.clone()))
+        });
+        Self {
+            saved: Mutex::new((state.clone(), Vec::new())),
+            state,
+            settings: p.clone(),
+            backend: OpenAiBackend::new(api.endpoint.clone()),
+            reflector,
+            learning_rate: settings.config.learning_rate,
+            temperature: settings.config.temperature,
+        }
+    }
+
+    /// The policy before training: the agent's own prompt, nothing learned.
+    #[must_use]
+    pub fn initial(settings: &JobSettings, api: &ApiAgent) -> Self {
+        Self::build(settings, api, PromptState::new(&api.system_prompt))
+    }
+
+    /// The policy of a checkpoint directory, with the job's RNG at that point.
+    ///
+    /// # Errors
+    /// Missing or unreadable files, a document of another format or a newer version.
+    pub fn from_checkpoint(
+        settings: &JobSettings,
+        api: &ApiAgent,
+        dir: &Path,
+    ) -> Result<(Self, ChaCha8Rng), TrainError> {
+        let read = |name: &str| -> Result<Vec<u8>, TrainError> {
+            std::fs::read(dir.join(name)).map_err(|e| TrainError::CorruptState {
+                path: dir.join(name),
+                message: e.to_string(),
+            })
+        };
+        let corrupt = |name: &str, message: String| TrainError::CorruptState {
+            path: dir.join(name),
+            message,
+        };
+        let state: PromptState = serde_json::from_slice(&read(state::STATE_FILE)?)
+            .map_err(|e| corrupt(state::STATE_FILE, e.to_string()))?;
+        state.check().map_err(|e| corrupt(state::STATE_FILE, e))?;
+        let rng: ChaCha8Rng = serde_json::from_slice(&read(state::RNG_FILE)?)
+            .map_err(|e| corrupt(state::RNG_FILE, e.to_string()))?;
+        Ok((Self::build(settings, api, state), rng))
+    }
+
+    /// The state.
+    #[must_use]
+    pub fn state(&self) -> &PromptState {
+        &self.state
+    }
+
+    fn pools(&self, query: &str) -> (Pool, Pool) {
+        let s = &self.settings;
+        let t = s.selection_temperature;
+        let lesson_texts: Vec<String> = self.state.lessons.iter().map(|l| l.text.clone()).collect();
+        let exemplar_texts: Vec<String> =
+            self.state.exemplars.iter().map(|e| e.query.clone()).collect();
+        let (ls, es) = (similarity(query, &lesson_texts), similarity(query, &exemplar_texts));
+        let lessons = Pool {
+            ids: self.state.lessons.iter().map(|l| l.id.clone()).collect(),
+            cands: self
+                .state
+                .lessons
+                .iter()
+                .zip(&ls)
+                .map(|(l, r)| Candidate {
+                    logit: (l.credit + s.relevance_weight * r) / t,
+                    tokens: state::tokens(&state::lesson_text(l)) + 1,
+                })
+                .collect(),
+        };
+        let exemplars = Pool {
+            ids: self.state.exemplars.iter().map(|e| e.id.clone()).collect(),
+            cands: self
+                .state
+                .exemplars
+                .iter()
+                .zip(&es)
+                .map(|(e, r)| Candidate {
+                    logit: (e.credit + s.relevance_weight * r) / t,
+                    tokens: state::tokens(&state::exemplar_text(e)) + 1,
+                })
+                .collect(),
+        };
+        (lessons, exemplars)
+    }
+
+    /// The rendering of one query: exemplars first (they teach most), then lessons, under the
+    /// token cap.
+    fn render(&self, query: &str, rng: Option<&mut ChaCha8Rng>) -> PromptContext {
+        let (lessons, exemplars) = self.pools(query);
+        let s = &self.settings;
+        let budget = s.max_prompt_tokens;
+        let (e_picks, l_picks) = match rng {
+            Some(rng) => {
+                let (e, left) = select::sample(&exemplars.cands, s.exemplars_shown, budget, rng);
+                let (l, _) = select::sample(&lessons.cands, s.lessons_shown, left, rng);
+                (e, l)
+            }
+            None => {
+                let (e, left) = select::greedy(&exemplars.cands, s.exemplars_shown, budget);
+                let (l, _) = select::greedy(&lessons.cands, s.lessons_shown, left);
+                (e, l)
+            }
+        };
+        let shown_lessons: Vec<&Lesson> = l_picks.iter().map(|&i| &self.state.lessons[i]).collect();
+        let shown_exemplars: Vec<&Exemplar> =
+            e_picks.iter().map(|&i| &self.state.exemplars[i]).collect();
+        PromptContext {
+            system_prompt: state::render(
+                &self.state.system_prompt,
+                &shown_lessons,
+                &shown_exemplars,
+            ),
+            shown: e_picks
+                .iter()
+                .map(|&i| exemplars.ids[i].clone())
+                .chain(l_picks.iter().map(|&i| lessons.ids[i].clone()))
+                .collect(),
+        }
+    }
+
+    /// Log-probability of a rendering under the current state and its gradient per item
+    /// (exemplars, then lessons, in state order).
+    fn log_prob(&self, query: &str, shown: &[String]) -> (f64, Vec<f64>, Vec<f64>) {
+        let (lessons, exemplars) = self.pools(query);
+        let index = |ids: &[String], prefix: char| -> Vec<usize> {
+            shown
+                .iter()
+                .filter(|s| s.starts_with(prefix))
+                .filter_map(|s| ids.iter().position(|i| i == s))
+                .collect()
+        };
+        let e_picks = index(&exemplars.ids, 'E');
+        let l_picks = index(&lessons.ids, 'L');
+        let budget = self.settings.max_prompt_tokens;
+        let (lp_e, g_e) = select::log_prob_and_grad(&exemplars.cands, budget, &e_picks);
+        let used: usize = e_picks.iter().map(|&i| exemplars.cands[i].tokens).sum();
+        let (lp_l, g_l) =
+            select::log_prob_and_grad(&lessons.cands, budget.saturating_sub(used), &l_picks);
+        (lp_e + lp_l, g_e, g_l)
+    }
+
+    /// Credits from the group-relative policy gradient; returns the surrogate loss and the
+    /// gradient's norm.
+    fn credit(&mut self, batch: &ScoredBatch<'_>) -> (f64, f64) {
+        let g = batch.group_size.max(1) as f64;
+        let groups = batch.tasks.len().max(1) as f64;
+        let mut grad_e = vec![0.0; self.state.exemplars.len()];
+        let mut grad_l = vec![0.0; self.state.lessons.len()];
+        let mut loss = 0.0;
+        let t = self.settings.selection_temperature;
+        for (k, traj) in batch.trajectories.iter().enumerate() {
+            let a = batch.advantages[k];
+            let shown = traj.context.as_ref().map(|c| c.shown.as_slice()).unwrap_or_default();
+            let (logp, ge, gl) = self.log_prob(&batch.task_of(k).query, shown);
+            loss -= a * logp / g / groups;
+            if a != 0.0 {
+                // d logit / d credit = 1 / selection_temperature.
+                for (acc, d) in grad_e.iter_mut().zip(ge) {
+                    *acc += a * d / g / t;
+                }
+                for (acc, d) in grad_l.iter_mut().zip(gl) {
+                    *acc += a * d / g / t;
+                }
+            }
+        }
+        let norm = grad_e.iter().chain(&grad_l).map(|x| x * x).sum::<f64>().sqrt();
+        for (e, d) in self.state.exemplars.iter_mut().zip(grad_e) {
+            e.credit += self.learning_rate * d;
+        }
+        for (l, d) in self.state.lessons.iter_mut().zip(grad_l) {
+            l.credit += self.learning_rate * d;
+        }
+        (loss, norm)
+    }
+
+    /// The best verified trajectory of each group with a reward spread joins the bank.
+    fn add_exemplars(&mut self, batch: &ScoredBatch<'_>) {
+        let size = batch.group_size.max(1);
+        for g in 0..batch.tasks.len() {
+            let range = g * size..((g + 1) * size).min(batch.trajectories.len());
+            let rewards = &batch.rewards[range.clone()];
+            let (lo, hi) = rewards
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &r| (a.min(r), b.max(r)));
+            if !(hi > lo) {
+                continue;
+            }
+            let Some(best) = range
+                .clone()
+                .filter(|&k| batch.passed[k])
+                .max_by(|&a, &b| batch.rewards[a].total_cmp(&batch.rewards[b]).then(b.cmp(&a)))
+            else {
+                continue;
+            };
+            let query = &batch.tasks[g].query;
+            if self.state.exemplars.iter().any(|e| &e.query == query) {
+                continue;
+            }
+            let Some(messages) = state::demonstration(&batch.trajectories[best]) else { continue };
+            let id = self.state.new_id('E');
+            self.state.exemplars.push(Exemplar {
+                id,
+                query: query.clone(),
+                messages,
+                source: state::trajectory_id(batch.iteration, best, size),
+                reward: batch.rewards[best],
+                advantage: batch.advantages[best],
+                added_iteration: batch.iteration,
+                shown: 0,
+                credit: 0.0,
+            });
+        }
+    }
+
+    /// Reflection on the groups with the largest reward spread; returns (applied, rejected, cost).
+    fn reflect(&mut self, batch: &ScoredBatch<'_>) -> (usize, usize, Decimal) {
+        let Some(reflector) = &self.reflector else { return (0, 0, Decimal::ZERO) };
+        let r = &self.settings.reflection;
+        let size = batch.group_size.max(1);
+        let mut spreads: Vec<(usize, f64, usize, usize)> = (0..batch.tasks.len())
+            .filter_map(|g| {
+                let range = g * size..((g + 1) * size).min(batch.trajectories.len());
+                let best =
+                    range.clone().max_by(|&a, &b| batch.rewards[a].total_cmp(&batch.rewards[b]))?;
+                let worst = range.min_by(|&a, &b| batch.rewards[a].total_cmp(&batch.rewards[b]))?;
+                let spread = batch.rewards[best] - batch.rewards[worst];
+                (spread > 0.0).then_some((g, spread, best, worst))
+            })
+            .collect();
+        spreads.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let (mut applied, mut rejected, mut cost) = (0, 0, Decimal::ZERO);
+        let mut log = Vec::new();
+        for &(g, _, best, worst) in spreads.iter().take(r.groups_per_iteration) {
+            let request = reflect::prompt(
+                &batch.tasks[g].query,
+                (&batch.trajectories[best], batch.rewards[best]),
+                (&batch.trajectories[worst], batch.rewards[worst]),
+                &self.state.lessons,
+                r.max_ops_per_iteration,
+                r.max_lesson_chars,
+            );
+            let answer = match reflect::ask(reflector, &request, r.max_tokens, self.temperature) {
+                Ok((text, c)) => {
+                    cost += c;
+                    text
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reflector request failed; skipped");
+                    rejected += 1;
+                    log.push(json!({"iteration": batch.iteration, "group": g, "error": e}));
+                    continue;
+                }
+            };
+            let (ops, bad) = reflect::parse_ops(&answer, &self.state, r.max_lesson_chars);
+            let mut done = Vec::new();
+            let mut skipped: Vec<Value> =
+                bad.into_iter().map(|(op, why)| json!({"op": op, "reason": why})).collect();
+            for op in ops {
+                if applied >= r.max_ops_per_iteration {
+                    skipped.push(
+                        json!({"op": format!("{op:?}"), "reason": "max_ops_per_iteration reached"}),
+                    );
+                    continue;
+                }
+                let source = state::trajectory_id(batch.iteration, best, size);
+                match &op {
+                    reflect::Op::Add(text) => {
+                        let id = self.state.new_id('L');
+                        self.state.lessons.push(Lesson {
+                            id,
+                            text: text.clone(),
+                            sources: vec![
+                                source,
+                                state::trajectory_id(batch.iteration, worst, size),
+                            ],
+                            added_iteration: batch.iteration,
+                            shown: 0,
+                            credit: 0.0,
+                        });
+                    }
+                    reflect::Op::Update(id, text) => {
+                        if let Some(l) = self.state.lessons.iter_mut().find(|l| &l.id == id) {
+                            l.text = text.clone();
+                            l.added_iteration = batch.iteration;
+                            l.sources.push(source);
+                        }
+                    }
+                    reflect::Op::Delete(id) => self.state.lessons.retain(|l| &l.id != id),
+                }
+                applied += 1;
+                done.push(format!("{op:?}"));
+            }
+            rejected += skipped.len();
+            if !skipped.is_empty() {
+                tracing::debug!(
+                    group = g,
+                    rejected = skipped.len(),
+                    "reflector operations rejected"
+                );
+            }
+            log.push(json!({
+                "iteration": batch.iteration,
+                "group": g,
+                "answer": answer.chars().take(2000).collect::<String>(),
+                "applied": done,
+                "rejected": skipped,
+            }));
+        }
+        if let Ok(mut saved) = self.saved.lock() {
+            saved.1.extend(log);
+        }
+        (applied, rejected, cost)
+    }
+
+    /// Past the caps, the lowest-credit items go (the older on ties).
+    fn retire(&mut self) {
+        let s = &self.settings;
+        while self.state.exemplars.len() > s.max_exemplars {
+            let worst = (0..self.state.exemplars.len())
+                .min_by(|&a, &b| {
+                    self.state.exemplars[a].credit.total_cmp(&self.state.exemplars[b].credit)
+                })
+                .unwrap_or(0);
+            self.state.exemplars.remove(worst);
+        }
+        while self.state.lessons.len() > s.max_lessons {
+            let worst = (0..self.state.lessons.len())
+                .min_by(|&a, &b| {
+                    self.state.lessons[a].credit.total_cmp(&self.state.lessons[b].credit)
+                })
+                .unwrap_or(0);
+            self.state.lessons.remove(worst);
+        }
+    }
+}
+
+impl Policy for PromptPolicy {
+    fn describe(&self) -> String {
+        format!(
+            "prompt: {} on {} (system prompt + {} lessons + {} exemplars; credit step {})",
+            self.backend.settings().model,
+            self.backend.settings().base_url,
+            self.state.lessons.len(),
+            self.state.exemplars.len(),
+            self.learning_rate
+        )
+    }
+
+    fn backend(&self) -> Result<Box<dyn Backend + '_>, TrainError> {
+        Ok(Box::new(&self.backend))
+    }
+
+    fn contexts(
+        &self,
+        queries: &[String],
+        explore: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<Vec<PromptContext>> {
+        Some(
+            queries
+                .iter()
+                .map(|q| if explore { self.render(q, Some(rng)) } else { self.render(q, None) })
+                .collect(),
+        )
+    }
+
+    fn update(&mut self, batch: &ScoredBatch<'_>) -> Result<UpdateStats, TrainError> {
+        let mut shown_exemplars = 0usize;
+        for t in batch.trajectories {
+            for id in t.context.iter().flat_map(|c| &c.shown) {
+                if let Some(e) = self.state.exemplars.iter_mut().find(|e| &e.id == id) {
+                    e.shown += 1;
+                    shown_exemplars += 1;
+                } else if let Some(l) = self.state.lessons.iter_mut().find(|l| &l.id == id) {
+                    l.shown += 1;
+                }
+            }
+        }
+        let (loss, grad_norm) = self.credit(batch);
+        let scored = batch.advantages.iter().filter(|a| **a != 0.0).count();
+        self.add_exemplars(batch);
+        let (applied, rejected, cost) = self.reflect(batch);
+        self.retire();
+        self.state.iteration += 1;
+        Ok(UpdateStats {
+            loss,
+            kl: None,
+            clip_ratio: 0.0,
+            grad_norm,
+            scored_rows: scored,
+            stepped: true,
+            prompt: Some(PromptStats {
+                library_size: self.state.lessons.len(),
+                exemplar_bank_size: self.state.exemplars.len(),
+                exemplars_shown: shown_exemplars as f64 / batch.trajectories.len().max(1) as f64,
+                reflection_ops_applied: applied,
+                reflection_ops_rejected: rejected,
+            }),
+            api_cost_usd: cost,
+        })
+    }
+
+    fn checkpoint_files(&self, rng: &ChaCha8Rng) -> Result<Vec<(String, Vec<u8>)>, TrainError> {
+        let mut saved =
+            self.saved.lock().map_err(|_| TrainError::Update("poisoned lock".into()))?;
+        let reflections = std::mem::take(&mut saved.1);
+        let diff = StateDiff::between(&saved.0, &self.state, reflections);
+        saved.0 = self.state.clone();
+        Ok(vec![
+            (state::STATE_FILE.into(), pretty(&self.state)?),
+            (state::DIFF_FILE.into(), pretty(&diff)?),
+            (state::RNG_FILE.into(), pretty(rng)?),
+        ])
+    }
+}
+
+/// Pretty JSON of a checkpoint document.
+fn pretty<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, TrainError> {
+    serde_json::to_vec_pretty(v).map_err(|e| TrainError::Update(e.to_string()))
+}

@@ -1,0 +1,349 @@
+//! The prompt policy's state, as each checkpoint saves it (`prompt_policy.json`, a versioned
+//! document) with its diff to the previous checkpoint (`prompt_policy.diff.json`); and how a
+//! rendering turns the system prompt and the chosen items into the prompt the model sees.
+
+use std::collections::BTreeSet;
+
+use agentcore_agent::backend::Message;
+use agentcore_agent::trajectory::Trajectory;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `format` of the state document.
+pub const FORMAT: &str = "agentcore.prompt_policy";
+/// Its version (a newer one is refused on load).
+pub const VERSION: u32 = 1;
+/// File of the state in a checkpoint.
+pub const STATE_FILE: &str = "prompt_policy.json";
+/// File of the diff to the previous checkpoint.
+pub const DIFF_FILE: &str = "prompt_policy.diff.json";
+/// File of the job's RNG in a checkpoint.
+pub const RNG_FILE: &str = "rng.json";
+
+/// A lesson of the experience library (written by the reflector).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lesson {
+    /// `L<n>`.
+    pub id: String,
+    /// What the prompt says.
+    pub text: String,
+    /// The trajectories it came from (`it<iteration>-q<group>-s<sample>`).
+    pub sources: Vec<String>,
+    /// Iteration it was added (or last rewritten).
+    pub added_iteration: u32,
+    /// Training rollouts that showed it.
+    pub shown: u64,
+    /// Its credit: the policy gradient of the group-relative advantages of the rollouts that
+    /// showed it, accumulated.
+    pub credit: f64,
+}
+
+/// A demonstration from one of the agent's own verified, high-advantage trajectories, kept as
+/// the messages the model wrote and saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exemplar {
+    /// `E<n>`.
+    pub id: String,
+    /// The query it answered.
+    pub query: String,
+    /// After the query: the model's turns and the tools' results.
+    pub messages: Vec<Message>,
+    /// The trajectory (`it<iteration>-q<group>-s<sample>`).
+    pub source: String,
+    /// Its reward and advantage when it was taken.
+    pub reward: f64,
+    /// Advantage in its group.
+    pub advantage: f64,
+    /// Iteration it was added.
+    pub added_iteration: u32,
+    /// Training rollouts that showed it.
+    pub shown: u64,
+    /// Its credit (as for lessons).
+    pub credit: f64,
+}
+
+/// The policy: the agent's system prompt, the library and the bank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptState {
+    /// [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`].
+    pub version: u32,
+    /// The agent's system prompt (unchanged by training: items are added after it).
+    pub system_prompt: String,
+    /// Lessons.
+    pub lessons: Vec<Lesson>,
+    /// Exemplars.
+    pub exemplars: Vec<Exemplar>,
+    /// The next item number.
+    pub next_id: u64,
+    /// Updates applied.
+    pub iteration: u32,
+}
+
+impl PromptState {
+    /// The state before training: the agent's prompt, nothing learned.
+    #[must_use]
+    pub fn new(system_prompt: &str) -> Self {
+        Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            system_prompt: system_prompt.to_owned(),
+            lessons: Vec::new(),
+            exemplars: Vec::new(),
+            next_id: 1,
+            iteration: 0,
+        }
+    }
+
+    /// A fresh item id with `prefix`.
+    pub fn new_id(&mut self, prefix: char) -> String {
+        let id = format!("{prefix}{}", self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Checks a loaded document.
+    ///
+    /// # Errors
+    /// Another format, a newer version, duplicate ids.
+    pub fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!("format must be {FORMAT:?}, got {:?}", self.format));
+        }
+        if self.version == 0 || self.version > VERSION {
+            return Err(format!("version must be in 1..={VERSION}, got {}", self.version));
+        }
+        let mut ids = BTreeSet::new();
+        for id in self.lessons.iter().map(|l| &l.id).chain(self.exemplars.iter().map(|e| &e.id)) {
+            if !ids.insert(id) {
+                return Err(format!("item id {id:?} appears twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What changed between two states (the checkpoint's diff file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateDiff {
+    /// [`FORMAT`] + `.diff`.
+    pub format: String,
+    /// Iteration of the previous checkpoint (0: the initial policy).
+    pub from_iteration: u32,
+    /// Iteration of this one.
+    pub to_iteration: u32,
+    /// Items added, with their text (lessons) or query (exemplars).
+    pub added: Vec<(String, String)>,
+    /// Ids retired or deleted.
+    pub removed: Vec<String>,
+    /// Lessons whose text changed: id, old, new.
+    pub rewritten: Vec<(String, String, String)>,
+    /// Whether the system prompt changed.
+    pub system_prompt_changed: bool,
+    /// The reflector's answers since the previous checkpoint: applied and rejected operations.
+    pub reflections: Vec<Value>,
+}
+
+impl StateDiff {
+    /// `new` against `old`.
+    #[must_use]
+    pub fn between(old: &PromptState, new: &PromptState, reflections: Vec<Value>) -> Self {
+        let items = |s: &PromptState| -> Vec<(String, String)> {
+            s.lessons
+                .iter()
+                .map(|l| (l.id.clone(), l.text.clone()))
+                .chain(s.exemplars.iter().map(|e| (e.id.clone(), e.query.clone())))
+                .collect()
+        };
+        let (before, after) = (items(old), items(new));
+        let had = |id: &str, xs: &[(String, String)]| xs.iter().find(|(i, _)| i == id).cloned();
+        Self {
+            format: format!("{FORMAT}.diff"),
+            from_iteration: old.iteration,
+            to_iteration: new.iteration,
+            added: after.iter().filter(|(id, _)| had(id, &before).is_none()).cloned().collect(),
+            removed: before
+                .iter()
+                .filter(|(id, _)| had(id, &after).is_none())
+                .map(|(id, _)| id.clone())
+                .collect(),
+            rewritten: after
+                .iter()
+                .filter_map(|(id, text)| {
+                    let (_, old_text) = had(id, &before)?;
+                    (&old_text != text).then(|| (id.clone(), old_text, text.clone()))
+                })
+                .collect(),
+            system_prompt_changed: old.system_prompt != new.system_prompt,
+            reflections,
+        }
+    }
+}
+
+/// Tokens of a text as counted locally (about four characters a token for English and code).
+#[must_use]
+pub fn tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(4)
+}
+
+/// The trajectory id of sample `k` of an iteration with groups of `group_size`.
+#[must_use]
+pub fn trajectory_id(iteration: u32, k: usize, group_size: usize) -> String {
+    let g = group_size.max(1);
+    format!("it{iteration}-q{}-s{}", k / g, k % g)
+}
+
+/// The model's turns and the tools' results of a trajectory, as the model wrote and saw them
+/// (calls in the `<tool_call>` JSON form, results in `<tool_response>`, the answer in
+/// `<answer>`); `None` without a final answer.
+#[must_use]
+pub fn demonstration(t: &Trajectory) -> Option<Vec<Message>> {
+    let answer = t.final_answer.as_ref()?;
+    let mut out = Vec::new();
+    for step in &t.steps {
+        let a = &step.action;
+        let calls: Vec<&Value> = match a["type"].as_str() {
+            Some("tool_call") => vec![a],
+            Some("tool_calls") => a["calls"].as_array().map(|c| c.iter().collect())?,
+            _ => continue,
+        };
+        let mut text = String::new();
+        for c in calls {
+            let name = c["name"].as_str()?;
+            let call = serde_json::json!({"name": name, "arguments": c["arguments"]});
+            text.push_str(&format!("<tool_call>{call}</tool_call>"));
+        }
+        out.push(Message::new("assistant", text));
+        let outputs: Vec<String> = match &step.result {
+            Value::Array(rs) => {
+                rs.iter().map(|r| r["output"].as_str().unwrap_or("").into()).collect()
+            }
+            r => vec![r["output"].as_str().unwrap_or("").into()],
+        };
+        for o in outputs {
+            out.push(Message::new(
+                "user",
+                format!("<tool_response>\n{}\n</tool_response>", o.trim()),
+            ));
+        }
+    }
+    out.push(Message::new("assistant", format!("<answer>{answer}</answer>")));
+    Some(out)
+}
+
+/// An exemplar as text in the prompt.
+#[must_use]
+pub fn exemplar_text(e: &Exemplar) -> String {
+    let mut s = format!("Task: {}", e.query);
+    for m in &e.messages {
+        s.push('\n');
+        s.push_str(&m.content);
+    }
+    s
+}
+
+/// A lesson as a line of the prompt.
+#[must_use]
+pub fn lesson_text(l: &Lesson) -> String {
+    format!("- {}", l.text)
+}
+
+/// The system prompt of a rendering: the agent's prompt, then the lessons, then the exemplars.
+#[must_use]
+pub fn render(system_prompt: &str, lessons: &[&Lesson], exemplars: &[&Exemplar]) -> String {
+    let mut s = system_prompt.trim_end().to_owned();
+    if !lessons.is_empty() {
+        s.push_str("\n\nLessons from earlier tasks:");
+        for l in lessons {
+            s.push('\n');
+            s.push_str(&lesson_text(l));
+        }
+    }
+    if !exemplars.is_empty() {
+        s.push_str("\n\nMore solved tasks:");
+        for e in exemplars {
+            s.push_str("\n\n");
+            s.push_str(&exemplar_text(e));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lesson(id: &str, text: &str) -> Lesson {
+        Lesson {
+            id: id.into(),
+            text: text.into(),
+            sources: vec![],
+            added_iteration: 1,
+            shown: 0,
+            credit: 0.0,
+        }
+    }
+
+    #[test]
+    fn diff_names_what_was_added_removed_and_rewritten() {
+        let mut a = PromptState::new("p");
+        a.lessons = vec![lesson("L1", "check the output"), lesson("L2", "print the result")];
+        let mut b = a.clone();
+        b.iteration = 3;
+        b.lessons.remove(0);
+        b.lessons[0].text = "print only the result".into();
+        b.lessons.push(lesson("L3", "use sorted()"));
+        let d = StateDiff::between(&a, &b, vec![]);
+        assert_eq!(d.added, vec![("L3".to_string(), "use sorted()".to_string())]);
+        assert_eq!(d.removed, vec!["L1".to_string()]);
+        assert_eq!(d.rewritten.len(), 1);
+        assert_eq!(d.rewritten[0].0, "L2");
+        assert_eq!((d.from_iteration, d.to_iteration), (0, 3));
+        assert!(!d.system_prompt_changed);
+    }
+
+    #[test]
+    fn a_document_of_another_format_or_a_newer_version_is_refused() {
+        let mut s = PromptState::new("p");
+        assert!(s.check().is_ok());
+        s.version = VERSION + 1;
+        assert!(s.check().unwrap_err().contains("version"));
+        let mut s = PromptState::new("p");
+        s.lessons = vec![lesson("L1", "a"), lesson("L1", "b")];
+        assert!(s.check().unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn rendering_puts_lessons_then_exemplars_after_the_agent_prompt() {
+        let l = lesson("L1", "print the result");
+        let e = Exemplar {
+            id: "E2".into(),
+            query: "Sort [2, 1]".into(),
+            messages: vec![
+                Message::new(
+                    "assistant",
+                    r#"<tool_call>{"name":"python","arguments":{"code":"print(sorted([2, 1]))"}}</tool_call>"#,
+                ),
+                Message::new("user", "<tool_response>\n[1, 2]\n</tool_response>"),
+                Message::new("assistant", "<answer>[1, 2]</answer>"),
+            ],
+            source: "it1-q0-s0".into(),
+            reward: 1.0,
+            advantage: 1.0,
+            added_iteration: 1,
+            shown: 0,
+            credit: 0.0,
+        };
+        let text = render("You solve tasks.", &[&l], &[&e]);
+        let (lessons_at, example_at) =
+            (text.find("print the result").unwrap(), text.find("Task: Sort [2, 1]").unwrap());
+        assert!(text.starts_with("You solve tasks."));
+        assert!(lessons_at < example_at, "{text}");
+        assert!(text.ends_with("<answer>[1, 2]</answer>"), "{text}");
+        assert_eq!(render("p", &[], &[]), "p");
+    }
+}
