@@ -187,6 +187,9 @@ pub mod prompt_defaults {
     /// Weight of the query's similarity to an item (BM25, scaled to 0..1 per query) against the
     /// item's credit.
     pub const RELEVANCE_WEIGHT: f64 = 2.0;
+    /// Least similarity of a shown item to the query (an exemplar of another kind of task
+    /// misleads a small model more than none).
+    pub const MIN_SIMILARITY: f64 = 0.15;
     /// Tokens of one reflection answer.
     pub const REFLECTION_MAX_TOKENS: usize = 256;
     /// Library operations applied per iteration.
@@ -215,6 +218,9 @@ pub struct PromptPolicySettings {
     pub selection_temperature: f64,
     /// Weight of query similarity against credit (>= 0).
     pub relevance_weight: f64,
+    /// Least similarity (0..=1: the share of the query's weighted words an item shares) of an
+    /// item shown for a query.
+    pub min_similarity: f64,
     /// Reflection on groups with a reward spread.
     pub reflection: ReflectionSettings,
 }
@@ -264,6 +270,7 @@ impl Default for PromptPolicySettings {
             max_prompt_tokens: d::MAX_PROMPT_TOKENS,
             selection_temperature: d::SELECTION_TEMPERATURE,
             relevance_weight: d::RELEVANCE_WEIGHT,
+            min_similarity: d::MIN_SIMILARITY,
             reflection: ReflectionSettings::default(),
         }
     }
@@ -310,6 +317,12 @@ impl PromptPolicySettings {
             return Err(bad(
                 format!("{f}.relevance_weight"),
                 format!("must be >= 0, got {}", self.relevance_weight),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_similarity) {
+            return Err(bad(
+                format!("{f}.min_similarity"),
+                format!("must be in 0..=1, got {}", self.min_similarity),
             ));
         }
         let r = &self.reflection;

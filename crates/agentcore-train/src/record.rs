@@ -205,7 +205,7 @@ pub fn export_record(
     } else {
         ((t.reward - failure_reward) / span).clamp(0.0, 1.0)
     };
-    json!({
+    let mut row = json!({
         "trajectory_id": t.id,
         "job_id": t.job_id,
         "iteration": t.iteration,
@@ -218,7 +218,12 @@ pub fn export_record(
         "advantage": t.advantage,
         "success": t.success,
         "execution_time_ms": t.trajectory.get("execution_time_ms").cloned().unwrap_or(Value::Null),
-    })
+    });
+    // The prompt a prompt policy rendered for it (system prompt and the items shown).
+    if let Some(c) = t.trajectory.get("context").filter(|c| !c.is_null()) {
+        row["context"] = if flat { Value::String(c.to_string()) } else { c.clone() };
+    }
+    row
 }
 
 /// The reward shaping of a stored job's settings (`config.reward_shaping`; the default when

@@ -3,8 +3,8 @@
 //! GRPO config and the caller's data into the job's settings, with the embedded and the
 //! real-model defaults; and the pre-flight cost estimate. The CLI and the server both call it.
 //!
-//! Precedence, lowest first: the agent kind's defaults (when the caller gives no config) or the
-//! contract's `GRPOConfig` defaults (when it gives one), then what the agent definition sets
+//! Precedence, lowest first: the agent kind's defaults (when the caller gives no config, and
+//! always for a prompt agent) or the contract's `GRPOConfig` defaults (when it gives one), then what the agent definition sets
 //! (`sampling`, `max_steps_per_trajectory`, `max_tokens_per_trajectory`), then the keys of the
 //! caller's config.
 
@@ -168,9 +168,11 @@ pub fn resolve(
         )));
     }
     // The config: its base, the agent's own sampling and limits, the caller's keys.
-    let base = match config {
-        None => kind_config(agent),
-        Some(_) => GRPOConfig::default(),
+    // A prompt agent keeps its kind's defaults under a caller's config: the contract's
+    // `learning_rate` (0.0001) is an AdamW step, far too small a credit step.
+    let base = match (config, &agent.model) {
+        (None, _) | (Some(_), ModelSpec::Openai(_)) => kind_config(agent),
+        (Some(_), _) => GRPOConfig::default(),
     };
     let mut merged = serde_json::to_value(&base).map_err(|e| invalid(format!("config: {e}")))?;
     if let Some(s) = &agent.sampling {

@@ -61,6 +61,14 @@ pub struct OpenAiSettings {
     /// format drops system messages (llama.cpp's `gemma` format).
     #[serde(default)]
     pub system_in_user: bool,
+    /// Use the text-completions endpoint (`/completions`) with this prompt instead of chat
+    /// completions: `{system}` and `{user}` are replaced by the system prompt and the query, and
+    /// the model's turn stays open across tool calls (each turn, a tag its stop string cut is
+    /// closed, and the tool's result follow as text). Small models that follow a few-shot
+    /// transcript but not multi-turn chat answer after a tool result this way. E.g. Gemma:
+    /// `"<start_of_turn>user\n{system}\n\nTask: {user}<end_of_turn>\n<start_of_turn>model\n"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_prompt: Option<String>,
 }
 
 fn default_timeout_s() -> f64 {
@@ -97,6 +105,7 @@ impl OpenAiSettings {
             native_tools: true,
             stop: Vec::new(),
             system_in_user: false,
+            completion_prompt: None,
         }
     }
 
@@ -144,6 +153,75 @@ impl OpenAiBackend {
         &self.settings
     }
 
+    /// The text-completion prompt of a conversation: the template with the system prompt and
+    /// the query, then every later message as text (model turns with the tag their stop string
+    /// cut closed again).
+    #[must_use]
+    pub fn completion_text(&self, template: &str, conv: &Conversation) -> String {
+        let mut system = String::new();
+        let mut user: Option<&str> = None;
+        let mut rest = String::new();
+        for m in &conv.messages {
+            match (m.role.as_str(), user) {
+                ("system", None) => system = m.content.clone(),
+                ("user", None) => user = Some(&m.content),
+                ("assistant", _) => {
+                    rest.push_str(&m.content);
+                    rest.push_str(&self.closing(&m.content));
+                    rest.push('\n');
+                }
+                _ => {
+                    rest.push_str(&m.content);
+                    rest.push('\n');
+                }
+            }
+        }
+        let head = template.replace("{system}", &system).replace("{user}", user.unwrap_or(""));
+        head + &rest
+    }
+
+    /// The stop strings a turn was cut at are not in its text: a `</tag>` stop whose `<tag>` is
+    /// open in the text is written back.
+    fn closing(&self, text: &str) -> String {
+        self.settings
+            .stop
+            .iter()
+            .filter_map(|stop| {
+                let open = format!("<{}", stop.strip_prefix("</")?);
+                let opened = text.matches(open.as_str()).count();
+                let closed = text.matches(stop.as_str()).count();
+                (opened > closed).then(|| stop.clone())
+            })
+            .collect()
+    }
+
+    fn completion_body(
+        &self,
+        template: &str,
+        conv: &Conversation,
+        sampling: &Sampling,
+        seed: u64,
+    ) -> Value {
+        let mut body = json!({
+            "model": self.settings.model,
+            "prompt": self.completion_text(template, conv),
+            "max_tokens": sampling.max_tokens_per_turn,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": seed,
+        });
+        if let Some(k) = sampling.top_k {
+            body["top_k"] = json!(k);
+        }
+        if !self.settings.stop.is_empty() {
+            body["stop"] = json!(self.settings.stop);
+        }
+        if self.settings.logprobs {
+            body["logprobs"] = json!(1);
+        }
+        body
+    }
+
     fn body(
         &self,
         conv: &Conversation,
@@ -151,6 +229,9 @@ impl OpenAiBackend {
         sampling: &Sampling,
         seed: u64,
     ) -> Value {
+        if let Some(template) = &self.settings.completion_prompt {
+            return self.completion_body(template, conv, sampling, seed);
+        }
         let mut messages = conv.messages.clone();
         if self.settings.system_in_user
             && let Some(pos) = messages.iter().position(|m| m.role == "system")
@@ -243,18 +324,30 @@ impl OpenAiBackend {
         )))
     }
 
-    fn read_turn(&self, resp: &Value) -> Result<(Turn, Message, Option<ApiTokens>), BackendError> {
+    fn read_turn(
+        &self,
+        request: &Value,
+        resp: &Value,
+    ) -> Result<(Turn, Message, Option<ApiTokens>), BackendError> {
         let choice = &resp["choices"][0];
         let message = &choice["message"];
-        if message.is_null() {
+        let completion = choice["text"].as_str();
+        if message.is_null() && completion.is_none() {
             return Err(BackendError(format!("response has no choices[0].message: {resp}")));
         }
-        let text = message["content"].as_str().unwrap_or_default().to_owned();
+        let text =
+            completion.or_else(|| message["content"].as_str()).unwrap_or_default().to_owned();
         let tool_calls =
             message.get("tool_calls").filter(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+        // The endpoint's usage; counted locally (about four characters a token) when it sends
+        // none, so that the cost and the budget still see every token.
         let usage = Usage {
-            input_tokens: resp["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-            output_tokens: resp["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+            input_tokens: resp["usage"]["prompt_tokens"]
+                .as_u64()
+                .unwrap_or_else(|| local_tokens(&request_text(request))),
+            output_tokens: resp["usage"]["completion_tokens"]
+                .as_u64()
+                .unwrap_or_else(|| local_tokens(&text)),
         };
         let tokens = choice["logprobs"]["content"].as_array().map(|items| {
             let logprobs: Vec<f32> =
@@ -289,6 +382,22 @@ impl OpenAiBackend {
     }
 }
 
+/// Tokens of a text counted locally: about four characters a token.
+fn local_tokens(text: &str) -> u64 {
+    text.chars().count().div_ceil(4) as u64
+}
+
+/// The text a request sends (its prompt, or its messages' contents).
+fn request_text(request: &Value) -> String {
+    if let Some(p) = request["prompt"].as_str() {
+        return p.to_owned();
+    }
+    request["messages"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
+}
+
 impl Backend for OpenAiBackend {
     fn start(&self, _conv: &mut Conversation, _tools: &[ToolSchema]) -> Result<(), BackendError> {
         Ok(())
@@ -305,7 +414,12 @@ impl Backend for OpenAiBackend {
         let bodies: Vec<Value> =
             convs.iter().map(|c| self.body(c, tools, sampling, rng.next_u64() >> 1)).collect();
         let responses = crate::rollout::parallel_map(&bodies, self.settings.concurrency, |b| {
-            self.post("/chat/completions", b).and_then(|r| self.read_turn(&r))
+            let path = if self.settings.completion_prompt.is_some() {
+                "/completions"
+            } else {
+                "/chat/completions"
+            };
+            self.post(path, b).and_then(|r| self.read_turn(b, &r))
         });
         convs
             .iter_mut()

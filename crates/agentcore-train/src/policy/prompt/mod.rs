@@ -4,8 +4,9 @@
 //! lessons and a bank of exemplars taken from the agent's own verified, high-advantage
 //! trajectories. A rendering shows, after the system prompt, the items chosen for the query:
 //! each item's logit is `(credit + relevance_weight * similarity) / selection_temperature`,
-//! where similarity is the BM25 score of the query against the item (scaled to 0..1 per query),
-//! and items are picked one after another ([`select`]) under the token cap. Training rollouts
+//! where similarity is the BM25 score of the query against the item divided by the query's
+//! score against itself (0..1); items less similar than `min_similarity` are not shown, and the
+//! others are picked one after another ([`select`]) under the token cap. Training rollouts
 //! sample the choice, so the rollouts of a group see different renderings (recorded in each
 //! trajectory); evaluation takes the best items.
 //!
@@ -60,22 +61,27 @@ pub struct PromptPolicy {
     saved: Mutex<(PromptState, Vec<Value>)>,
 }
 
-/// Similarity of `query` to each text, scaled so the best is 1 (all 0 when none shares a word).
+/// Similarity of `query` to each text: its BM25 score over the texts and the query itself,
+/// divided by the query's score against itself (1: every weighted word shared; 0: none).
 fn similarity(query: &str, texts: &[String]) -> Vec<f64> {
     if texts.is_empty() {
         return Vec::new();
     }
-    let docs: Vec<Document<usize>> =
-        texts.iter().enumerate().map(|(i, t)| Document::new(i, t.clone())).collect();
+    let docs: Vec<Document<usize>> = texts
+        .iter()
+        .chain(std::iter::once(&query.to_owned()))
+        .enumerate()
+        .map(|(i, t)| Document::new(i, t.clone()))
+        .collect();
     let engine = SearchEngineBuilder::<usize>::with_documents(Language::English, docs).build();
-    let mut out = vec![0.0; texts.len()];
+    let mut out = vec![0.0; texts.len() + 1];
     for r in engine.search(query, None) {
         out[r.document.id] = f64::from(r.score);
     }
-    let max = out.iter().copied().fold(0.0, f64::max);
-    if max > 0.0 {
+    let own = out.pop().unwrap_or(0.0);
+    if own > 0.0 {
         for v in &mut out {
-            *v /= max;
+            *v = (*v / own).min(1.0);
         }
     }
     out
@@ -143,6 +149,8 @@ impl PromptPolicy {
         &self.state
     }
 
+    /// The items that may be shown for `query` (those at least `min_similarity` similar to
+    /// it), lessons and exemplars.
     fn pools(&self, query: &str) -> (Pool, Pool) {
         let s = &self.settings;
         let t = s.selection_temperature;
@@ -150,32 +158,26 @@ impl PromptPolicy {
         let exemplar_texts: Vec<String> =
             self.state.exemplars.iter().map(|e| e.query.clone()).collect();
         let (ls, es) = (similarity(query, &lesson_texts), similarity(query, &exemplar_texts));
-        let lessons = Pool {
-            ids: self.state.lessons.iter().map(|l| l.id.clone()).collect(),
-            cands: self
-                .state
-                .lessons
-                .iter()
-                .zip(&ls)
-                .map(|(l, r)| Candidate {
+        let mut lessons = Pool { ids: Vec::new(), cands: Vec::new() };
+        for (l, r) in self.state.lessons.iter().zip(&ls) {
+            if *r >= s.min_similarity {
+                lessons.ids.push(l.id.clone());
+                lessons.cands.push(Candidate {
                     logit: (l.credit + s.relevance_weight * r) / t,
                     tokens: state::tokens(&state::lesson_text(l)) + 1,
-                })
-                .collect(),
-        };
-        let exemplars = Pool {
-            ids: self.state.exemplars.iter().map(|e| e.id.clone()).collect(),
-            cands: self
-                .state
-                .exemplars
-                .iter()
-                .zip(&es)
-                .map(|(e, r)| Candidate {
+                });
+            }
+        }
+        let mut exemplars = Pool { ids: Vec::new(), cands: Vec::new() };
+        for (e, r) in self.state.exemplars.iter().zip(&es) {
+            if *r >= s.min_similarity {
+                exemplars.ids.push(e.id.clone());
+                exemplars.cands.push(Candidate {
                     logit: (e.credit + s.relevance_weight * r) / t,
                     tokens: state::tokens(&state::exemplar_text(e)) + 1,
-                })
-                .collect(),
-        };
+                });
+            }
+        }
         (lessons, exemplars)
     }
 
@@ -197,9 +199,13 @@ impl PromptPolicy {
                 (e, l)
             }
         };
-        let shown_lessons: Vec<&Lesson> = l_picks.iter().map(|&i| &self.state.lessons[i]).collect();
-        let shown_exemplars: Vec<&Exemplar> =
-            e_picks.iter().map(|&i| &self.state.exemplars[i]).collect();
+        let by_id = |id: &String| self.state.lessons.iter().find(|l| &l.id == id);
+        let shown_lessons: Vec<&Lesson> =
+            l_picks.iter().filter_map(|&i| by_id(&lessons.ids[i])).collect();
+        let shown_exemplars: Vec<&Exemplar> = e_picks
+            .iter()
+            .filter_map(|&i| self.state.exemplars.iter().find(|e| e.id == exemplars.ids[i]))
+            .collect();
         PromptContext {
             system_prompt: state::render(
                 &self.state.system_prompt,
@@ -214,9 +220,8 @@ impl PromptPolicy {
         }
     }
 
-    /// Log-probability of a rendering under the current state and its gradient per item
-    /// (exemplars, then lessons, in state order).
-    fn log_prob(&self, query: &str, shown: &[String]) -> (f64, Vec<f64>, Vec<f64>) {
+    /// Log-probability of a rendering under the current state and its gradient per item id.
+    fn log_prob(&self, query: &str, shown: &[String]) -> (f64, Vec<(String, f64)>) {
         let (lessons, exemplars) = self.pools(query);
         let index = |ids: &[String], prefix: char| -> Vec<usize> {
             shown
@@ -232,7 +237,8 @@ impl PromptPolicy {
         let used: usize = e_picks.iter().map(|&i| exemplars.cands[i].tokens).sum();
         let (lp_l, g_l) =
             select::log_prob_and_grad(&lessons.cands, budget.saturating_sub(used), &l_picks);
-        (lp_e + lp_l, g_e, g_l)
+        let grads = exemplars.ids.into_iter().zip(g_e).chain(lessons.ids.into_iter().zip(g_l));
+        (lp_e + lp_l, grads.collect())
     }
 
     /// Credits from the group-relative policy gradient; returns the surrogate loss and the
@@ -240,31 +246,27 @@ impl PromptPolicy {
     fn credit(&mut self, batch: &ScoredBatch<'_>) -> (f64, f64) {
         let g = batch.group_size.max(1) as f64;
         let groups = batch.tasks.len().max(1) as f64;
-        let mut grad_e = vec![0.0; self.state.exemplars.len()];
-        let mut grad_l = vec![0.0; self.state.lessons.len()];
+        let mut grad: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
         let mut loss = 0.0;
         let t = self.settings.selection_temperature;
         for (k, traj) in batch.trajectories.iter().enumerate() {
             let a = batch.advantages[k];
             let shown = traj.context.as_ref().map(|c| c.shown.as_slice()).unwrap_or_default();
-            let (logp, ge, gl) = self.log_prob(&batch.task_of(k).query, shown);
+            let (logp, grads) = self.log_prob(&batch.task_of(k).query, shown);
             loss -= a * logp / g / groups;
             if a != 0.0 {
                 // d logit / d credit = 1 / selection_temperature.
-                for (acc, d) in grad_e.iter_mut().zip(ge) {
-                    *acc += a * d / g / t;
-                }
-                for (acc, d) in grad_l.iter_mut().zip(gl) {
-                    *acc += a * d / g / t;
+                for (id, d) in grads {
+                    *grad.entry(id).or_default() += a * d / g / t;
                 }
             }
         }
-        let norm = grad_e.iter().chain(&grad_l).map(|x| x * x).sum::<f64>().sqrt();
-        for (e, d) in self.state.exemplars.iter_mut().zip(grad_e) {
-            e.credit += self.learning_rate * d;
+        let norm = grad.values().map(|x| x * x).sum::<f64>().sqrt();
+        for e in &mut self.state.exemplars {
+            e.credit += self.learning_rate * grad.get(&e.id).copied().unwrap_or(0.0);
         }
-        for (l, d) in self.state.lessons.iter_mut().zip(grad_l) {
-            l.credit += self.learning_rate * d;
+        for l in &mut self.state.lessons {
+            l.credit += self.learning_rate * grad.get(&l.id).copied().unwrap_or(0.0);
         }
         (loss, norm)
     }
@@ -513,4 +515,220 @@ impl Policy for PromptPolicy {
 /// Pretty JSON of a checkpoint document.
 fn pretty<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, TrainError> {
     serde_json::to_vec_pretty(v).map_err(|e| TrainError::Update(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentcore_agent::backend::OpenAiSettings;
+    use agentcore_agent::trajectory::{Step, StopReason, Trajectory, Usage};
+    use agentcore_tasks::Task;
+    use rand::SeedableRng;
+
+    fn settings() -> (JobSettings, ApiAgent) {
+        let mut p = PromptPolicySettings::default();
+        p.reflection.enabled = false;
+        let api = ApiAgent {
+            endpoint: OpenAiSettings::new("http://127.0.0.1:9/v1", "m"),
+            system_prompt: "Solve the task.".into(),
+            prompt_policy: p,
+        };
+        let mut s = JobSettings { api: Some(api.clone()), ..JobSettings::default() };
+        s.config.learning_rate = 0.5;
+        (s, api)
+    }
+
+    fn task(query: &str, secret: &str) -> Task {
+        let mut expected = serde_json::Map::new();
+        expected.insert("result".into(), json!(secret));
+        Task { query: query.into(), expected_outcome: expected, metadata: None }
+    }
+
+    fn trajectory(query: &str, answer: Option<&str>, shown: &[&str]) -> Trajectory {
+        Trajectory {
+            query: query.into(),
+            steps: vec![Step {
+                state: query.into(),
+                action: json!({"type": "tool_call", "name": "python",
+                    "arguments": {"code": "print(7)"},
+                    "text": "<tool_call>{\"name\": \"python\", \"arguments\": {\"code\": \"print(7)\"}}"}),
+                result: json!({"ok": true, "output": "7"}),
+                timestamp: String::new(),
+                duration_ms: 1,
+            }],
+            final_answer: answer.map(str::to_owned),
+            stop_reason: StopReason::Answer,
+            error: None,
+            tokens: None,
+            api_tokens: Vec::new(),
+            usage: Usage::default(),
+            cost_usd: Decimal::ZERO,
+            execution_time_ms: 1,
+            tool_calls: 1,
+            successful_tool_calls: 1,
+            verification_steps: 0,
+            context: Some(PromptContext {
+                system_prompt: String::new(),
+                shown: shown.iter().map(|s| (*s).to_owned()).collect(),
+            }),
+        }
+    }
+
+    fn exemplar(id: &str, query: &str) -> Exemplar {
+        Exemplar {
+            id: id.into(),
+            query: query.into(),
+            messages: vec![agentcore_agent::backend::Message::new(
+                "assistant",
+                "<answer>1</answer>",
+            )],
+            source: "it0-q0-s0".into(),
+            reward: 1.0,
+            advantage: 1.0,
+            added_iteration: 0,
+            shown: 0,
+            credit: 0.0,
+        }
+    }
+
+    #[test]
+    fn items_shown_in_winning_rollouts_gain_credit_and_are_shown_first() {
+        let (s, api) = settings();
+        let mut policy = PromptPolicy::initial(&s, &api);
+        policy.state.exemplars =
+            vec![exemplar("E1", "Sort the list [5, 2]"), exemplar("E2", "Sort the list [6, 3]")];
+        let q = "Sort the list [5, 6]";
+        let t = task(q, "[5, 6]");
+        let tasks = [&t];
+        let trajs = vec![
+            trajectory(q, Some("[5, 6]"), &["E1"]),
+            trajectory(q, Some("[5, 6]"), &["E1"]),
+            trajectory(q, Some("[6, 5]"), &["E2"]),
+            trajectory(q, Some("[6, 5]"), &["E2"]),
+        ];
+        let batch = ScoredBatch {
+            iteration: 1,
+            tasks: &tasks,
+            group_size: 4,
+            trajectories: &trajs,
+            rewards: &[1.0, 1.0, 0.0, 0.0],
+            advantages: &[1.0, 1.0, -1.0, -1.0],
+            passed: &[true, true, false, false],
+        };
+        let stats = policy.update(&batch).unwrap();
+        let credit = |id: &str| policy.state.exemplars.iter().find(|e| e.id == id).unwrap().credit;
+        assert!(credit("E1") > 0.0 && credit("E2") < 0.0, "{} {}", credit("E1"), credit("E2"));
+        assert!(stats.grad_norm > 0.0);
+        assert!(stats.loss.is_finite());
+        let p = stats.prompt.unwrap();
+        assert_eq!(p.exemplars_shown, 1.0);
+        assert_eq!(policy.state.exemplars[0].shown, 2);
+        // The task already has no exemplar of its own query: the best verified rollout joins.
+        assert_eq!(p.exemplar_bank_size, 3);
+        let added = &policy.state.exemplars[2];
+        assert_eq!((added.query.as_str(), added.source.as_str()), (q, "it1-q0-s0"));
+        // Evaluation shows the credited exemplar first.
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let c = policy.contexts(&["Sort the list [5, 6, 2, 3]".into()], false, &mut rng).unwrap();
+        let e1 = c[0].shown.iter().position(|id| id == "E1").unwrap();
+        let e2 = c[0].shown.iter().position(|id| id == "E2");
+        assert!(e2.is_none_or(|e2| e1 < e2), "{:?}", c[0].shown);
+        assert!(c[0].system_prompt.starts_with("Solve the task."));
+    }
+
+    #[test]
+    fn expected_outcomes_never_enter_the_policy_and_failures_add_nothing() {
+        let (s, api) = settings();
+        let mut policy = PromptPolicy::initial(&s, &api);
+        let t1 = task("Count the apples", "SECRET-EXPECTED-1");
+        let t2 = task("Count the pears", "SECRET-EXPECTED-2");
+        let tasks = [&t1, &t2];
+        let trajs = vec![
+            trajectory("Count the apples", Some("7"), &[]),
+            trajectory("Count the apples", None, &[]),
+            trajectory("Count the pears", Some("3"), &[]),
+            trajectory("Count the pears", Some("4"), &[]),
+        ];
+        let batch = ScoredBatch {
+            iteration: 2,
+            tasks: &tasks,
+            group_size: 2,
+            trajectories: &trajs,
+            rewards: &[1.0, 0.0, 0.0, 0.0],
+            advantages: &[1.0, -1.0, 0.0, 0.0],
+            passed: &[true, false, false, false],
+        };
+        policy.update(&batch).unwrap();
+        // Only the group with a spread and a verified best gives an exemplar.
+        assert_eq!(policy.state.exemplars.len(), 1);
+        assert_eq!(policy.state.exemplars[0].query, "Count the apples");
+        let text = serde_json::to_string(&policy.state).unwrap();
+        assert!(!text.contains("SECRET-EXPECTED"), "{text}");
+        // It is the model's own text, its stop string written back.
+        let m = &policy.state.exemplars[0].messages;
+        assert!(m[0].content.ends_with("</tool_call>"), "{m:?}");
+        assert_eq!(m.last().unwrap().content, "<answer>7</answer>");
+    }
+
+    #[test]
+    fn past_the_cap_the_lowest_credit_exemplar_is_retired() {
+        let (mut s, mut api) = settings();
+        api.prompt_policy.max_exemplars = 2;
+        s.api = Some(api.clone());
+        let mut policy = PromptPolicy::initial(&s, &api);
+        let mut a = exemplar("E1", "a");
+        a.credit = 0.5;
+        let mut b = exemplar("E2", "b");
+        b.credit = -0.5;
+        let mut c = exemplar("E3", "c");
+        c.credit = 0.1;
+        policy.state.exemplars = vec![a, b, c];
+        policy.retire();
+        let ids: Vec<&str> = policy.state.exemplars.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, vec!["E1", "E3"]);
+    }
+
+    #[test]
+    fn a_checkpoint_restores_the_state_and_the_rng() {
+        let (s, api) = settings();
+        let mut policy = PromptPolicy::initial(&s, &api);
+        policy.state.exemplars = vec![exemplar("E1", "Sort the list [1, 2]")];
+        let rng = ChaCha8Rng::seed_from_u64(5);
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in policy.checkpoint_files(&rng).unwrap() {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let (back, rng_back) = PromptPolicy::from_checkpoint(&s, &api, dir.path()).unwrap();
+        assert_eq!(back.state, policy.state);
+        assert_eq!(rng_back, rng);
+        // A document of a newer version is refused, naming the file.
+        let mut doc: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(state::STATE_FILE)).unwrap())
+                .unwrap();
+        doc["version"] = json!(state::VERSION + 1);
+        std::fs::write(dir.path().join(state::STATE_FILE), doc.to_string()).unwrap();
+        let err = PromptPolicy::from_checkpoint(&s, &api, dir.path()).err().unwrap().to_string();
+        assert!(err.contains("prompt_policy.json") && err.contains("version"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod similarity_tests {
+    #[test]
+    fn a_query_is_most_similar_to_tasks_of_its_own_kind() {
+        let texts = [
+            "Find the maximum value in [3, 17, 4, 6]".to_owned(),
+            "Sort the list [18, 1, 19]".to_owned(),
+            "Reverse the list [2, 4, 6]".to_owned(),
+            "Compute the sum of [4, 19, 18, 3]".to_owned(),
+        ];
+        let s = super::similarity("Find the maximum value in [1, 9, 5]", &texts);
+        let least = agentcore_agent::definition::prompt_defaults::MIN_SIMILARITY;
+        assert!(s[0] >= least, "{s:?}");
+        assert!(s[1..].iter().all(|&x| x < least), "{s:?}");
+        let s = super::similarity("Sort the list [5, 0, 7]", &texts);
+        assert!(s[1] >= least, "{s:?}");
+        assert!(s[0] < least && s[2] < least && s[3] < least, "{s:?}");
+        assert!(super::similarity("anything", &[]).is_empty());
+    }
 }

@@ -211,12 +211,25 @@ pub fn demonstration(t: &Trajectory) -> Option<Vec<Message>> {
             Some("tool_calls") => a["calls"].as_array().map(|c| c.iter().collect())?,
             _ => continue,
         };
-        let mut text = String::new();
-        for c in calls {
-            let name = c["name"].as_str()?;
-            let call = serde_json::json!({"name": name, "arguments": c["arguments"]});
-            text.push_str(&format!("<tool_call>{call}</tool_call>"));
-        }
+        // The model's own text of the turn (its stop string written back), else the calls in
+        // the `<tool_call>` form.
+        let text = match a["text"].as_str().map(str::trim).filter(|t| t.contains("<tool_call>")) {
+            Some(t) if t.matches("<tool_call>").count() > t.matches("</tool_call>").count() => {
+                format!("{t}</tool_call>")
+            }
+            Some(t) => t.to_owned(),
+            None => {
+                let mut text = String::new();
+                for c in calls {
+                    let name = serde_json::to_string(c["name"].as_str()?).ok()?;
+                    text.push_str(&format!(
+                        "<tool_call>{{\"name\": {name}, \"arguments\": {}}}</tool_call>",
+                        c["arguments"]
+                    ));
+                }
+                text
+            }
+        };
         out.push(Message::new("assistant", text));
         let outputs: Vec<String> = match &step.result {
             Value::Array(rs) => {
