@@ -5,6 +5,9 @@
 //! trajectory, and resume after a crash. CI sets `AGENTCORE_REQUIRE_LLAMACPP`, so the test fails
 //! there when the server is missing; elsewhere it says why it skips.
 
+#![expect(clippy::print_stderr, reason = "the test says why it skips on stderr")]
+
+#[expect(dead_code, reason = "this test does not start the service")]
 mod common;
 
 use std::net::TcpListener;

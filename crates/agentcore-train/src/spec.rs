@@ -388,4 +388,28 @@ mod tests {
         // 100 x 128 trajectories = 100 x 4.9 s = 490 s at $36/h = $4.90.
         assert_eq!(estimated_cost_usd(&s), Decimal::new(490, 2));
     }
+
+    #[test]
+    fn a_prompt_agent_resolves_to_an_api_job_whose_estimate_counts_tokens() {
+        let a = agent(
+            "agent_id: api\nmodel: {kind: openai, base_url: 'http://127.0.0.1:1/v1', model: m, \
+             input_usd_per_million: 1.0, output_usd_per_million: 2.0}\npolicy: prompt\n\
+             system_prompt: Solve it.\ntools: [{type: python}]\nmax_steps_per_trajectory: 3\n\
+             prompt_policy: {reflection: {enabled: false}}",
+        );
+        let train = agentcore_tasks::seed::generate(100, 1, Some(1)).unwrap();
+        let eval = agentcore_tasks::seed::generate(3, 2, Some(1)).unwrap();
+        let config = json!({"n_iterations": 2, "batch_size": 2, "n_trajectories_per_query": 2,
+            "eval_interval": 2, "max_completion_length": 96});
+        let mut s = resolve(&a, config.as_object(), Some(JobData { train, eval })).unwrap();
+        s.price_per_hour_usd = Decimal::ZERO;
+        let api = s.api.as_ref().expect("an API job");
+        assert_eq!(api.system_prompt, "Solve it.");
+        // A prompt agent keeps its credit step under a caller's config.
+        assert!((s.config.learning_rate - defaults::PROMPT_LEARNING_RATE).abs() < 1e-12);
+        assert_eq!(agent_of(&s).policy, PolicyKind::Prompt);
+        // (2 x 2 x 2 rollouts + 3 held-out x (1 + 2) evaluations) x 3 turns = 51 turns of
+        // 1200 tokens in at $1/M and 96 out at $2/M: $0.0612 + $0.009792.
+        assert_eq!(estimated_cost_usd(&s), Decimal::new(710, 4));
+    }
 }

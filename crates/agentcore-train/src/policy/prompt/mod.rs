@@ -280,7 +280,7 @@ impl PromptPolicy {
             let (lo, hi) = rewards
                 .iter()
                 .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &r| (a.min(r), b.max(r)));
-            if !(hi > lo) {
+            if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
             let Some(best) = range
@@ -621,7 +621,7 @@ mod tests {
         assert!(stats.grad_norm > 0.0);
         assert!(stats.loss.is_finite());
         let p = stats.prompt.unwrap();
-        assert_eq!(p.exemplars_shown, 1.0);
+        assert!((p.exemplars_shown - 1.0).abs() < 1e-12);
         assert_eq!(policy.state.exemplars[0].shown, 2);
         // The task already has no exemplar of its own query: the best verified rollout joins.
         assert_eq!(p.exemplar_bank_size, 3);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Benchmark of the prompt policy (issue 13): Gemma 3 270M served by llama.cpp's OpenAI-compatible
+# server on loopback (a real process), trained as the `policy: prompt` agent of
+# examples/agents/gemma-api.yaml on difficulty-1 seed-suite tasks, evaluated greedily on 120
+# held-out queries before and after (paired McNemar). One line per seed; the JSON events of each
+# run in $OUT_DIR/seed-N.jsonl.
+#   scripts/bench_prompt_policy.sh                  # seeds 1 2 3
+#   SEEDS=1 N_ITERATIONS=30 scripts/bench_prompt_policy.sh
+# Env: BIN (default: a release build), PORT (8765), N_ITERATIONS (30), EVAL_N (120).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${OUT_DIR:-target/bench-prompt-policy}
+PORT=${PORT:-8765}
+mkdir -p "$OUT_DIR"
+if [[ -z ${BIN:-} ]]; then
+  cargo build --release -q -p agentcore-cli
+  BIN=./target/release/agentcore
+fi
+scripts/serve_llamacpp.sh "$PORT" > "$OUT_DIR/llama.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+until curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null; do sleep 0.5; done
+sed "s/8765/$PORT/" examples/agents/gemma-api.yaml > "$OUT_DIR/agent.yaml"
+for seed in ${SEEDS:-1 2 3}; do
+  "$BIN" tasks generate --n 400 --difficulty 1 --seed "$seed" > "$OUT_DIR/train-$seed.jsonl"
+  "$BIN" tasks generate --n "${EVAL_N:-120}" --difficulty 1 --seed "$((seed + 1000))" \
+    > "$OUT_DIR/eval-$seed.jsonl"
+  cat > "$OUT_DIR/config-$seed.yaml" <<CFG
+n_iterations: ${N_ITERATIONS:-30}
+batch_size: 8
+n_trajectories_per_query: 4
+eval_interval: ${N_ITERATIONS:-30}
+checkpoint_interval: 5
+seed: $seed
+CFG
+  home=$(mktemp -d)
+  start=$(date +%s)
+  "$BIN" train --agent "$OUT_DIR/agent.yaml" --data "$OUT_DIR/train-$seed.jsonl" \
+    --eval-data "$OUT_DIR/eval-$seed.jsonl" --config "$OUT_DIR/config-$seed.yaml" \
+    --data-dir "$home" --json > "$OUT_DIR/seed-$seed.jsonl" 2> "$OUT_DIR/seed-$seed.err"
+  end=$(date +%s)
+  python3 - "$OUT_DIR/seed-$seed.jsonl" "$seed" "$((end - start))" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1])]
+done = [e for e in events if e["event"] == "done"][0]
+its = [e for e in events if e["event"] == "iteration"]
+base, final = done["baseline_success_rate"], done["final_success_rate"]
+gain = (final - base) * 100
+ok = gain >= 20 and done["p_value"] < 1e-4 and int(sys.argv[3]) <= 45 * 60
+last = its[-1] if its else {}
+print(f"seed {sys.argv[2]}: {base*100:.1f}% -> {final*100:.1f}% ({gain:+.1f} points, "
+      f"McNemar p = {done['p_value']:.2e}) on {done['eval_queries']} queries, "
+      f"{len(its)} iterations, wall {sys.argv[3]} s, cost ${done['cost_usd']}, "
+      f"exemplars {last.get('exemplar_bank_size')}, lessons {last.get('library_size')}, "
+      f"reflection ops {sum(e.get('reflection_ops_applied', 0) for e in its)} applied / "
+      f"{sum(e.get('reflection_ops_rejected', 0) for e in its)} rejected: "
+      f"{'PASS' if ok else 'FAIL'}")
+PY
+done
