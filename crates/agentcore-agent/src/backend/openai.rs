@@ -195,16 +195,10 @@ impl OpenAiBackend {
             .collect()
     }
 
-    fn completion_body(
-        &self,
-        template: &str,
-        conv: &Conversation,
-        sampling: &Sampling,
-        seed: u64,
-    ) -> Value {
+    /// What every request sends: the model, the turn's sampling, its seed and the stop strings.
+    fn request(&self, sampling: &Sampling, seed: u64) -> Value {
         let mut body = json!({
             "model": self.settings.model,
-            "prompt": self.completion_text(template, conv),
             "max_tokens": sampling.max_tokens_per_turn,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -216,6 +210,18 @@ impl OpenAiBackend {
         if !self.settings.stop.is_empty() {
             body["stop"] = json!(self.settings.stop);
         }
+        body
+    }
+
+    fn completion_body(
+        &self,
+        template: &str,
+        conv: &Conversation,
+        sampling: &Sampling,
+        seed: u64,
+    ) -> Value {
+        let mut body = self.request(sampling, seed);
+        body["prompt"] = json!(self.completion_text(template, conv));
         if self.settings.logprobs {
             body["logprobs"] = json!(1);
         }
@@ -241,23 +247,11 @@ impl OpenAiBackend {
                 user.content = format!("{}\n\n{}", system.content, user.content);
             }
         }
-        let mut body = json!({
-            "model": self.settings.model,
-            "messages": messages,
-            "max_tokens": sampling.max_tokens_per_turn,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": seed,
-        });
-        if let Some(k) = sampling.top_k {
-            body["top_k"] = json!(k);
-        }
+        let mut body = self.request(sampling, seed);
+        body["messages"] = json!(messages);
         if self.settings.logprobs {
             body["logprobs"] = json!(true);
             body["top_logprobs"] = json!(1);
-        }
-        if !self.settings.stop.is_empty() {
-            body["stop"] = json!(self.settings.stop);
         }
         if self.settings.native_tools && !tools.is_empty() {
             body["tools"] = Value::Array(tools.iter().map(ToolSchema::openai).collect());

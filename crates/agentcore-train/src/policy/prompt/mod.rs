@@ -152,33 +152,30 @@ impl PromptPolicy {
     /// The items that may be shown for `query` (those at least `min_similarity` similar to
     /// it), lessons and exemplars.
     fn pools(&self, query: &str) -> (Pool, Pool) {
+        let lessons = self.state.lessons.iter().map(|l| {
+            (l.id.as_str(), l.credit, l.text.as_str(), state::tokens(&state::lesson_text(l)))
+        });
+        let exemplars = self.state.exemplars.iter().map(|e| {
+            (e.id.as_str(), e.credit, e.query.as_str(), state::tokens(&state::exemplar_text(e)))
+        });
+        (self.pool(query, lessons.collect()), self.pool(query, exemplars.collect()))
+    }
+
+    /// The candidates among `items` (id, credit, the text compared with the query, tokens).
+    fn pool(&self, query: &str, items: Vec<(&str, f64, &str, usize)>) -> Pool {
         let s = &self.settings;
-        let t = s.selection_temperature;
-        let lesson_texts: Vec<String> = self.state.lessons.iter().map(|l| l.text.clone()).collect();
-        let exemplar_texts: Vec<String> =
-            self.state.exemplars.iter().map(|e| e.query.clone()).collect();
-        let (ls, es) = (similarity(query, &lesson_texts), similarity(query, &exemplar_texts));
-        let mut lessons = Pool { ids: Vec::new(), cands: Vec::new() };
-        for (l, r) in self.state.lessons.iter().zip(&ls) {
-            if *r >= s.min_similarity {
-                lessons.ids.push(l.id.clone());
-                lessons.cands.push(Candidate {
-                    logit: (l.credit + s.relevance_weight * r) / t,
-                    tokens: state::tokens(&state::lesson_text(l)) + 1,
+        let texts: Vec<String> = items.iter().map(|i| i.2.to_owned()).collect();
+        let mut pool = Pool { ids: Vec::new(), cands: Vec::new() };
+        for ((id, credit, _, tokens), r) in items.into_iter().zip(similarity(query, &texts)) {
+            if r >= s.min_similarity {
+                pool.ids.push(id.to_owned());
+                pool.cands.push(Candidate {
+                    logit: (credit + s.relevance_weight * r) / s.selection_temperature,
+                    tokens: tokens + 1,
                 });
             }
         }
-        let mut exemplars = Pool { ids: Vec::new(), cands: Vec::new() };
-        for (e, r) in self.state.exemplars.iter().zip(&es) {
-            if *r >= s.min_similarity {
-                exemplars.ids.push(e.id.clone());
-                exemplars.cands.push(Candidate {
-                    logit: (e.credit + s.relevance_weight * r) / t,
-                    tokens: state::tokens(&state::exemplar_text(e)) + 1,
-                });
-            }
-        }
-        (lessons, exemplars)
+        pool
     }
 
     /// The rendering of one query: exemplars first (they teach most), then lessons, under the
