@@ -1,4 +1,5 @@
-//! Latency of sandboxed Python calls: a cold start (new worker) and warm calls.
+//! Latency of sandboxed Python calls: a cold start (new worker), warm calls, and a verification
+//! (code + tests, `run_tests`).
 //! `cargo run --release -p agentcore-agent --example sandbox_latency`
 use std::time::Instant;
 
@@ -22,7 +23,17 @@ fn main() {
         assert!(out.ok());
         warm.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    for (name, mut v) in [("cold start", cold), ("warm call", warm)] {
+    let mut verify = Vec::new();
+    for i in 0..50 {
+        let t = Instant::now();
+        let out = p.run_tests(
+            "def add(a, b):\n    return a + b",
+            &format!("assert add({i}, 2) == {i} + 2\nassert add(-1, 1) == 0"),
+        );
+        assert!(out.passed, "{out:?}");
+        verify.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for (name, mut v) in [("cold start", cold), ("warm call", warm), ("verification", verify)] {
         v.sort_by(f64::total_cmp);
         println!(
             "{name}: median {:.2} ms, min {:.2}, p90 {:.2}, max {:.2} (n = {})",

@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// Multiply the contract's rate limits (load tests).
     #[arg(long, default_value_t = 1)]
     rate_limit_scale: u32,
+    /// Where registered agents may point a local model (`model.path`) [default: DATA_DIR/models].
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
 }
 
 /// `agentcore serve`.
@@ -97,6 +100,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.webhooks.allow_private = args.allow_private_webhooks;
     config.body_limit = args.body_limit_mib << 20;
     config.rate_limit_scale = args.rate_limit_scale;
+    if let Some(dir) = args.models_dir {
+        config.models_dir = std::path::absolute(&dir)
+            .map_err(|e| InputError(format!("--models-dir {}: {e}", dir.display())))?;
+    }
     let addr = SocketAddr::new(args.host, args.port);
     let rt = runtime()?;
     rt.block_on(async move {

@@ -125,11 +125,22 @@ pub fn visible(definition: &Value, caller: &Caller) -> bool {
     }
 }
 
-/// The stored document of an agent the caller sees.
+/// The store key of an organisation's agent: agent ids are unique per organisation, not across
+/// them (an id cannot hold `/`, so the key splits unambiguously at its last `/`). Agents without
+/// an owner (the built-in one, those the CLI registered) are stored under their bare id.
+fn org_key(org: &str, id: &str) -> String {
+    format!("{org}/{id}")
+}
+
+/// The stored document of an agent the caller sees: its organisation's, else an agent without an
+/// owner (or one stored under its bare id by an earlier version, if it is the caller's).
 ///
 /// # Errors
 /// Not found (also for another organisation's agent), database errors.
 pub async fn visible_agent(state: &AppState, caller: &Caller, id: &str) -> Result<Value, ApiError> {
+    if let Some(d) = state.store.agent(&org_key(&caller.org, id)).await? {
+        return Ok(d);
+    }
     match state.store.agent(id).await? {
         Some(d) if visible(&d, caller) => Ok(d),
         _ => Err(ApiError::NotFound {
@@ -138,6 +149,32 @@ pub async fn visible_agent(state: &AppState, caller: &Caller, id: &str) -> Resul
             hint: " (register it with agents.register)",
         }),
     }
+}
+
+/// A local model must lie beneath the models directory; a path elsewhere is refused before it is
+/// looked at (registering would otherwise tell which files the server has).
+fn check_model_path(models_dir: &std::path::Path, path: &std::path::Path) -> Result<(), ApiError> {
+    let beneath = path.is_absolute()
+        && path.starts_with(models_dir)
+        && !path.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    if !beneath {
+        return Err(ApiError::param(
+            "model.path",
+            format!(
+                "model.path must be an absolute path beneath the server's models directory {}, \
+                 got {:?}",
+                models_dir.display(),
+                path.display().to_string()
+            ),
+        ));
+    }
+    if !path.exists() {
+        return Err(ApiError::param(
+            "model.path",
+            format!("model.path {:?} does not exist on the server", path.display().to_string()),
+        ));
+    }
+    Ok(())
 }
 
 /// `agents.register`: the params are an agent definition (or one of its shorthands).
@@ -160,24 +197,22 @@ pub async fn register(
             format!("agent_id must be 1-64 characters, got {}", id.len()),
         ));
     }
-    // A failed read must not skip the ownership check (another organisation's agent would be
-    // overwritten).
+    // Ids are per organisation, so another organisation's agent of the same id is neither
+    // overwritten nor revealed; only the shared agents (everyone sees them) reserve their ids.
     if let Some(existing) = state.store.agent(id).await?
-        && existing.get("org").and_then(Value::as_str) != Some(caller.org.as_str())
-    {
-        return Err(ApiError::param("agent_id", format!("agent_id {id:?} is taken")));
-    }
-    if let agentcore_agent::definition::ModelSpec::Local { path, .. } = &def.model
-        && !path.exists()
+        && matches!(existing.get("org"), None | Some(Value::Null))
     {
         return Err(ApiError::param(
-            "model.path",
-            format!("model.path {:?} does not exist on the server", path.display().to_string()),
+            "agent_id",
+            format!("agent_id {id:?} is a shared agent's id; choose another"),
         ));
+    }
+    if let agentcore_agent::definition::ModelSpec::Local { path, .. } = &def.model {
+        check_model_path(&state.config.models_dir, path)?;
     }
     let mut stored = serde_json::to_value(&def)?;
     stored["org"] = json!(caller.org);
-    state.store.register_agent(id, &stored).await?;
+    state.store.register_agent(&org_key(&caller.org, id), &stored).await?;
     stored["registered"] = json!(true);
     Ok(stored)
 }

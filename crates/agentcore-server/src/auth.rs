@@ -71,7 +71,7 @@ pub struct Claims {
 pub struct Caller {
     /// `sub`.
     pub subject: String,
-    /// `org` (the subject when absent: a caller is then its own organisation).
+    /// `org` (required and non-empty).
     pub org: String,
     /// Granted permissions.
     pub permissions: Vec<String>,
@@ -158,7 +158,11 @@ impl Auth {
             (None, Some(s)) => s.split_whitespace().map(str::to_owned).collect(),
             (None, None) => Vec::new(),
         };
-        let org = c.org.filter(|o| !o.is_empty()).unwrap_or_else(|| c.sub.clone());
+        // Every object belongs to an organisation: a token that names none is refused rather than
+        // given the organisation named like its subject (which another tenant may be).
+        let org = c.org.filter(|o| !o.trim().is_empty()).ok_or_else(|| {
+            "invalid token: the `org` claim (a non-empty organisation) is required".to_owned()
+        })?;
         Ok(Caller { subject: c.sub, org, permissions })
     }
 
@@ -214,6 +218,29 @@ mod tests {
             }
         );
         assert!(c.can("training:view") && !c.can("training:start"));
+    }
+
+    /// Issue 14, finding 8: a token with no `org` (or an empty one) used to read the organisation
+    /// named like its subject.
+    #[test]
+    fn a_token_without_an_organisation_is_refused() {
+        let a = hs("s3cret", Some("agentcore"));
+        let key = EncodingKey::from_secret(b"s3cret");
+        for org in [None, Some(String::new()), Some("  ".to_owned())] {
+            let claims = Claims {
+                sub: "acme".into(),
+                org: org.clone(),
+                permissions: Some(vec!["training:view".into()]),
+                scope: None,
+                exp: now() + 60,
+                nbf: None,
+                iss: None,
+                aud: Some("agentcore".into()),
+            };
+            let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+            let e = a.verify(&t).unwrap_err();
+            assert!(e.contains("`org` claim"), "{org:?}: {e}");
+        }
     }
 
     #[test]

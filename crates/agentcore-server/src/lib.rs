@@ -53,8 +53,12 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Multiplies the contract's rate limits (1 in production).
     pub rate_limit_scale: u32,
-    /// `/metrics` without a token.
+    /// `/metrics` without a token (aggregates only; per-job series need a token).
     pub public_metrics: bool,
+    /// Where `agents.register` may point a local model (`model.path`): paths elsewhere are
+    /// refused without being looked at, so registering does not tell which server files exist
+    /// (default `<data_dir>/models`).
+    pub models_dir: PathBuf,
 }
 
 impl ServerConfig {
@@ -63,6 +67,7 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf, auth: auth::AuthConfig) -> Self {
         Self {
             worker: WorkerConfig::new(data_dir.clone()),
+            models_dir: data_dir.join("models"),
             data_dir,
             auth,
             workers: 1,

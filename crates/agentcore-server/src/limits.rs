@@ -43,12 +43,15 @@ impl Decision {
     }
 }
 
+/// A rate-limit bucket: (organisation, subject, method).
+type Bucket = (String, String, String);
+
 /// The limiter.
 #[derive(Debug)]
 pub struct RateLimiter {
     window_s: u64,
     scale: u32,
-    counts: Mutex<HashMap<(String, String), (u64, u32)>>,
+    counts: Mutex<HashMap<Bucket, (u64, u32)>>,
 }
 
 /// Seconds since the epoch.
@@ -64,8 +67,10 @@ impl RateLimiter {
         Self { window_s: 60, scale: scale.max(1), counts: Mutex::new(HashMap::new()) }
     }
 
-    /// Counts a call of `method` by `caller` at `now`; `None` when the method is unlimited.
-    pub fn check(&self, caller: &str, method: &str, now: u64) -> Option<Decision> {
+    /// Counts a call of `method` by `subject` of `org` at `now`; `None` when the method is
+    /// unlimited. Buckets are per (organisation, subject): a subject named like one of another
+    /// organisation does not share its bucket.
+    pub fn check(&self, org: &str, subject: &str, method: &str, now: u64) -> Option<Decision> {
         let limit = limit_of(method)?.saturating_mul(self.scale);
         let window = now / self.window_s;
         let reset = (window + 1) * self.window_s;
@@ -73,7 +78,8 @@ impl RateLimiter {
         if counts.len() > 100_000 {
             counts.retain(|_, (w, _)| *w == window);
         }
-        let entry = counts.entry((caller.to_owned(), method.to_owned())).or_insert((window, 0));
+        let key = (org.to_owned(), subject.to_owned(), method.to_owned());
+        let entry = counts.entry(key).or_insert((window, 0));
         if entry.0 != window {
             *entry = (window, 0);
         }
@@ -94,16 +100,21 @@ mod tests {
         let r = RateLimiter::new(1);
         let t = 1_000_020; // 20 s into a window that ends at 1_000_080
         for k in 0..5 {
-            let d = r.check("alice", methods::EVALUATE, t).unwrap();
+            let d = r.check("acme", "alice", methods::EVALUATE, t).unwrap();
             assert!(d.allowed);
             assert_eq!((d.limit, d.remaining, d.reset), (5, 4 - k, 1_000_080));
         }
-        let d = r.check("alice", methods::EVALUATE, t + 1).unwrap();
+        let d = r.check("acme", "alice", methods::EVALUATE, t + 1).unwrap();
         assert!(!d.allowed);
         assert_eq!((d.remaining, d.retry_after(t + 1)), (0, 59));
-        assert!(r.check("bob", methods::EVALUATE, t).unwrap().allowed, "per caller");
-        assert!(r.check("alice", methods::STATUS, t).unwrap().allowed, "per method");
-        assert!(r.check("alice", methods::EVALUATE, 1_000_080).unwrap().allowed, "next window");
-        assert_eq!(r.check("alice", methods::LIST, t), None);
+        assert!(r.check("acme", "bob", methods::EVALUATE, t).unwrap().allowed, "per caller");
+        // Issue 14, finding 8: the same subject in another organisation has its own bucket.
+        assert!(r.check("globex", "alice", methods::EVALUATE, t).unwrap().allowed, "per org");
+        assert!(r.check("acme", "alice", methods::STATUS, t).unwrap().allowed, "per method");
+        assert!(
+            r.check("acme", "alice", methods::EVALUATE, 1_000_080).unwrap().allowed,
+            "next window"
+        );
+        assert_eq!(r.check("acme", "alice", methods::LIST, t), None);
     }
 }

@@ -4,7 +4,8 @@
 //! gauges (`training_loss`, `training_reward_mean`, `training_budget_usage_dollars`,
 //! `training_budget_limit_dollars`, labelled `job_id`) are read from the store at scrape time:
 //! they are right for jobs run by any worker process, and a job's series exist only while it
-//! runs.
+//! runs. Per-job series are shown only to an authenticated scrape, and only for the jobs of the
+//! token's organisation; an anonymous scrape (where `public_metrics` allows one) sees aggregates.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,12 +110,14 @@ pub fn family(name: &str, kind: &str, help: &str, samples: &[(String, f64)]) -> 
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<Arc<crate::AppState>>, headers: HeaderMap) -> Response {
-    if !state.config.public_metrics
-        && let Err(r) = crate::rpc::authenticate(&state, &headers)
-    {
-        return *r;
-    }
-    match render_metrics(&state).await {
+    // Without a token (where that is allowed) only aggregates; with one, also the per-job series
+    // of the caller's organisation (job ids are not for everyone to list).
+    let caller = match crate::rpc::authenticate(&state, &headers) {
+        Ok(c) => Some(c),
+        Err(_) if state.config.public_metrics => None,
+        Err(r) => return *r,
+    };
+    match render_metrics(&state, caller.as_ref().map(|c| c.org.as_str())).await {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,7 +127,10 @@ pub async fn metrics(State(state): State<Arc<crate::AppState>>, headers: HeaderM
     }
 }
 
-async fn render_metrics(state: &crate::AppState) -> Result<String, agentcore_store::StoreError> {
+async fn render_metrics(
+    state: &crate::AppState,
+    org: Option<&str>,
+) -> Result<String, agentcore_store::StoreError> {
     let counts: HashMap<JobStatus, u64> = state.store.job_counts().await?.into_iter().collect();
     let count = |s: JobStatus| counts.get(&s).copied().unwrap_or(0) as f64;
     let total: u64 = counts.values().sum();
@@ -155,15 +161,21 @@ async fn render_metrics(state: &crate::AppState) -> Result<String, agentcore_sto
         "Jobs waiting for a worker.",
         &[(String::new(), count(JobStatus::Queued))],
     );
-    let running = state
-        .store
-        .list_jobs(&JobFilter {
-            status: Some(JobStatus::Running),
-            limit: 1000,
-            ..JobFilter::default()
-        })
-        .await?
-        .0;
+    let running = match org {
+        None => Vec::new(),
+        Some(org) => {
+            state
+                .store
+                .list_jobs(&JobFilter {
+                    org: Some(org.to_owned()),
+                    status: Some(JobStatus::Running),
+                    limit: 1000,
+                    ..JobFilter::default()
+                })
+                .await?
+                .0
+        }
+    };
     let (mut loss, mut reward, mut spent, mut limit) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for j in &running {

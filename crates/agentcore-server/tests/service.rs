@@ -747,3 +747,135 @@ fn every_documented_method_is_served_and_params_are_closed() {
     let e = c.call("training.list_jobs", json!({"status": "done"})).unwrap_err();
     assert!(e.to_string().contains("params.status"), "{e}");
 }
+
+/// Issue 14, findings 2, 4 and 8, reproduced: a token without an organisation, agent ids that
+/// revealed another organisation's agents, local paths that revealed server files, batches
+/// without a bound, bodies read before authentication, `/metrics` listing every running job,
+/// and warm-start sizes that crashed the server.
+#[test]
+fn tenants_identity_batches_and_sizes_are_bounded() {
+    let s = TestServer::start(0);
+    let status = json!({"jsonrpc": "2.0", "method": "training.get_status", "params": {"job_id": "00000000-0000-4000-8000-000000000000"}, "id": 1}).to_string();
+    // A token without `org` (or with an empty one) is refused.
+    let exp = chrono::Utc::now().timestamp() + 600;
+    for claims in [
+        json!({"sub": "acme", "aud": AUDIENCE, "exp": exp, "permissions": ["training:view"]}),
+        json!({"sub": "acme", "org": "", "aud": AUDIENCE, "exp": exp, "permissions": ["training:view"]}),
+    ] {
+        let t = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let (code, _, body) = s.post(Some(&t), &status);
+        assert_eq!(code, 401, "{claims}: {body}");
+        assert!(body.contains("`org` claim"), "{body}");
+    }
+    // An unauthenticated request is answered from its headers: it announces a 30 MiB body and
+    // sends none, and the 401 comes at once (a server that read the body first would wait).
+    {
+        use std::io::{Read, Write};
+        let addr = s.server.as_ref().unwrap().addr;
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            tcp,
+            "POST /api/v1/jsonrpc HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            30 << 20
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).expect("an answer before any body byte");
+        assert_eq!(&head, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&head));
+    }
+
+    // Agent ids are per organisation: the same id in two organisations, neither sees the other's.
+    let acme = s.client(&admin("acme"));
+    let globex = s.client(&admin("globex"));
+    for (c, prompt) in [(&acme, "acme's prompt"), (&globex, "globex's prompt")] {
+        c.call(
+            "agents.register",
+            json!({"agent_id": "helper", "system_prompt": prompt, "model": {"kind": "built_in"}}),
+        )
+        .unwrap();
+    }
+    for (c, prompt) in [(&acme, "acme's prompt"), (&globex, "globex's prompt")] {
+        let got = c.call("agents.get", json!({"agent_id": "helper"})).unwrap();
+        assert_eq!(got["system_prompt"], prompt, "{got}");
+        let list = c.call("agents.list", json!({})).unwrap();
+        let prompts: Vec<&Value> = list["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["agent_id"] == "helper")
+            .map(|a| &a["system_prompt"])
+            .collect();
+        assert_eq!(prompts, vec![&json!(prompt)], "{list}");
+    }
+    // Shared agents keep their ids.
+    let err = acme
+        .call("agents.register", json!({"agent_id": "seed-agent", "model": {"kind": "built_in"}}))
+        .unwrap_err();
+    assert!(err.to_string().contains("shared agent"), "{err}");
+    // A local model outside the models directory is refused without looking at the path.
+    for path in ["/etc/passwd", "/no/such/file.gguf"] {
+        let err = acme
+            .call(
+                "agents.register",
+                json!({"agent_id": "local", "model": {"kind": "local", "path": path}}),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("beneath the server's models directory"), "{err}");
+        assert!(!err.contains("does not exist"), "{err}");
+    }
+
+    // Warm-start sizes are checked before a job exists (the server used to abort allocating 1 TB).
+    acme.call(
+        "agents.register",
+        json!({"agent_id": "huge", "model": {"built_in": {"model": {"d_model": 1_000_000_000u64,
+            "n_layers": 4, "n_heads": 4, "d_ff": 384, "max_seq_len": 256}, "steps": 1}}}),
+    )
+    .unwrap();
+    let err =
+        acme.start_training("huge", json!({"n_iterations": 1}), &tasks(100, 1), None).unwrap_err();
+    assert_eq!(err.code(), Some(-32600), "a config value out of range: {err}");
+    assert!(err.to_string().contains("warm_start.model.d_model must be in 8..=2048"), "{err}");
+
+    // A batch holds at most MAX_BATCH_LEN calls.
+    let t = admin("acme");
+    let call = r#"{"jsonrpc": "2.0", "method": "rpc.discover", "id": 1}"#;
+    let batch = |n: usize| format!("[{}]", vec![call; n].join(","));
+    let (code, _, body) = s.post(Some(&t), &batch(100));
+    assert_eq!(code, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().len(), 100);
+    let (_, _, body) = s.post(Some(&t), &batch(101));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("at most 100 calls, got 101"), "{v}");
+
+    // `/metrics`: per-job series for the owner's token only.
+    let job = acme
+        .start_training("seed-agent", json!({"n_iterations": 1}), &tasks(100, 1), None)
+        .unwrap();
+    let store = s.server.as_ref().unwrap().state.store.clone();
+    let claimed = s.rt.block_on(store.claim_job("test-worker", Duration::from_secs(600))).unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(job.job_id.clone()));
+    let metrics = |token: Option<&str>| {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut req = agent.get(format!("{}/metrics", s.url()));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        req.call().unwrap().body_mut().read_to_string().unwrap()
+    };
+    let label = format!("job_id=\"{}\"", job.job_id);
+    assert!(metrics(Some(&admin("acme"))).contains(&label));
+    let anonymous = metrics(None);
+    assert!(anonymous.contains("training_jobs_active 1"), "{anonymous}");
+    assert!(!anonymous.contains("job_id="), "{anonymous}");
+    assert!(!metrics(Some(&admin("globex"))).contains("job_id="));
+}

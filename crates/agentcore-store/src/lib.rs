@@ -592,6 +592,9 @@ impl Store {
     ///
     /// # Errors
     /// Database errors.
+    /// An iteration's event (`training.iteration`, `training.checkpoint.saved`, keyed by the
+    /// payload's `iteration`) and the baseline are recorded once per job: a resumed job that runs
+    /// an iteration again does not record it again.
     pub async fn record_event(&self, job_id: &str, kind: EventKind, payload: &Value) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         if self.backend == Backend::Postgres {
@@ -606,12 +609,14 @@ impl Store {
             .map_err(self.db())?;
         }
         sqlx::query(
-            "INSERT INTO events (job_id, kind, payload, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO events (job_id, kind, payload, created_at, dedupe_key) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, dedupe_key) DO NOTHING",
         )
         .bind(job_id)
         .bind(kind.as_str())
         .bind(payload.to_string())
         .bind(now())
+        .bind(dedupe_key(kind, payload))
         .execute(&mut *tx)
         .await
         .map_err(self.db())?;
@@ -905,6 +910,18 @@ impl Drop for BlockingStore {
         if let Runtime::Own(r) = &self.runtime {
             r.block_on(self.store.close());
         }
+    }
+}
+
+/// The key that makes an event happen once per job (see [`Store::record_event`]).
+fn dedupe_key(kind: EventKind, payload: &Value) -> Option<String> {
+    match kind {
+        EventKind::Iteration | EventKind::CheckpointSaved => payload
+            .get("iteration")
+            .and_then(Value::as_u64)
+            .map(|i| format!("{}:{i}", kind.as_str())),
+        EventKind::Baseline => Some(kind.as_str().to_owned()),
+        _ => None,
     }
 }
 

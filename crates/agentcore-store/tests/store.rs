@@ -220,6 +220,57 @@ fn resuming_forgets_iterations_after_the_checkpoint_and_replaces_them() {
     }
 }
 
+/// Issue 14, finding 9: a resumed job that runs an iteration again used to record its
+/// `training.iteration` event twice (WebSocket followers and webhooks saw duplicates).
+#[test]
+fn an_iterations_events_are_recorded_once_per_job() {
+    use agentcore_store::EventKind;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in urls(dir.path()) {
+        let store = BlockingStore::connect(&url).expect("open");
+        let db = store.store();
+        store.block_on(db.start_job(&job("j3"))).expect("job");
+        for _attempt in 0..3 {
+            store.block_on(db.record_event("j3", EventKind::JobStarted, &json!({}))).expect("e");
+            store
+                .block_on(db.record_event("j3", EventKind::Baseline, &json!({"s": 0.5})))
+                .expect("e");
+            for i in 1..=2 {
+                store
+                    .block_on(db.record_event("j3", EventKind::Iteration, &json!({"iteration": i})))
+                    .expect("e");
+                store
+                    .block_on(db.record_event(
+                        "j3",
+                        EventKind::CheckpointSaved,
+                        &json!({"iteration": i, "checkpoint_id": format!("c{i}")}),
+                    ))
+                    .expect("e");
+            }
+        }
+        let kinds: Vec<String> = store
+            .block_on(db.events("j3"))
+            .expect("events")
+            .iter()
+            .map(|e| format!("{}:{}", e.kind.as_str(), e.payload["iteration"]))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "training.job.started:null",
+                "training.baseline:null",
+                "training.iteration:1",
+                "training.checkpoint.saved:1",
+                "training.iteration:2",
+                "training.checkpoint.saved:2",
+                "training.job.started:null",
+                "training.job.started:null",
+            ],
+            "{url}"
+        );
+    }
+}
+
 /// The PostgreSQL migrations declare the same tables and columns as the SQLite ones.
 #[test]
 fn migration_folders_are_in_step() {

@@ -257,12 +257,7 @@ impl JobSettings {
                 out.push("rollout.max_observation_chars must be >= 1, got 0".into());
             }
         }
-        if self.warm_start.model.max_seq_len < 64 {
-            out.push(format!(
-                "warm_start.model.max_seq_len must be >= 64, got {}",
-                self.warm_start.model.max_seq_len
-            ));
-        }
+        out.extend(self.warm_start.violations());
         out
     }
 

@@ -299,6 +299,49 @@ mod tests {
         agent("agent_id: a\nmodel: {kind: built_in}\ntools: [{type: python}]")
     }
 
+    /// Issue 14, finding 2: warm-start sizes are checked before a job exists (the server aborted
+    /// allocating 1 TB for `d_model: 1000000000`, and `steps: 100000000` was accepted).
+    #[test]
+    fn warm_start_sizes_are_checked_with_the_rule_and_the_value() {
+        let with = |ws: &str| {
+            let a = agent(&format!(
+                "agent_id: a\nmodel: {{kind: built_in, warm_start: {ws}}}\ntools: [{{type: python}}]"
+            ));
+            resolve(&a, None, None).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let huge = with("{model: {d_model: 1000000000, n_layers: 4, n_heads: 4, d_ff: 384, max_seq_len: 256}, steps: 1}")
+            .unwrap_err();
+        assert!(
+            huge.contains("warm_start.model.d_model must be in 8..=2048, got 1000000000"),
+            "{huge}"
+        );
+        let steps = with("{steps: 100000000}").unwrap_err();
+        assert!(steps.contains("warm_start.steps must be in 0..=20000, got 100000000"), "{steps}");
+        let batch = with("{batch_size: 0}").unwrap_err();
+        assert!(batch.contains("warm_start.batch_size must be in 1..=1024, got 0"), "{batch}");
+        let typo = with("{stepz: 5}").unwrap_err();
+        assert!(typo.contains("model.warm_start.stepz: unknown field"), "{typo}");
+        let heads = with("{model: {n_heads: 3}}").unwrap_err();
+        assert!(heads.contains("must divide d_model (128), got 3"), "{heads}");
+        // Each size is in range, but together they would need tens of GiB.
+        let memory = with(
+            "{model: {d_model: 2048, n_layers: 48, n_heads: 16, d_ff: 8192, max_seq_len: 4096}, batch_size: 64}",
+        )
+        .unwrap_err();
+        assert!(memory.contains("GiB to train, at most 16 GiB"), "{memory}");
+        let rate = with("{learning_rate: -1.0, wrong_rate: 2.0, weak_families: [sort, nope]}")
+            .unwrap_err();
+        for want in [
+            "warm_start.learning_rate must be in (0, 1], got -1",
+            "warm_start.wrong_rate must be in [0, 1], got 2",
+            "warm_start.weak_families[1] must be one of",
+        ] {
+            assert!(rate.contains(want), "{want} not in {rate}");
+        }
+        // The defaults and modest overrides pass.
+        with("{steps: 50, model: {d_model: 64, n_heads: 2}}").unwrap();
+    }
+
     #[test]
     fn the_built_in_agent_without_a_config_is_the_embedded_default() {
         let s = resolve(&built_in(), None, None).expect("settings");

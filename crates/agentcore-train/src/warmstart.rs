@@ -125,6 +125,117 @@ impl WarmStartSettings {
     }
 }
 
+/// Limits of the work a warm start may ask for: every size is checked against them before a job
+/// is accepted (CLI and server alike), so no setting can make a worker allocate without bound or
+/// train for days.
+pub mod limits {
+    /// Largest model width.
+    pub const MAX_D_MODEL: usize = 2048;
+    /// Most blocks.
+    pub const MAX_LAYERS: usize = 48;
+    /// Most attention heads.
+    pub const MAX_HEADS: usize = 64;
+    /// Largest SwiGLU hidden width.
+    pub const MAX_D_FF: usize = 8192;
+    /// Sequence lengths allowed.
+    pub const SEQ_LEN: std::ops::RangeInclusive<usize> = 64..=4096;
+    /// Most demonstrations.
+    pub const MAX_DEMOS: usize = 200_000;
+    /// Most optimizer steps (the default is 800; 20,000 is hours on 2 cores).
+    pub const MAX_STEPS: usize = 20_000;
+    /// Most demonstrations per step.
+    pub const MAX_BATCH: usize = 1024;
+    /// Estimated memory of training (weights, gradients, AdamW moments, activations of a step).
+    pub const MAX_TRAINING_BYTES: u64 = 16 << 30;
+}
+
+impl WarmStartSettings {
+    /// Estimated bytes of one training step: 16 bytes per parameter (weights, gradients, two
+    /// AdamW moments in f32) plus the activations kept for the backward pass (per token and layer:
+    /// a dozen `d_model`-wide tensors, three `d_ff`-wide ones, two rows of attention scores per
+    /// head; and three vocabulary-wide rows of logits per token).
+    #[must_use]
+    pub fn estimated_training_bytes(&self) -> u64 {
+        let m = &self.model;
+        let c = m.config();
+        let params: u64 = c
+            .weight_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
+            .sum();
+        let tokens = (self.batch_size as u64).saturating_mul(m.max_seq_len as u64);
+        let per_token_layer =
+            12 * m.d_model as u64 + 3 * m.d_ff as u64 + 2 * (m.n_heads * m.max_seq_len) as u64;
+        let activations = tokens
+            .saturating_mul(m.n_layers as u64)
+            .saturating_mul(per_token_layer)
+            .saturating_add(tokens.saturating_mul(3 * c.vocab_size as u64));
+        params.saturating_mul(16).saturating_add(activations.saturating_mul(4))
+    }
+
+    /// Every rule these settings break, with the field, the rule and the value.
+    #[must_use]
+    pub fn violations(&self) -> Vec<String> {
+        use limits::*;
+        let mut out = Vec::new();
+        let m = &self.model;
+        let mut range = |field: &str, v: usize, lo: usize, hi: usize| {
+            if !(lo..=hi).contains(&v) {
+                out.push(format!("warm_start.{field} must be in {lo}..={hi}, got {v}"));
+            }
+        };
+        range("model.d_model", m.d_model, 8, MAX_D_MODEL);
+        range("model.n_layers", m.n_layers, 1, MAX_LAYERS);
+        range("model.n_heads", m.n_heads, 1, MAX_HEADS);
+        range("model.d_ff", m.d_ff, 8, MAX_D_FF);
+        range("model.max_seq_len", m.max_seq_len, *SEQ_LEN.start(), *SEQ_LEN.end());
+        range("n_demos", self.n_demos, 1, MAX_DEMOS);
+        range("steps", self.steps, 0, MAX_STEPS);
+        range("batch_size", self.batch_size, 1, MAX_BATCH);
+        range("max_difficulty", usize::from(self.max_difficulty), 1, 3);
+        let sizes_in_range = out.is_empty();
+        if sizes_in_range && let Err(e) = m.config().validate() {
+            out.push(format!("warm_start: {e}"));
+        }
+        if !(self.learning_rate.is_finite()
+            && self.learning_rate > 0.0
+            && self.learning_rate <= 1.0)
+        {
+            out.push(format!(
+                "warm_start.learning_rate must be in (0, 1], got {}",
+                self.learning_rate
+            ));
+        }
+        for (field, v) in [
+            ("weak_wrong_rate", self.weak_wrong_rate),
+            ("wrong_rate", self.wrong_rate),
+            ("miscopy_rate", self.miscopy_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                out.push(format!("warm_start.{field} must be in [0, 1], got {v}"));
+            }
+        }
+        for (i, f) in self.weak_families.iter().enumerate() {
+            if !agentcore_tasks::seed::FAMILIES.contains(&f.as_str()) {
+                out.push(format!(
+                    "warm_start.weak_families[{i}] must be one of {:?}, got {f:?}",
+                    agentcore_tasks::seed::FAMILIES
+                ));
+            }
+        }
+        let bytes = self.estimated_training_bytes();
+        if sizes_in_range && bytes > MAX_TRAINING_BYTES {
+            out.push(format!(
+                "warm_start: model and batch need an estimated {:.1} GiB to train, at most {} GiB \
+                 (model.d_model, model.n_layers, model.d_ff, model.max_seq_len, batch_size)",
+                bytes as f64 / f64::from(1u32 << 30),
+                MAX_TRAINING_BYTES >> 30
+            ));
+        }
+        out
+    }
+}
+
 /// The transcript of a demonstration: `<bos>query<call>expr</call><out>output</out><ans>answer</ans>`
 /// (what a rollout of the tags format produces; the loss skips the query and `<out>...</out>`).
 #[must_use]

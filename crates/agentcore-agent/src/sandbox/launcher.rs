@@ -24,6 +24,8 @@ struct Plan {
     cpu: Option<u64>,
     fsize: Option<u64>,
     nofile: Option<u64>,
+    /// Run as this user and group (set when the launcher starts as root).
+    user: Option<(u32, u32)>,
     program: Vec<OsString>,
 }
 
@@ -32,6 +34,7 @@ pub(crate) fn launcher_args(
     scratch: &std::path::Path,
     read: &[PathBuf],
     limits: &super::SandboxLimits,
+    user: Option<(u32, u32)>,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["--scratch".into(), scratch.into()];
     for r in read {
@@ -46,6 +49,10 @@ pub(crate) fn launcher_args(
     ] {
         args.push(flag.into());
         args.push(v.to_string().into());
+    }
+    if let Some((uid, gid)) = user {
+        args.push("--user".into());
+        args.push(format!("{uid}:{gid}").into());
     }
     args.push("--".into());
     args
@@ -73,6 +80,13 @@ fn parse(args: &[OsString]) -> Result<Plan, String> {
             "--cpu" => plan.cpu = Some(num()?),
             "--fsize" => plan.fsize = Some(num()?),
             "--nofile" => plan.nofile = Some(num()?),
+            "--user" => {
+                let text = v.to_str().unwrap_or_default();
+                let ids = text
+                    .split_once(':')
+                    .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+                plan.user = Some(ids.ok_or_else(|| format!("--user needs UID:GID, got {v:?}"))?);
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -109,6 +123,17 @@ fn apply_rlimits(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
+/// Becomes `uid:gid` with no supplementary groups (needs the launcher to start as root). The
+/// launcher is single-threaded, so the per-thread system calls change the whole process.
+fn become_user((uid, gid): (u32, u32)) -> Result<(), String> {
+    use rustix::process::{Gid, Uid};
+    use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    set_thread_groups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    set_thread_res_gid(gid, gid, gid).map_err(|e| format!("setresgid {}: {e}", gid.as_raw()))?;
+    set_thread_res_uid(uid, uid, uid).map_err(|e| format!("setresuid {}: {e}", uid.as_raw()))
+}
+
 fn drop_capabilities() -> Result<(), String> {
     use rustix::thread::{CapabilitySet, CapabilitySets, set_capabilities};
     set_capabilities(
@@ -141,8 +166,10 @@ fn apply_landlock(plan: &Plan) -> Result<(), String> {
         .create()
         .map_err(err)?;
     for p in &plan.read {
+        // A single file (e.g. `/etc/ld.so.cache`) gets the file rights of `read` only.
+        let access = if p.is_dir() { read } else { read & AccessFs::from_file(abi) };
         let fd = PathFd::new(p).map_err(|e| format!("landlock: {}: {e}", p.display()))?;
-        ruleset = ruleset.add_rule(PathBeneath::new(fd, read)).map_err(err)?;
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
     }
     if let Some(s) = &plan.scratch {
         let fd = PathFd::new(s).map_err(|e| format!("landlock: {}: {e}", s.display()))?;
@@ -235,6 +262,7 @@ pub fn launcher_main(args: &[OsString]) -> String {
     };
     let steps = apply_rlimits(&plan)
         .and_then(|()| apply_landlock(&plan))
+        .and_then(|()| plan.user.map_or(Ok(()), become_user))
         .and_then(|()| drop_capabilities())
         .and_then(|()| seccompiler::apply_filter(&program).map_err(|e| format!("seccomp: {e}")));
     if let Err(e) = steps {

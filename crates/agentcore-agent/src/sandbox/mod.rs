@@ -6,9 +6,12 @@
 //! - **rlimits**: address space (memory), CPU seconds, size of files written, open files, no core
 //!   dumps; raising them again is blocked by seccomp (we may run as root, which could otherwise
 //!   raise hard limits).
-//! - **capabilities**: all dropped, so a root-owned sandbox has no privilege beyond its uid.
+//! - **user**: started as root, the launcher becomes `nobody` ([`SANDBOX_USER`]) with no
+//!   supplementary groups, so only world-readable files are readable at all.
+//! - **capabilities**: all dropped.
 //! - **Landlock** (filesystem): read and execute beneath the interpreter's prefix and the system
-//!   library directories only; read and write beneath the scratch directory only; `/dev/null`.
+//!   library directories only (of `/etc` only the dynamic loader's cache and the time zone); read
+//!   and write beneath the scratch directory only; `/dev/null`.
 //!   Nothing else, in particular not `/proc`, so the parent's `/proc/<pid>/environ` is out of reach.
 //!   Landlock network rules (TCP bind/connect) and scopes (signals, abstract unix sockets) where the
 //!   kernel has them.
@@ -28,10 +31,12 @@
 //! retired after a number of calls, and replaced at once after a timeout, a crash or a protocol
 //! error.
 //!
-//! Known limit: code and the tests that judge it (`test_passed` outcomes) share one interpreter,
-//! so code written to attack the harness (walking stack frames to forge the verdict) is not
-//! stopped; the verdict is a nonce the code never receives as a value, which defeats printing
-//! "passed", exiting early or catching the assertion.
+//! Verification ([`PythonSandbox::run_tests`]) never uses a warm interpreter: the code and the
+//! tests that judge it run in two fresh interpreters, the tests' one never runs the code (its
+//! functions are proxies that return plain data), and both are discarded afterwards. The verdict
+//! is decided where the judged code never ran, so harness replacement, patched builtins, early
+//! exits and forged output cannot turn a failure into a pass, and no state of one verification
+//! reaches the next.
 
 mod launcher;
 mod pool;
@@ -112,7 +117,16 @@ pub struct SandboxConfig {
     pub max_calls_per_worker: usize,
     /// Workers kept idle at most.
     pub max_idle_workers: usize,
+    /// The user and group the interpreter runs as (`None`: this process's own, when it is not
+    /// root).
+    pub user: Option<(u32, u32)>,
 }
+
+/// The unprivileged user and group (`nobody:nogroup`) the sandbox runs as when started as root.
+pub const SANDBOX_USER: (u32, u32) = (65534, 65534);
+
+/// The only files of `/etc` the interpreter may read: the dynamic loader's cache and the time zone.
+const ETC_FILES: [&str; 2] = ["/etc/ld.so.cache", "/etc/localtime"];
 
 impl SandboxConfig {
     /// Finds the launcher and the interpreter of this machine, with default limits.
@@ -126,10 +140,17 @@ impl SandboxConfig {
     /// [`SandboxError::NoLauncher`] or [`SandboxError::NoPython`].
     pub fn detect() -> Result<Self, SandboxError> {
         let launcher = find_launcher()?;
-        let python = std::env::var("AGENTCORE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let (python, prefixes) = resolve_python(&python)?;
-        let mut read_paths: Vec<PathBuf> = ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc"]
+        let user = rustix::process::geteuid().is_root().then_some(SANDBOX_USER);
+        let (python, prefixes) = match std::env::var("AGENTCORE_PYTHON") {
+            Ok(python) => resolve_python(&python, user)?,
+            // `python3` on PATH may live where the sandbox user cannot read (pyenv under /root):
+            // then the system interpreter.
+            Err(_) => resolve_python("python3", user)
+                .or_else(|first| resolve_python("/usr/bin/python3", user).map_err(|_| first))?,
+        };
+        let mut read_paths: Vec<PathBuf> = ["/usr", "/lib", "/lib64", "/lib32", "/bin"]
             .iter()
+            .chain(ETC_FILES.iter())
             .map(PathBuf::from)
             .filter(|p| p.exists())
             .collect();
@@ -145,6 +166,7 @@ impl SandboxConfig {
             limits: SandboxLimits::default(),
             max_calls_per_worker: 256,
             max_idle_workers: 8,
+            user,
         })
     }
 }
@@ -171,9 +193,18 @@ fn find_launcher() -> Result<Vec<OsString>, SandboxError> {
     Err(SandboxError::NoLauncher(format!("tried {}", tried.join(", "))))
 }
 
-/// Runs the interpreter once, outside the sandbox, to learn its real path and install prefixes.
-fn resolve_python(python: &str) -> Result<(PathBuf, Vec<PathBuf>), SandboxError> {
-    let out = std::process::Command::new(python)
+/// Runs the interpreter once, outside the sandbox but as the sandbox's user, to learn its real
+/// path and install prefixes (and that the user can run it).
+fn resolve_python(
+    python: &str,
+    user: Option<(u32, u32)>,
+) -> Result<(PathBuf, Vec<PathBuf>), SandboxError> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(python);
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid).current_dir("/");
+    }
+    let out = cmd
         .args([
             "-I",
             "-S",

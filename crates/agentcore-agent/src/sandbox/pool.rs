@@ -6,7 +6,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::launcher::launcher_args;
 use super::{SandboxConfig, SandboxError};
@@ -65,18 +67,94 @@ impl ExecOutcome {
 /// The result of running code and then tests against it.
 #[derive(Debug, Clone)]
 pub struct TestOutcome {
-    /// Whether every test passed (the harness returned the nonce only it was given).
+    /// Whether every test passed, as the tests' own interpreter (which never ran the code) says.
     pub passed: bool,
     /// The run itself.
     pub exec: ExecOutcome,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Reply {
     stdout: String,
     error: Option<String>,
     output_limited: bool,
-    verdict: Option<String>,
+}
+
+/// What the code's interpreter says after running the code of a verification: the names the
+/// tests may use (re-serialized field by field, so nothing else reaches the tests).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeReply {
+    stdout: String,
+    error: Option<String>,
+    output_limited: bool,
+    names: BTreeMap<String, Name>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Name {
+    kind: NameKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    type_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum NameKind {
+    Call,
+    Value,
+    Other,
+}
+
+/// A message of the tests' interpreter: a call of one of the code's functions, or the verdict.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JudgeMessage {
+    Call(Call),
+    Verdict(JudgeVerdict),
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Call {
+    call: String,
+    args: String,
+    kwargs: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JudgeVerdict {
+    verdict: bool,
+    stdout: String,
+    error: Option<String>,
+    output_limited: bool,
+}
+
+/// The code interpreter's answer to a call: encoded plain data, or the exception it raised.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct CallReply {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raised: Option<Raised>,
+    stdout: String,
+    output_limited: bool,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Raised {
+    #[serde(rename = "type")]
+    type_name: String,
+    message: String,
 }
 
 struct Worker {
@@ -91,9 +169,12 @@ struct Worker {
 impl Worker {
     fn spawn(config: &SandboxConfig) -> Result<Self, SandboxError> {
         let scratch = tempfile::Builder::new().prefix(&scratch_prefix()).tempdir()?;
+        if let Some((uid, gid)) = config.user {
+            std::os::unix::fs::chown(scratch.path(), Some(uid), Some(gid))?;
+        }
         let mut cmd = Command::new(&config.launcher[0]);
         cmd.args(&config.launcher[1..])
-            .args(launcher_args(scratch.path(), &config.read_paths, &config.limits))
+            .args(launcher_args(scratch.path(), &config.read_paths, &config.limits, config.user))
             .arg(&config.python)
             // Not `-I`: it implies `-E`, which would ignore PYTHONHASHSEED. The environment is cleared
             // anyway, `-s` drops the user site, and the worker drops the cwd from `sys.path`.
@@ -192,6 +273,51 @@ impl Worker {
                 Some(c) => format!("the interpreter exited with status {c}"),
                 None => "the interpreter exited".to_owned(),
             },
+        }
+    }
+}
+
+impl Worker {
+    /// Sends one request line and waits until `deadline` for the reply, read as `T`. On any
+    /// failure the interpreter is killed (or found dead) and the reason comes back as a status
+    /// and a message for the model.
+    fn exchange<T: DeserializeOwned>(
+        &mut self,
+        request: &impl Serialize,
+        deadline: Instant,
+        config: &SandboxConfig,
+    ) -> Result<T, (ExecStatus, String)> {
+        let mut line = serde_json::to_string(request)
+            .map_err(|e| (ExecStatus::Crashed, format!("cannot encode the request: {e}")))?;
+        line.push('\n');
+        if let Err(e) = self.stdin.write_all(line.as_bytes()).and_then(|()| self.stdin.flush()) {
+            let why = self.death();
+            return Err((ExecStatus::Crashed, format!("{why} ({e})")));
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.replies.recv_timeout(wait) {
+            Ok(Ok(text)) => serde_json::from_str::<T>(&text).map_err(|e| {
+                self.kill();
+                (ExecStatus::Crashed, format!("malformed reply from the interpreter: {e}"))
+            }),
+            Ok(Err(e)) if e == "reply too large" => {
+                self.kill();
+                let limit = config.limits.output_chars;
+                Err((ExecStatus::OutputLimit, format!("output is limited to {limit} characters")))
+            }
+            Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => {
+                Err((ExecStatus::Crashed, self.death()))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill();
+                Err((
+                    ExecStatus::Timeout,
+                    format!(
+                        "TimeoutError: the call ran longer than {:.1} s and was stopped",
+                        config.limits.wall.as_secs_f64()
+                    ),
+                ))
+            }
         }
     }
 }
@@ -304,33 +430,105 @@ impl PythonSandbox {
     /// Runs `code`; every failure of the code or of the sandbox limits is an [`ExecOutcome`].
     #[must_use]
     pub fn run(&self, code: &str) -> ExecOutcome {
-        self.call(&serde_json::json!({ "code": code })).0
+        self.call(&serde_json::json!({ "code": code }))
     }
 
-    /// Runs `code`, then `tests` in the same namespace; passed only when the tests finish without
-    /// an exception (a failed `assert`, an error, an early exit or a timeout all fail).
+    /// Runs `code`, then `tests` against it; passed only when the tests finish without an
+    /// exception (a failed `assert`, an error, an early exit or a timeout all fail).
+    ///
+    /// The code and the tests run in two fresh interpreters that are discarded afterwards: the
+    /// tests never share an interpreter with the code they judge. In the tests' namespace each
+    /// function the code defined is a proxy whose call is relayed (by this process) to the code's
+    /// interpreter and whose result comes back as plain data (None, bool, int, float, complex,
+    /// str, bytes, list, tuple, dict, set, frozenset; lists, dicts and sets passed as arguments
+    /// are updated in place); plain values the code defined are copied; classes and other objects
+    /// cannot be used by the tests. The verdict is the tests' interpreter's alone, so nothing the
+    /// code does to its own interpreter (replacing the harness, patching builtins or `json`,
+    /// exiting, printing) can make tests pass, and nothing survives into another verification.
     #[must_use]
     pub fn run_tests(&self, code: &str, tests: &str) -> TestOutcome {
-        // A security token, not job randomness: from the OS, not the job's seeded RNG.
-        let mut bytes = [0u8; 16];
-        if let Err(e) =
-            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes))
-        {
-            return TestOutcome {
-                passed: false,
-                exec: ExecOutcome {
-                    status: ExecStatus::Crashed,
-                    stdout: String::new(),
-                    error: Some(format!("no randomness for the test nonce: {e}")),
-                    duration: Duration::ZERO,
-                },
-            };
+        let start = Instant::now();
+        let wall = self.config.limits.wall;
+        let fail = |status, stdout: String, error: String| TestOutcome {
+            passed: false,
+            exec: ExecOutcome { status, stdout, error: Some(error), duration: start.elapsed() },
+        };
+        let (code_worker, judge_worker) = std::thread::scope(|s| {
+            let judge = s.spawn(|| Worker::spawn(&self.config));
+            let code = Worker::spawn(&self.config);
+            let judge = judge
+                .join()
+                .unwrap_or_else(|_| Err(SandboxError::Start("start thread panicked".into())));
+            (code, judge)
+        });
+        let (mut code_worker, mut judge_worker) = match (code_worker, judge_worker) {
+            (Ok(c), Ok(j)) => (c, j),
+            (Err(e), _) | (_, Err(e)) => {
+                return fail(
+                    ExecStatus::Crashed,
+                    String::new(),
+                    format!("sandbox unavailable: {e}"),
+                );
+            }
+        };
+        let deadline = start + wall;
+        let served: ServeReply = match code_worker.exchange(
+            &serde_json::json!({"serve": true, "code": code}),
+            deadline,
+            &self.config,
+        ) {
+            Ok(r) => r,
+            Err((status, why)) => return fail(status, String::new(), why),
+        };
+        if served.output_limited {
+            let limit = self.config.limits.output_chars;
+            return fail(
+                ExecStatus::OutputLimit,
+                served.stdout,
+                format!("output is limited to {limit} characters"),
+            );
         }
-        let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let (exec, verdict) = self.call(&serde_json::json!({
-            "code": code, "tests": tests, "nonce": nonce,
-        }));
-        TestOutcome { passed: exec.ok() && verdict.as_deref() == Some(nonce.as_str()), exec }
+        if let Some(error) = served.error {
+            return fail(ExecStatus::Error, served.stdout, error);
+        }
+        let request = serde_json::json!({"judge": tests, "names": served.names});
+        let mut message: Result<JudgeMessage, _> =
+            judge_worker.exchange(&request, Instant::now() + wall, &self.config);
+        let deadline = Instant::now() + wall;
+        loop {
+            match message {
+                Err((status, why)) => return fail(status, served.stdout, why),
+                Ok(JudgeMessage::Verdict(v)) => {
+                    let status = if v.output_limited {
+                        ExecStatus::OutputLimit
+                    } else if v.error.is_some() {
+                        ExecStatus::Error
+                    } else {
+                        ExecStatus::Ok
+                    };
+                    return TestOutcome {
+                        passed: v.verdict && status == ExecStatus::Ok,
+                        exec: ExecOutcome {
+                            status,
+                            stdout: served.stdout + &v.stdout,
+                            error: v.error,
+                            duration: start.elapsed(),
+                        },
+                    };
+                }
+                Ok(JudgeMessage::Call(call)) => {
+                    let reply: CallReply = match code_worker.exchange(&call, deadline, &self.config)
+                    {
+                        Ok(r) => r,
+                        Err((status, why)) => {
+                            let why = format!("the answer's code failed during the tests: {why}");
+                            return fail(status, served.stdout, why);
+                        }
+                    };
+                    message = judge_worker.exchange(&reply, deadline, &self.config);
+                }
+            }
+        }
     }
 
     fn take_worker(&self) -> Result<Worker, SandboxError> {
@@ -352,77 +550,42 @@ impl PythonSandbox {
         }
     }
 
-    fn call(&self, request: &serde_json::Value) -> (ExecOutcome, Option<String>) {
+    fn call(&self, request: &serde_json::Value) -> ExecOutcome {
         let start = Instant::now();
-        let fail = |status, error: String| {
-            (
-                ExecOutcome {
-                    status,
-                    stdout: String::new(),
-                    error: Some(error),
-                    duration: start.elapsed(),
-                },
-                None,
-            )
-        };
         let mut worker = match self.take_worker() {
             Ok(w) => w,
-            Err(e) => return fail(ExecStatus::Crashed, format!("sandbox unavailable: {e}")),
+            Err(e) => {
+                return ExecOutcome {
+                    status: ExecStatus::Crashed,
+                    stdout: String::new(),
+                    error: Some(format!("sandbox unavailable: {e}")),
+                    duration: start.elapsed(),
+                };
+            }
         };
-        let mut line = request.to_string();
-        line.push('\n');
-        if let Err(e) = worker.stdin.write_all(line.as_bytes()).and_then(|()| worker.stdin.flush())
-        {
-            let why = worker.death();
-            return fail(ExecStatus::Crashed, format!("{why} ({e})"));
-        }
-        let wall = self.config.limits.wall;
-        match worker.replies.recv_timeout(wall) {
-            Ok(Ok(text)) => match serde_json::from_str::<Reply>(&text) {
-                Ok(reply) => {
-                    let status = if reply.output_limited {
-                        ExecStatus::OutputLimit
-                    } else if reply.error.is_some() {
-                        ExecStatus::Error
-                    } else {
-                        ExecStatus::Ok
-                    };
-                    self.give_back(worker);
-                    (
-                        ExecOutcome {
-                            status,
-                            stdout: reply.stdout,
-                            error: reply.error,
-                            duration: start.elapsed(),
-                        },
-                        reply.verdict,
-                    )
+        match worker.exchange::<Reply>(request, start + self.config.limits.wall, &self.config) {
+            Ok(reply) => {
+                let status = if reply.output_limited {
+                    ExecStatus::OutputLimit
+                } else if reply.error.is_some() {
+                    ExecStatus::Error
+                } else {
+                    ExecStatus::Ok
+                };
+                self.give_back(worker);
+                ExecOutcome {
+                    status,
+                    stdout: reply.stdout,
+                    error: reply.error,
+                    duration: start.elapsed(),
                 }
-                Err(e) => {
-                    fail(ExecStatus::Crashed, format!("malformed reply from the interpreter: {e}"))
-                }
+            }
+            Err((status, why)) => ExecOutcome {
+                status,
+                stdout: String::new(),
+                error: Some(why),
+                duration: start.elapsed(),
             },
-            Ok(Err(e)) if e == "reply too large" => {
-                worker.kill();
-                fail(
-                    ExecStatus::OutputLimit,
-                    format!("output is limited to {} characters", self.config.limits.output_chars),
-                )
-            }
-            Ok(Err(_)) | Err(RecvTimeoutError::Disconnected) => {
-                let why = worker.death();
-                fail(ExecStatus::Crashed, why)
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                worker.kill();
-                fail(
-                    ExecStatus::Timeout,
-                    format!(
-                        "TimeoutError: the call ran longer than {:.1} s and was stopped",
-                        wall.as_secs_f64()
-                    ),
-                )
-            }
         }
     }
 }

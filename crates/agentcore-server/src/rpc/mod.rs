@@ -75,15 +75,31 @@ fn with_limit_headers(mut response: Response, d: Option<Decision>) -> Response {
     response
 }
 
-/// The JSON-RPC endpoint.
+/// Most calls in one batch: a larger batch is refused whole, before any call runs (a 2 MB batch
+/// of a million calls used to answer 132 MB).
+pub const MAX_BATCH_LEN: usize = 100;
+
+/// The JSON-RPC endpoint. The token is checked before the body is read: an unauthenticated
+/// request costs the server its headers only.
 pub async fn handle(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
-    let caller = match authenticate(&state, &headers) {
+    let caller = match authenticate(&state, request.headers()) {
         Ok(c) => c,
         Err(r) => return *r,
+    };
+    let body: Bytes = match axum::body::to_bytes(request.into_body(), state.config.body_limit).await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let message = format!(
+                "the request body could not be read (at most {} bytes): {e}",
+                state.config.body_limit
+            );
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({"error": message})))
+                .into_response();
+        }
     };
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -97,6 +113,14 @@ pub async fn handle(
             let err = ApiError::InvalidRequest("empty batch".into()).into();
             return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
         }
+        Value::Array(items) if items.len() > MAX_BATCH_LEN => {
+            let err = ApiError::InvalidRequest(format!(
+                "a batch holds at most {MAX_BATCH_LEN} calls, got {}",
+                items.len()
+            ))
+            .into();
+            return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
+        }
         Value::Array(items) => (items, true),
         other => (vec![other], false),
     };
@@ -105,7 +129,7 @@ pub async fn handle(
     let mut shown: Option<Decision> = None;
     for item in &items {
         let Some(method) = item.get("method").and_then(Value::as_str) else { continue };
-        if let Some(d) = state.limiter.check(&caller.subject, method, now) {
+        if let Some(d) = state.limiter.check(&caller.org, &caller.subject, method, now) {
             if !d.allowed {
                 let err =
                     ApiError::RateLimited { method: method.to_owned(), limit: d.limit }.into();
