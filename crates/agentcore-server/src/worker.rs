@@ -8,8 +8,8 @@
 //! processes against the same store and data directory.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentcore_agent::sandbox::PythonSandbox;
@@ -47,7 +47,6 @@ pub struct Workers {
     store: Store,
     config: WorkerConfig,
     metrics: Option<Arc<Metrics>>,
-    sandbox: Mutex<Option<Arc<PythonSandbox>>>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -60,17 +59,13 @@ impl Workers {
     /// Workers on `store`.
     #[must_use]
     pub fn new(store: Store, config: WorkerConfig, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
-        Arc::new(Self { store, config, metrics, sandbox: Mutex::new(None) })
+        Arc::new(Self { store, config, metrics })
     }
 
-    fn sandbox(&self) -> Result<Arc<PythonSandbox>, String> {
-        let mut slot = self.sandbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(s) = slot.as_ref() {
-            return Ok(Arc::clone(s));
-        }
-        let s = Arc::new(PythonSandbox::detect().map_err(|e| format!("python sandbox: {e}"))?);
-        *slot = Some(Arc::clone(&s));
-        Ok(s)
+    /// A pool of interpreters for one job: pools are never shared across jobs (nor, so, across
+    /// organisations), so nothing one job's code leaves in an interpreter reaches another's.
+    fn sandbox() -> Result<Arc<PythonSandbox>, String> {
+        Ok(Arc::new(PythonSandbox::detect().map_err(|e| format!("python sandbox: {e}"))?))
     }
 
     /// Starts `n` worker loops on the current runtime; they stop when `shutdown` turns true
@@ -178,7 +173,7 @@ impl Workers {
             Ok(s) => s,
             Err(e) => return fail(format!("stored job settings do not parse: {e}")),
         };
-        let sandbox = match self.sandbox() {
+        let sandbox = match Self::sandbox() {
             Ok(s) => s,
             Err(e) => return fail(e),
         };

@@ -332,7 +332,20 @@ impl Drop for Worker {
 pub struct PythonSandbox {
     config: SandboxConfig,
     idle: Mutex<Vec<Worker>>,
+    spares: Arc<Spares>,
 }
+
+/// Interpreters started ahead of need and never used: each verification takes two and they are
+/// discarded after it, so a background thread starts the next ones while the caller works (the
+/// start costs tens of milliseconds; taking a spare costs nothing).
+#[derive(Default)]
+struct Spares {
+    workers: Mutex<Vec<Worker>>,
+    refilling: std::sync::atomic::AtomicBool,
+}
+
+/// Spare interpreters kept for verifications (two per verification).
+const SPARE_INTERPRETERS: usize = 4;
 
 impl std::fmt::Debug for PythonSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -378,7 +391,7 @@ impl PythonSandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         remove_stale_scratch_dirs(&std::env::temp_dir());
         let first = Worker::spawn(&config)?;
-        Ok(Self { config, idle: Mutex::new(vec![first]) })
+        Ok(Self { config, idle: Mutex::new(vec![first]), spares: Arc::default() })
     }
 
     /// [`SandboxConfig::detect`] then [`PythonSandbox::new`].
@@ -453,14 +466,7 @@ impl PythonSandbox {
             passed: false,
             exec: ExecOutcome { status, stdout, error: Some(error), duration: start.elapsed() },
         };
-        let (code_worker, judge_worker) = std::thread::scope(|s| {
-            let judge = s.spawn(|| Worker::spawn(&self.config));
-            let code = Worker::spawn(&self.config);
-            let judge = judge
-                .join()
-                .unwrap_or_else(|_| Err(SandboxError::Start("start thread panicked".into())));
-            (code, judge)
-        });
+        let (code_worker, judge_worker) = self.fresh_pair();
         let (mut code_worker, mut judge_worker) = match (code_worker, judge_worker) {
             (Ok(c), Ok(j)) => (c, j),
             (Err(e), _) | (_, Err(e)) => {
@@ -529,6 +535,51 @@ impl PythonSandbox {
                 }
             }
         }
+    }
+
+    /// Two interpreters that never ran anything: spares where there are, else started now (side
+    /// by side); the spares are topped up in the background.
+    fn fresh_pair(&self) -> (Result<Worker, SandboxError>, Result<Worker, SandboxError>) {
+        let (a, b) = {
+            let mut spares = self.spares.workers.lock().unwrap_or_else(PoisonError::into_inner);
+            (spares.pop(), spares.pop())
+        };
+        let pair = match (a, b) {
+            (Some(a), Some(b)) => (Ok(a), Ok(b)),
+            (Some(a), None) => (Ok(a), Worker::spawn(&self.config)),
+            (None, _) => std::thread::scope(|s| {
+                let other = s.spawn(|| Worker::spawn(&self.config));
+                let one = Worker::spawn(&self.config);
+                let other = other
+                    .join()
+                    .unwrap_or_else(|_| Err(SandboxError::Start("start thread panicked".into())));
+                (one, other)
+            }),
+        };
+        self.refill_spares();
+        pair
+    }
+
+    fn refill_spares(&self) {
+        use std::sync::atomic::Ordering;
+        if self.spares.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let spares = Arc::clone(&self.spares);
+        let config = self.config.clone();
+        std::thread::spawn(move || {
+            loop {
+                let have = spares.workers.lock().unwrap_or_else(PoisonError::into_inner).len();
+                if have >= SPARE_INTERPRETERS {
+                    break;
+                }
+                match Worker::spawn(&config) {
+                    Ok(w) => spares.workers.lock().unwrap_or_else(PoisonError::into_inner).push(w),
+                    Err(_) => break,
+                }
+            }
+            spares.refilling.store(false, Ordering::Release);
+        });
     }
 
     fn take_worker(&self) -> Result<Worker, SandboxError> {
