@@ -55,6 +55,11 @@ pub struct ServerConfig {
     pub rate_limit_scale: u32,
     /// `/metrics` without a token (aggregates only; per-job series need a token).
     pub public_metrics: bool,
+    /// How long a client may take to send a request's headers; a connection that has not sent
+    /// them by then is closed (slow-header clients cannot hold connections open).
+    pub header_read_timeout: std::time::Duration,
+    /// Open connections at most; one accepted beyond it is closed at once.
+    pub max_connections: usize,
     /// Where `agents.register` may point a local model (`model.path`): paths elsewhere are
     /// refused without being looked at, so registering does not tell which server files exist
     /// (default `<data_dir>/models`).
@@ -68,6 +73,8 @@ impl ServerConfig {
         Self {
             worker: WorkerConfig::new(data_dir.clone()),
             models_dir: data_dir.join("models"),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             data_dir,
             auth,
             workers: 1,
@@ -94,6 +101,60 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Turns true when the server stops (WebSocket followers end).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Default of [`ServerConfig::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Default of [`ServerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Serves HTTP/1.1 (with upgrades, for WebSockets) on `listener` until `stop` turns true, then
+/// lets open requests finish. Each connection must send its headers within the header timeout;
+/// beyond `max_connections` open ones, a new connection is closed at once.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    (header_read_timeout, max_connections): (std::time::Duration, usize),
+) {
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+            },
+            () = async { let _ = stop.wait_for(|v| *v).await; } => break,
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            tracing::warn!(max_connections, "connection refused: too many open connections");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+        let conn =
+            builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).with_upgrades();
+        let mut stopping = stop.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = async { let _ = stopping.wait_for(|v| *v).await; } => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    // Every connection's permit back: all of them have finished.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = open.acquire_many(all).await;
 }
 
 /// The routes.
@@ -154,12 +215,9 @@ impl Server {
         let mut tasks = Vec::new();
         let app = router(Arc::clone(&state));
         let mut stop = rx.clone();
+        let limits = (state.config.header_read_timeout, state.config.max_connections);
         tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|v| *v).await;
-                })
-                .await;
+            serve(listener, app, stop, limits).await;
         }));
         tasks.push(tokio::spawn(webhooks::run_deliverer(
             store.clone(),

@@ -879,3 +879,47 @@ fn tenants_identity_batches_and_sizes_are_bounded() {
     assert!(!anonymous.contains("job_id="), "{anonymous}");
     assert!(!metrics(Some(&admin("globex"))).contains("job_id="));
 }
+
+/// Issue 14, finding 4: slow-header connections (200 stayed open for 60 s) are closed after the
+/// header timeout, and connections beyond the limit are closed at once.
+#[test]
+fn slow_and_excess_connections_are_closed() {
+    use std::io::{Read, Write};
+    let read_all = |tcp: &mut std::net::TcpStream| -> String {
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        match tcp.read_to_end(&mut got) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the connection stayed open: {e}"),
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // A client that never finishes its headers is disconnected after the header timeout.
+    let s = TestServer::start_with(0, |c| c.header_read_timeout = Duration::from_millis(500));
+    let addr = s.server.as_ref().unwrap().addr;
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    write!(slow, "POST /api/v1/jsonrpc HTTP/1.1\r\nHost: {addr}\r\nX-Slow: 1").unwrap();
+    let answer = read_all(&mut slow);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(s.get("/healthz"), (200, "ok".to_string()));
+    drop(s);
+
+    // Beyond `max_connections` open connections, the next one is closed without an answer.
+    let s = TestServer::start_with(0, |c| {
+        c.max_connections = 3;
+        c.header_read_timeout = Duration::from_secs(60);
+    });
+    let addr = s.server.as_ref().unwrap().addr;
+    let mut held: Vec<std::net::TcpStream> =
+        (0..3).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    let mut extra = std::net::TcpStream::connect(addr).unwrap();
+    // The write fails (the server closed it already) or the read finds no answer.
+    let served =
+        write!(extra, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_ok()
+            && !read_all(&mut extra).is_empty();
+    assert!(!served, "a fourth connection was served");
+    // The held ones are served.
+    write!(held[0], "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    assert!(read_all(&mut held[0]).starts_with("HTTP/1.1 200"));
+}
