@@ -214,7 +214,7 @@ impl Server {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let mut tasks = Vec::new();
         let app = router(Arc::clone(&state));
-        let mut stop = rx.clone();
+        let stop = rx.clone();
         let limits = (state.config.header_read_timeout, state.config.max_connections);
         tasks.push(tokio::spawn(async move {
             serve(listener, app, stop, limits).await;
