@@ -170,32 +170,102 @@ impl HttpTool {
     }
 }
 
-/// Loopback, private, link-local, unspecified, multicast or otherwise non-public addresses.
+/// IPv4 ranges that are not globally reachable (IANA IPv4 Special-Purpose Address Registry, plus
+/// multicast, the reserved 240/4 and broadcast): (network, prefix length).
+const NON_GLOBAL_V4: [([u8; 4], u8); 17] = [
+    ([0, 0, 0, 0], 8),          // "this network"
+    ([10, 0, 0, 0], 8),         // private
+    ([100, 64, 0, 0], 10),      // shared address space (CGNAT)
+    ([127, 0, 0, 0], 8),        // loopback
+    ([169, 254, 0, 0], 16),     // link-local
+    ([172, 16, 0, 0], 12),      // private
+    ([192, 0, 0, 0], 24),       // IETF protocol assignments
+    ([192, 0, 2, 0], 24),       // documentation (TEST-NET-1)
+    ([192, 88, 99, 0], 24),     // 6to4 relay anycast (deprecated)
+    ([192, 168, 0, 0], 16),     // private
+    ([198, 18, 0, 0], 15),      // benchmarking
+    ([198, 51, 100, 0], 24),    // documentation (TEST-NET-2)
+    ([203, 0, 113, 0], 24),     // documentation (TEST-NET-3)
+    ([224, 0, 0, 0], 4),        // multicast
+    ([240, 0, 0, 0], 4),        // reserved
+    ([255, 255, 255, 255], 32), // limited broadcast
+    ([192, 31, 196, 0], 24),    // AS112 (operational, not a service target)
+];
+
+/// IPv6 ranges that are not globally reachable (IANA IPv6 Special-Purpose Address Registry, plus
+/// site-local and multicast); the forms that embed an IPv4 address are judged by that address.
+const NON_GLOBAL_V6: [(u128, u8); 12] = [
+    (0, 96),                      // ::/128, ::1/128 and IPv4-compatible ::a.b.c.d
+    (0x0064_ff9b_0001 << 80, 48), // 64:ff9b:1::/48 local-use NAT64
+    (0x0100 << 112, 64),          // 100::/64 discard
+    (0x2001 << 112, 23),          // 2001::/23 IETF protocol assignments (Teredo, ...)
+    (0x2001_0db8 << 96, 32),      // 2001:db8::/32 documentation
+    (0x3fff << 112, 20),          // 3fff::/20 documentation
+    (0x5f00 << 112, 16),          // 5f00::/16 segment routing SIDs
+    (0xfc00 << 112, 7),           // unique local
+    (0xfe80 << 112, 10),          // link-local
+    (0xfec0 << 112, 10),          // site-local (deprecated)
+    (0xff00 << 112, 8),           // multicast
+    (0x0000_0000_0000_0000_0000_ffff_0000_0000, 96), // IPv4-mapped (judged by the IPv4 address too)
+];
+
+fn in_v6(ip: u128, (net, len): (u128, u8)) -> bool {
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    ip & mask == net & mask
+}
+
+/// Whether `ip` is not a public unicast address: loopback, private, link-local, shared,
+/// documentation, benchmarking, reserved, multicast, and the IPv6 forms that embed such an IPv4
+/// address (IPv4-mapped and -compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`).
 #[must_use]
 pub fn is_non_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.octets()[0] == 0
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // 100.64/10
+            let x = u32::from(v4);
+            NON_GLOBAL_V4.iter().any(|&(net, len)| {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                x & mask == u32::from_be_bytes(net) & mask
+            })
         }
         IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link-local
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_non_public(IpAddr::V4(v4)))
+            let x = u128::from(v6);
+            // IPv4 addresses inside IPv6 ones: mapped ::ffff:a.b.c.d, NAT64 64:ff9b::a.b.c.d.
+            let low32 = std::net::Ipv4Addr::from((x & 0xffff_ffff) as u32);
+            if in_v6(x, (0xffff << 32, 96)) || in_v6(x, (0x0064_ff9b << 96, 96)) {
+                return is_non_public(IpAddr::V4(low32));
+            }
+            // 6to4: 2002:AABB:CCDD::/48 carries AA.BB.CC.DD.
+            if in_v6(x, (0x2002 << 112, 16)) {
+                let v4 = std::net::Ipv4Addr::from(((x >> 80) & 0xffff_ffff) as u32);
+                return is_non_public(IpAddr::V4(v4));
+            }
+            NON_GLOBAL_V6.iter().any(|&r| in_v6(x, r))
         }
     }
 }
 
-/// Checks that every address `url`'s host resolves to is public (unless `allow_private`).
+/// The addresses of this machine's own interfaces (a public address of the host is still the
+/// host: a request to it reaches services bound to every interface).
+#[must_use]
+pub fn own_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs().map(|v| v.into_iter().map(|i| i.ip()).collect()).unwrap_or_default()
+}
+
+/// Why `ip` may not be connected to, if it may not.
+fn forbidden(ip: IpAddr) -> Option<&'static str> {
+    if is_non_public(ip) {
+        Some("a loopback, private, link-local or otherwise non-public address")
+    } else if own_addresses().contains(&ip) {
+        Some("an address of this server")
+    } else {
+        None
+    }
+}
+
+/// Checks that every address `url`'s host resolves to is public and not this host's (unless
+/// `allow_private`). A pre-flight check (registering a webhook, say); the connection itself goes
+/// through [`outbound_agent`], whose resolver applies the same rule to the addresses it connects
+/// to.
 ///
 /// # Errors
 /// Names the address that is not allowed.
@@ -218,14 +288,59 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
     let addrs =
         host_port.to_socket_addrs().map_err(|e| format!("cannot resolve {authority:?}: {e}"))?;
     for a in addrs {
-        if is_non_public(a.ip()) {
-            return Err(format!(
-                "{authority} resolves to {}, a loopback/private/link-local address; not allowed",
-                a.ip()
-            ));
+        if let Some(why) = forbidden(a.ip()) {
+            return Err(format!("{authority} resolves to {}, {why}; not allowed", a.ip()));
         }
     }
     Ok(())
+}
+
+/// A resolver that refuses forbidden addresses. ureq connects only to the addresses its resolver
+/// returns, so the address checked is the address connected to: no second lookup between the
+/// check and the connection (DNS rebinding).
+#[derive(Debug, Default)]
+struct PublicOnly {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+}
+
+impl ureq::unversioned::resolver::Resolver for PublicOnly {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        if let Some((a, why)) = addrs.iter().find_map(|a| forbidden(a.ip()).map(|w| (a, w))) {
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} resolves to {}, {why}; not allowed", uri.host().unwrap_or("?"), a.ip()),
+            )));
+        }
+        Ok(addrs)
+    }
+}
+
+/// The HTTP agent for URLs users give (webhooks, remote rewards, HTTP tools): redirects are never
+/// followed, statuses are answers (not errors), and unless `allow_private` every connection goes
+/// to an address checked by [`is_non_public`] and against this host's own addresses at the moment
+/// it is resolved.
+#[must_use]
+pub fn outbound_agent(allow_private: bool, timeout: Duration) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build();
+    if allow_private {
+        ureq::Agent::new_with_config(config)
+    } else {
+        ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            PublicOnly::default(),
+        )
+    }
 }
 
 impl Tool for HttpTool {
@@ -235,14 +350,7 @@ impl Tool for HttpTool {
 
     fn call(&self, arguments: &serde_json::Map<String, Value>) -> ToolOutput {
         use std::io::Read;
-        if let Err(e) = check_target(&self.url, self.allow_private) {
-            return ToolOutput::error(e);
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(self.timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = outbound_agent(self.allow_private, self.timeout);
         match agent.post(&self.url).send_json(Value::Object(arguments.clone())) {
             Ok(mut resp) => {
                 let status = resp.status();

@@ -103,14 +103,16 @@ pub fn contract_event(e: &EventRow, progress_every: u32) -> Option<WebhookEvent>
 }
 
 /// One attempt: POST with the signature headers; the receiver's status or the transport error.
-fn post(url: &str, id: &str, secret: &str, body: &str) -> (Option<u16>, Option<String>) {
+fn post(
+    url: &str,
+    id: &str,
+    secret: &str,
+    body: &str,
+    allow_private: bool,
+) -> (Option<u16>, Option<String>) {
     let timestamp = chrono::Utc::now().timestamp();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into();
+    // No redirects; the address connected to is checked when it is resolved.
+    let agent = agentcore_agent::tools::outbound_agent(allow_private, Duration::from_secs(10));
     let result = agent
         .post(url)
         .header("Content-Type", "application/json")
@@ -156,7 +158,8 @@ async fn attempt(
             Err(e) => (None, Some(e)),
             Ok(()) => {
                 let (url, id, secret, body) = (hook.url, m.message_id.clone(), hook.secret, m.body);
-                tokio::task::spawn_blocking(move || post(&url, &id, &secret, &body))
+                let allow = config.allow_private;
+                tokio::task::spawn_blocking(move || post(&url, &id, &secret, &body, allow))
                     .await
                     .unwrap_or((None, Some("delivery task failed".into())))
             }
@@ -319,6 +322,16 @@ mod tests {
         assert!(s.starts_with("whsec_") && B64.decode(&s[6..]).unwrap().len() == 32);
     }
 
+    fn if_addrs_of_this_host() -> Vec<std::net::IpAddr> {
+        // Link-local IPv6 addresses need a zone to be dialled; they are refused as link-local.
+        agentcore_agent::tools::own_addresses()
+            .into_iter()
+            .filter(
+                |a| !matches!(a, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80),
+            )
+            .collect()
+    }
+
     #[test]
     fn refuses_loopback_private_and_link_local_targets() {
         for url in [
@@ -331,13 +344,42 @@ mod tests {
             "http://[::1]/x",
             "http://[fe80::1]/x",
             "http://0.0.0.0/x",
+            // Issue 14, finding 7: accepted before.
+            "http://[::127.0.0.1]/x",
+            "http://[64:ff9b::7f00:1]/x",
+            "http://[2002:7f00:1::1]/x",
+            "http://[::ffff:10.0.0.1]/x",
+            "http://198.18.0.1/x",
+            "http://240.0.0.1/x",
+            "http://192.0.0.1/x",
+            "http://192.0.2.2/x",
+            "http://[fec0::1]/x",
+            "http://[2001:db8::1]/x",
+            "http://[fc00::1]/x",
+            "http://100.64.0.1/x",
         ] {
             let e = check_target(url, false).unwrap_err();
-            assert!(e.contains("loopback/private/link-local"), "{url}: {e}");
+            assert!(e.contains("non-public address"), "{url}: {e}");
+        }
+        // Every address of this host, public or not.
+        for a in if_addrs_of_this_host() {
+            let url = match a {
+                std::net::IpAddr::V4(v4) => format!("http://{v4}/x"),
+                std::net::IpAddr::V6(v6) => format!("http://[{v6}]/x"),
+            };
+            let e = check_target(&url, false).unwrap_err();
+            assert!(e.contains("not allowed"), "{url}: {e}");
         }
         assert!(check_target("ftp://example.com/x", false).unwrap_err().contains("http or https"));
         assert!(check_target("not a url", false).is_err());
         assert!(check_target("http://127.0.0.1:9/hook", true).is_ok(), "allowed by the switch");
         assert!(check_target("http://93.184.215.14/x", false).is_ok(), "a public address");
+        for public in [
+            "http://[2606:4700:4700::1111]/x",
+            "http://[64:ff9b::808:808]/x",
+            "http://[2002:808:808::1]/x",
+        ] {
+            assert!(check_target(public, false).is_ok(), "{public}");
+        }
     }
 }

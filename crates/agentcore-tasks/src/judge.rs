@@ -346,13 +346,9 @@ fn task_efficiency(i: &RewardInput<'_>) -> Result<f64, String> {
 #[must_use]
 pub fn remote_reward(url: &str, timeout: Duration, allow_private: bool) -> RewardFn {
     let url = url.to_owned();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    // No redirects; the address connected to is the one checked (not a second lookup).
+    let agent = agentcore_agent::tools::outbound_agent(allow_private, timeout);
     Arc::new(move |i: &RewardInput<'_>| {
-        agentcore_agent::tools::check_target(&url, allow_private)?;
         let body = json!({
             "query": i.task.query,
             "expected_outcome": i.task.expected_outcome,

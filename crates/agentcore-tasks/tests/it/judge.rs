@@ -273,3 +273,42 @@ fn remote_reward_over_http() {
     let e = reward(&reg, "s", &t, &traj(Some("3"), 1, 0, 0, 0), true).unwrap_err();
     assert!(e.to_string().contains("not allowed"), "{e}");
 }
+
+/// Issue 14, finding 7: the remote-reward client followed redirects. A 307 to the scoring
+/// endpoint is an error now, and the endpoint it points to is never called.
+#[test]
+fn remote_rewards_do_not_follow_redirects() {
+    let (target, seen) = score_server();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/moved", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let mut reg = RewardRegistry::with_builtins(RewardShaping::default());
+    reg.register("moved", remote_reward(&url, Duration::from_secs(5), true)).unwrap();
+    reg.set_agent_strategy("m", "moved").unwrap();
+    let e = reward(&reg, "m", &task(json!({"result": 3})), &traj(Some("3"), 1, 0, 0, 0), true)
+        .unwrap_err();
+    assert!(e.to_string().contains("307"), "{e}");
+    assert!(seen.lock().unwrap().is_empty(), "the redirect was followed");
+}
