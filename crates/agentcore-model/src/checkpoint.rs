@@ -83,6 +83,35 @@ fn json_bytes<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
         .map_err(|e| ModelError::invalid(what, e.to_string(), "serialization"))
 }
 
+/// Safetensors of a checkpoint, refused when any value is NaN or infinite (a checkpoint of a
+/// diverged run, or a corrupted one, must not be trained on or evaluated as if it were a model).
+fn load_finite(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let source = path.display().to_string();
+    let tensors = candle_core::safetensors::load_buffer(&read_file(path)?, device)
+        .map_err(|e| ModelError::File { path: source.clone(), message: e.to_string() })?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let values: Vec<f32> = tensors[name]
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(|e| ModelError::File { path: source.clone(), message: e.to_string() })?;
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(ModelError::File {
+                path: source,
+                message: format!(
+                    "tensor {name} has {bad} non-finite values (NaN or infinity) of {}: refusing \
+                     to load it",
+                    values.len()
+                ),
+            });
+        }
+    }
+    Ok(tensors)
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path)
         .map_err(|e| ModelError::File { path: path.display().to_string(), message: e.to_string() })
@@ -156,8 +185,7 @@ pub fn read_lora_config(dir: &Path) -> Result<LoraConfig> {
 pub fn load_lora_adapter(dir: &Path, model: &Decoder, device: &Device) -> Result<()> {
     let path = dir.join(ADAPTER_FILE);
     let source = path.display().to_string();
-    let tensors = candle_core::safetensors::load_buffer(&read_file(&path)?, device)
-        .map_err(|e| ModelError::File { path: source.clone(), message: e.to_string() })?;
+    let tensors = load_finite(&path, device)?;
     let stripped: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(k, v)| (k.strip_prefix(PEFT_PREFIX).map(String::from).unwrap_or(k), v))
@@ -249,18 +277,12 @@ pub fn restore_checkpoint(dir: &Path, model: &Decoder) -> Result<(AdamW, ChaCha8
         load_lora_adapter(dir, model, device)?;
     } else {
         let path = dir.join(MODEL_FILE);
-        let weights =
-            candle_core::safetensors::load_buffer(&read_file(&path)?, device).map_err(|e| {
-                ModelError::File { path: path.display().to_string(), message: e.to_string() }
-            })?;
+        let weights = load_finite(&path, device)?;
         model.params().load_values(&weights, &path.display().to_string())?;
     }
     let mut optimizer = AdamW::new(model.params(), state.optimizer.clone())?;
     let path = dir.join(OPTIMIZER_FILE);
-    let moments =
-        candle_core::safetensors::load_buffer(&read_file(&path)?, device).map_err(|e| {
-            ModelError::File { path: path.display().to_string(), message: e.to_string() }
-        })?;
+    let moments = load_finite(&path, device)?;
     optimizer.load_state(&moments, state.step, &path.display().to_string())?;
     Ok((optimizer, state.rng, state.step))
 }

@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::defaults::{JOB_STATE_FILE, KEEP_BEST_CHECKPOINTS};
+use crate::defaults::{JOB_STATE_FILE, KEEP_BEST_CHECKPOINTS, MANIFEST_FILE};
 use crate::events::{CheckpointInfo, Event, IterationMetrics, StopReason};
 use crate::policy::Policy;
 use crate::settings::run_dir;
@@ -136,9 +136,16 @@ pub fn save(
     let save_started = Instant::now();
     let (kept, dropped) = retain(&state.checkpoints, info.clone(), KEEP_BEST_CHECKPOINTS);
     state.checkpoints = kept;
-    let files = policy.checkpoint_files(rng)?;
-    let job_state = serde_json::to_vec_pretty(state)
+    let mut files = policy.checkpoint_files(rng)?;
+    // Paths relative to the run directory: a moved data directory still reads its checkpoints.
+    let mut stored = state.clone();
+    for c in &mut stored.checkpoints {
+        c.path = relative_to(run_dir, &c.path);
+    }
+    let job_state = serde_json::to_vec_pretty(&stored)
         .map_err(|e| TrainError::CorruptState { path: path.clone(), message: e.to_string() })?;
+    files.push((JOB_STATE_FILE.to_owned(), job_state));
+    let manifest = Manifest::of(&files);
     write_dir_atomic(&path, |tmp| -> Result<(), TrainError> {
         for (k, (name, bytes)) in files.iter().enumerate() {
             write_atomic(&tmp.join(name), bytes)?;
@@ -146,7 +153,7 @@ pub fn save(
                 crash_point("checkpoint", iteration);
             }
         }
-        write_atomic(&tmp.join(JOB_STATE_FILE), &job_state)?;
+        write_atomic(&tmp.join(MANIFEST_FILE), &manifest)?;
         Ok(())
     })?;
     on_event(&Event::Checkpoint(CheckpointInfo {
@@ -164,14 +171,121 @@ pub fn save(
     Ok(())
 }
 
-/// The last complete checkpoint of a run directory (directories being written are `.tmp-*` and
-/// are ignored), with its job state.
+/// The manifest of a checkpoint: every file with its size and SHA-256.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    format: String,
+    files: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestEntry {
+    name: String,
+    bytes: u64,
+    sha256: String,
+}
+
+const MANIFEST_FORMAT: &str = "agentcore.checkpoint v1";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Manifest {
+    fn of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let m = Self {
+            format: MANIFEST_FORMAT.to_owned(),
+            files: files
+                .iter()
+                .map(|(name, b)| ManifestEntry {
+                    name: name.clone(),
+                    bytes: b.len() as u64,
+                    sha256: sha256_hex(b),
+                })
+                .collect(),
+        };
+        serde_json::to_vec_pretty(&m).unwrap_or_default()
+    }
+}
+
+/// Checks a checkpoint directory against its manifest: every listed file present, of its size and
+/// checksum. A checkpoint written before manifests existed passes with a warning.
 ///
 /// # Errors
-/// A job state that does not parse.
-pub fn latest(run_dir: &Path) -> Result<Option<(PathBuf, JobState)>, TrainError> {
+/// What does not match, naming the file.
+pub fn verify(dir: &Path) -> Result<(), String> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound && dir.join(JOB_STATE_FILE).is_file() =>
+        {
+            tracing::warn!(checkpoint = %dir.display(),
+                "checkpoint without a manifest (written by an earlier version): not verified");
+            return Ok(());
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(format!(
+            "{}: format {:?} is not {MANIFEST_FORMAT:?}",
+            path.display(),
+            manifest.format
+        ));
+    }
+    for f in &manifest.files {
+        let file = dir.join(&f.name);
+        if f.name.contains('/') || f.name.contains("..") {
+            return Err(format!("{}: file name {:?} is not a plain name", path.display(), f.name));
+        }
+        let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if data.len() as u64 != f.bytes {
+            return Err(format!(
+                "{}: {} bytes, the manifest says {} (truncated or replaced)",
+                file.display(),
+                data.len(),
+                f.bytes
+            ));
+        }
+        if sha256_hex(&data) != f.sha256 {
+            return Err(format!(
+                "{}: SHA-256 does not match the manifest (corrupted)",
+                file.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `path` relative to `base` when it lies beneath it.
+fn relative_to(base: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(base).map_or_else(|_| path.to_path_buf(), Path::to_path_buf)
+}
+
+/// A stored checkpoint path, resolved against the run directory it is read from: relative paths
+/// (this version) are joined; absolute ones (earlier versions) keep their last two components
+/// (`checkpoints/ckpt-NNNNN`), so a data directory that moved still reads its own checkpoints.
+fn rebase(run_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_relative() {
+        return run_dir.join(path);
+    }
+    let tail: Vec<_> = path.components().rev().take(2).collect();
+    tail.into_iter().rev().fold(run_dir.to_path_buf(), |p, c| p.join(c))
+}
+
+/// The complete checkpoints of a run directory that verify against their manifests, newest
+/// first, with their job states (paths resolved against `run_dir`). Directories being written
+/// (`.tmp-*`) are ignored; one that does not verify or whose job state does not parse is skipped
+/// with a logged warning, so an earlier one is used.
+#[must_use]
+pub fn verified(run_dir: &Path) -> Vec<(PathBuf, JobState)> {
     let dir = run_dir.join("checkpoints");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(None) };
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
     let mut found: Vec<(u32, PathBuf)> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
@@ -181,14 +295,34 @@ pub fn latest(run_dir: &Path) -> Result<Option<(PathBuf, JobState)>, TrainError>
         })
         .collect();
     found.sort();
+    let mut out = Vec::new();
     for (_, path) in found.into_iter().rev() {
-        let file = path.join(JOB_STATE_FILE);
-        let Ok(bytes) = std::fs::read(&file) else { continue };
-        let state: JobState = serde_json::from_slice(&bytes)
-            .map_err(|e| TrainError::CorruptState { path: file, message: e.to_string() })?;
-        return Ok(Some((path, state)));
+        let checked = verify(&path).and_then(|()| {
+            let file = path.join(JOB_STATE_FILE);
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            serde_json::from_slice::<JobState>(&bytes)
+                .map_err(|e| format!("{}: {e}", file.display()))
+        });
+        match checked {
+            Ok(mut state) => {
+                for c in &mut state.checkpoints {
+                    c.path = rebase(run_dir, &c.path);
+                }
+                out.push((path, state));
+            }
+            Err(reason) => tracing::warn!(checkpoint = %path.display(), %reason,
+                "skipping a checkpoint that does not verify; an earlier one is used"),
+        }
     }
-    Ok(None)
+    out
+}
+
+/// The last complete, verified checkpoint of a run directory, with its job state.
+///
+/// # Errors
+/// None today (kept for callers that propagate).
+pub fn latest(run_dir: &Path) -> Result<Option<(PathBuf, JobState)>, TrainError> {
+    Ok(verified(run_dir).into_iter().next())
 }
 
 /// The iteration of the last complete checkpoint of a job (where `--resume` continues).
@@ -210,6 +344,75 @@ pub fn list(data_dir: &Path, job_id: &str) -> Result<Vec<CheckpointInfo>, TrainE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A policy that is only its checkpoint files.
+    struct Files(Vec<(String, Vec<u8>)>);
+
+    impl Policy for Files {
+        fn describe(&self) -> String {
+            "files".into()
+        }
+        fn backend(&self) -> Result<Box<dyn agentcore_agent::backend::Backend + '_>, TrainError> {
+            Err(TrainError::InvalidData("no backend".into()))
+        }
+        fn update(
+            &mut self,
+            _batch: &crate::policy::ScoredBatch<'_>,
+        ) -> Result<crate::policy::UpdateStats, TrainError> {
+            Ok(crate::policy::UpdateStats::default())
+        }
+        fn checkpoint_files(
+            &self,
+            _rng: &ChaCha8Rng,
+        ) -> Result<Vec<(String, Vec<u8>)>, TrainError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    /// Issue 14, finding 5: a flipped byte loaded silently, a truncated file failed without a
+    /// fallback, and the job state's absolute paths broke a moved data directory.
+    #[test]
+    fn broken_checkpoints_are_skipped_and_a_moved_run_directory_reads_its_own() {
+        use rand::SeedableRng;
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let rng = ChaCha8Rng::seed_from_u64(0);
+        let mut state = JobState::new(0.0, false);
+        for i in 1..=3u8 {
+            state.iteration = u32::from(i);
+            let policy = Files(vec![("model.safetensors".into(), vec![i; 4096])]);
+            save(&run, "job", &policy, &rng, &mut state, &mut |_| {}).unwrap();
+        }
+        let newest = |dir: &Path| latest(dir).unwrap().map(|(_, s)| s.iteration);
+        assert_eq!(newest(&run), Some(3));
+        let ckpt = |i: u32| run.join("checkpoints").join(format!("ckpt-{i:05}"));
+        // One flipped byte: checkpoint 3 no longer verifies, 2 is used.
+        let file = ckpt(3).join("model.safetensors");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[100] ^= 0x01;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(verify(&ckpt(3)).unwrap_err().contains("SHA-256 does not match"));
+        assert_eq!(newest(&run), Some(2));
+        // A truncated file: checkpoint 2 is skipped too.
+        let file = ckpt(2).join("model.safetensors");
+        std::fs::write(&file, &std::fs::read(&file).unwrap()[..1000]).unwrap();
+        assert!(verify(&ckpt(2)).unwrap_err().contains("1000 bytes, the manifest says 4096"));
+        assert_eq!(newest(&run), Some(1));
+        // The job state stores paths relative to the run directory; a moved one reads its own.
+        let raw = std::fs::read_to_string(ckpt(1).join(JOB_STATE_FILE)).unwrap();
+        assert!(raw.contains("\"checkpoints/ckpt-00001\""), "{raw}");
+        assert!(!raw.contains(&run.display().to_string()), "{raw}");
+        let moved = tmp.path().join("moved");
+        std::fs::rename(&run, &moved).unwrap();
+        let (dir, state) = latest(&moved).unwrap().unwrap();
+        assert_eq!(dir, moved.join("checkpoints/ckpt-00001"));
+        assert_eq!(state.checkpoints[0].path, moved.join("checkpoints/ckpt-00001"));
+        // An earlier version's absolute path is rebased on the run directory it is read from.
+        assert_eq!(
+            rebase(&moved, Path::new("/old/place/run/checkpoints/ckpt-00007")),
+            moved.join("checkpoints/ckpt-00007")
+        );
+    }
 
     fn ck(iteration: u32, eval: Option<f64>) -> CheckpointInfo {
         CheckpointInfo {

@@ -13,6 +13,9 @@ pub const SEED_AGENT_ID: &str = "seed-agent";
 pub const KEEP_BEST_CHECKPOINTS: usize = 5;
 /// The job-state file inside a checkpoint directory.
 pub const JOB_STATE_FILE: &str = "job_state.json";
+/// The file of a checkpoint directory that lists every other file with its size and SHA-256
+/// (written last; a checkpoint whose files do not match it is not loaded).
+pub const MANIFEST_FILE: &str = "manifest.json";
 /// The settings file of a run directory.
 pub const JOB_FILE: &str = "job.json";
 /// The agent type whose reward strategy a job uses when its agent names none.

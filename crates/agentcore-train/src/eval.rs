@@ -111,6 +111,8 @@ pub fn compare(
     let (base, _) = policy::initial(&settings, data_dir, sandbox, &mut |_| {})?;
     let baseline = evaluator.evaluate(base.as_ref(), &tasks)?;
     drop(base);
+    checkpoints::verify(&chosen.path)
+        .map_err(|message| TrainError::CorruptState { path: chosen.path.clone(), message })?;
     let (trained, _) = policy::from_checkpoint(&settings, &chosen.path)?;
     let outcomes = evaluator.evaluate(trained.as_ref(), &tasks)?;
     let pass = |xs: &[EvalOutcome]| xs.iter().map(|o| o.passed).collect::<Vec<_>>();

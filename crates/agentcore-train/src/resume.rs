@@ -71,28 +71,42 @@ pub fn start(
     sandbox: &Arc<PythonSandbox>,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Start, TrainError> {
-    match checkpoints::latest(run_dir)? {
-        Some((dir, mut state)) => {
-            let (policy, rng) = policy::from_checkpoint(settings, &dir)?;
-            // A cancelled job continues when resumed; other stops are final.
-            if state.stop_reason == Some(StopReason::Cancelled) {
-                state.stop_reason = None;
+    // The newest checkpoint that verifies and loads (finite weights); a broken one is skipped
+    // with a warning and an earlier one used.
+    let candidates = checkpoints::verified(run_dir);
+    let mut refused = Vec::new();
+    for (dir, mut state) in candidates {
+        match policy::from_checkpoint(settings, &dir) {
+            Ok((policy, rng)) => {
+                // A cancelled job continues when resumed; other stops are final.
+                if state.stop_reason == Some(StopReason::Cancelled) {
+                    state.stop_reason = None;
+                }
+                let resumed_from = Some(state.iteration);
+                return Ok(Start { policy, rng, state, resumed_from });
             }
-            let resumed_from = Some(state.iteration);
-            Ok(Start { policy, rng, state, resumed_from })
-        }
-        None => {
-            let ws_start = Instant::now();
-            let (policy, cached) = policy::initial(settings, data_dir, sandbox, &mut |p| {
-                on_event(&Event::WarmStart(p));
-            })?;
-            let warm = if cached { 0.0 } else { ws_start.elapsed().as_secs_f64() };
-            Ok(Start {
-                policy,
-                rng: ChaCha8Rng::seed_from_u64(settings.config.seed),
-                state: JobState::new(warm, cached),
-                resumed_from: None,
-            })
+            Err(e) => {
+                tracing::warn!(checkpoint = %dir.display(), error = %e,
+                    "a checkpoint does not load; an earlier one is used");
+                refused.push(format!("{}: {e}", dir.display()));
+            }
         }
     }
+    if !refused.is_empty() {
+        return Err(TrainError::CorruptState {
+            path: run_dir.join("checkpoints"),
+            message: format!("no checkpoint of the job loads: {}", refused.join("; ")),
+        });
+    }
+    let ws_start = Instant::now();
+    let (policy, cached) = policy::initial(settings, data_dir, sandbox, &mut |p| {
+        on_event(&Event::WarmStart(p));
+    })?;
+    let warm = if cached { 0.0 } else { ws_start.elapsed().as_secs_f64() };
+    Ok(Start {
+        policy,
+        rng: ChaCha8Rng::seed_from_u64(settings.config.seed),
+        state: JobState::new(warm, cached),
+        resumed_from: None,
+    })
 }

@@ -142,6 +142,33 @@ fn resuming_from_a_checkpoint_takes_exactly_the_uninterrupted_step() {
     );
 }
 
+/// Issue 14, finding 5: NaN (or all-NaN, or infinite) weights loaded silently and were trained on.
+#[test]
+fn non_finite_weights_are_refused() {
+    use std::collections::HashMap;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = small_model(1);
+    let opt = AdamW::new(model.params(), AdamWConfig::default()).expect("optimizer");
+    let path = dir.path().join("ckpt");
+    save_checkpoint(&path, &model, &opt, &rng(0)).expect("save");
+    load_checkpoint(&path, &Device::Cpu).expect("a finite checkpoint loads");
+    let file = path.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu).expect("read");
+    for poison in [f32::NAN, f32::INFINITY] {
+        let mut poisoned: HashMap<String, Tensor> = tensors.clone();
+        let (name, t) = tensors.iter().max_by_key(|(_, t)| t.elem_count()).expect("a tensor");
+        let mut values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let n = values.len().min(1024);
+        values[..n].fill(poison);
+        poisoned.insert(name.clone(), Tensor::from_vec(values, t.shape(), &Device::Cpu).unwrap());
+        candle_core::safetensors::save(&poisoned, &file).expect("write");
+        let err = load_checkpoint(&path, &Device::Cpu).err().expect("refused");
+        let text = err.to_string();
+        assert!(text.contains(&format!("tensor {name} has {n} non-finite values")), "{text}");
+        assert!(text.contains("model.safetensors"), "{text}");
+    }
+}
+
 #[test]
 fn a_corrupt_checkpoint_is_refused_with_its_path() {
     let dir = tempfile::tempdir().expect("temp dir");
