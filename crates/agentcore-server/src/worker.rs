@@ -266,6 +266,35 @@ impl Workers {
                     fail(format!("recording the job failed: {e}"));
                 }
             }
+            // Stopped before its first checkpoint (the warm start), and not for a shutdown: the
+            // job was cancelled (or its lease lost, when the update below changes nothing).
+            Err(agentcore_train::TrainError::Interrupted(why)) => {
+                tracing::info!(job_id = %job.id, %why, "cancelled before its first checkpoint");
+                let payload = json!({"reason": why});
+                match db.call(|s| {
+                    s.finish_leased_job(
+                        &job.id,
+                        worker,
+                        JobStatus::Cancelled,
+                        Some("cancelled"),
+                        None,
+                        None,
+                        None,
+                    )
+                }) {
+                    Ok(true) => {
+                        if let Err(e) =
+                            db.call(|s| s.record_event(&job.id, EventKind::JobCancelled, &payload))
+                        {
+                            tracing::warn!(job_id = %job.id, error = %e,
+                                "could not record the cancellation event");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(job_id = %job.id, error = %e,
+                        "could not mark the job cancelled"),
+                }
+            }
             Err(e) => fail(e.to_string()),
         }
     }

@@ -716,6 +716,33 @@ fn cancelling_a_running_job_answers_at_once_and_the_job_stops_with_a_checkpoint(
     assert_eq!(c.cancel(&job.job_id, None).unwrap_err().code(), Some(-40003));
 }
 
+/// Issue 14, finding 3: a long warm start could not be cancelled (the job ran on for its whole
+/// length). Now it stops at the next step, the job ends `cancelled`, and nothing is cached.
+#[test]
+fn cancelling_during_the_warm_start_stops_it() {
+    let s = TestServer::start(1);
+    let c = s.client(&admin("acme"));
+    c.call(
+        "agents.register",
+        json!({"agent_id": "slow-start", "agent_type": "seed", "model": {"built_in": {
+            "steps": 20_000, "n_demos": 30, "batch_size": 4,
+            "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 256}}}}),
+    )
+    .unwrap();
+    let job = c.start_training("slow-start", small_config(2), &tasks(100, 3), None).unwrap();
+    // Claimed by the worker: it is in the warm start (20,000 steps: many minutes here).
+    wait_for(&c, &job.job_id, |st| st.status == "running", Duration::from_secs(60));
+    c.cancel(&job.job_id, Some("too slow")).unwrap();
+    let done = wait_for(&c, &job.job_id, finished, Duration::from_secs(60));
+    assert_eq!(done.status, "cancelled", "{done:?}");
+    assert_eq!(done.current_iteration, 0, "{done:?}");
+    let cache = s._dir.as_ref().unwrap().path().join("warmstart");
+    let cached = std::fs::read_dir(&cache)
+        .map(|d| d.filter_map(Result::ok).any(|e| e.path().join("trainer_state.json").exists()))
+        .unwrap_or(false);
+    assert!(!cached, "an interrupted warm start left a cache entry");
+}
+
 /// Every method of the OpenRPC document is served (none answers "method not found"), nothing
 /// else is, and params are closed: an unknown key is refused with its name.
 #[test]

@@ -108,7 +108,13 @@ pub fn compare(
         None => (settings.tasks()?.1, "the job's held-out split".to_string()),
     };
     let evaluator = Evaluator::new(&settings, sandbox)?;
-    let (base, _) = policy::initial(&settings, data_dir, sandbox, &mut |_| {})?;
+    let (base, _) =
+        policy::initial(
+            &settings,
+            data_dir,
+            sandbox,
+            &mut |_| std::ops::ControlFlow::Continue(()),
+        )?;
     let baseline = evaluator.evaluate(base.as_ref(), &tasks)?;
     drop(base);
     checkpoints::verify(&chosen.path)

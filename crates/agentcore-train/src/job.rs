@@ -82,7 +82,7 @@ pub fn run(
     let run_dir = prepare_run_dir(settings, &ctx.data_dir, &ctx.job_id)?;
     let evaluator = Evaluator::new(settings, &sandbox)?;
     let Start { mut policy, mut rng, mut state, resumed_from } =
-        start(settings, &ctx.data_dir, &run_dir, &sandbox, on_event)?;
+        start(settings, &ctx.data_dir, &run_dir, &sandbox, &ctx.stop, on_event)?;
     tracing::info!(job_id = %ctx.job_id, resumed_from, policy = %policy.describe(), "job started");
     on_event(&Event::Started {
         job_id: ctx.job_id.clone(),

@@ -49,6 +49,10 @@ use std::path::PathBuf;
 /// JSON-RPC invalid params) from failures while running (exit code 1, internal error).
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The job was asked to stop (cancelled, or the process is shutting down) before it had a
+    /// checkpoint: during the warm start.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// The job's settings break rules; each problem names the field, the rule and the value.
     #[error("invalid job settings: {}", problems.join("; "))]
     Settings {

@@ -69,6 +69,7 @@ pub fn start(
     data_dir: &Path,
     run_dir: &Path,
     sandbox: &Arc<PythonSandbox>,
+    stop: &std::sync::atomic::AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Start, TrainError> {
     // The newest checkpoint that verifies and loads (finite weights); a broken one is skipped
@@ -99,8 +100,14 @@ pub fn start(
         });
     }
     let ws_start = Instant::now();
+    // The warm start stops (nothing cached) at the next step once `stop` is set.
     let (policy, cached) = policy::initial(settings, data_dir, sandbox, &mut |p| {
         on_event(&Event::WarmStart(p));
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
     })?;
     let warm = if cached { 0.0 } else { ws_start.elapsed().as_secs_f64() };
     Ok(Start {

@@ -289,7 +289,7 @@ pub fn warm_start(
     settings: &WarmStartSettings,
     data_dir: &Path,
     sandbox: &PythonSandbox,
-    progress: &mut dyn FnMut(WarmStartProgress),
+    progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<()>,
 ) -> Result<(Decoder, PathBuf, bool), TrainError> {
     let dir = data_dir.join("warmstart").join(settings.cache_key());
     if dir.join("trainer_state.json").is_file() {
@@ -358,7 +358,15 @@ pub fn warm_start(
         let loss = masked_nll(&model, &batch, &mask, pad)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         opt.step(&loss.backward()?)?;
-        progress(WarmStartProgress { step: step + 1, steps: settings.steps, loss: value });
+        let report = WarmStartProgress { step: step + 1, steps: settings.steps, loss: value };
+        if progress(report).is_break() {
+            // Nothing is cached: a later run starts the warm start again.
+            return Err(TrainError::Interrupted(format!(
+                "the warm start was stopped after step {} of {}",
+                step + 1,
+                settings.steps
+            )));
+        }
     }
     save_checkpoint(&dir, &model, &opt, &rng)?;
     Ok((model, dir, false))

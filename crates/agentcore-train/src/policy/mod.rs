@@ -91,14 +91,16 @@ pub trait Policy {
 }
 
 /// The policy of a job before training, and whether its warm start came from the cache.
+/// `progress` sees every warm-start step and may stop it (`ControlFlow::Break`: cancellation or
+/// shutdown), which ends in [`TrainError::Interrupted`].
 ///
 /// # Errors
-/// Model or file errors.
+/// Model or file errors, an interrupted warm start.
 pub fn initial(
     settings: &JobSettings,
     data_dir: &Path,
     sandbox: &PythonSandbox,
-    progress: &mut dyn FnMut(WarmStartProgress),
+    progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<()>,
 ) -> Result<(Box<dyn Policy>, bool), TrainError> {
     if let Some(api) = &settings.api {
         return Ok((Box::new(prompt::PromptPolicy::initial(settings, api)), true));

@@ -109,7 +109,7 @@ impl WeightsPolicy {
         settings: &JobSettings,
         data_dir: &Path,
         sandbox: &PythonSandbox,
-        progress: &mut dyn FnMut(WarmStartProgress),
+        progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<()>,
     ) -> Result<(Self, bool), TrainError> {
         let (model, cached) = match &settings.model {
             None => {
