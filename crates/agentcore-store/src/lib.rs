@@ -43,7 +43,7 @@ mod outbox;
 mod queue;
 pub use agentcore_api::{EventKind, JobStatus};
 pub use outbox::{AttemptOutcome, ClaimedMessage, OutboxMessage};
-pub use queue::{CancelOutcome, JobFilter, Lease, WebhookDelivery, WebhookRow};
+pub use queue::{CancelOutcome, JobFilter, Lease, MAX_JOB_ATTEMPTS, WebhookDelivery, WebhookRow};
 
 /// The database behind a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

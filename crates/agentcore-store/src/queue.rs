@@ -38,6 +38,10 @@ pub struct JobFilter {
     pub offset: u32,
 }
 
+/// Claims of a job whose worker then stopped without finishing it (died, lost its lease) after
+/// which the job fails rather than being claimed again.
+pub const MAX_JOB_ATTEMPTS: u32 = 3;
+
 /// What a heartbeat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -139,6 +143,26 @@ impl Store {
     pub async fn claim_job(&self, worker: &str, lease: Duration) -> Result<Option<JobRow>> {
         let t = now();
         let now = now_ms();
+        // A running job whose lease expired after MAX_JOB_ATTEMPTS claims had its worker die that
+        // many times (a crash loop, such as a job that exhausts the machine): it fails instead of
+        // being claimed again. (A worker that stops cleanly hands its claim back: see
+        // `release_lease`.)
+        sqlx::query(
+            "UPDATE jobs SET status = 'failed', stop_reason = 'failed', error = $1, \
+             finished_at = $2, updated_at = $2, lease_owner = NULL, lease_expires_ms = NULL \
+             WHERE status = 'running' AND lease_expires_ms IS NOT NULL AND lease_expires_ms < $3 \
+             AND attempts >= $4",
+        )
+        .bind(format!(
+            "the job's worker stopped without finishing it {MAX_JOB_ATTEMPTS} times (the attempt \
+             cap): it is not retried; see the worker logs for why (out of memory, a crash)"
+        ))
+        .bind(&t)
+        .bind(now)
+        .bind(i64::from(MAX_JOB_ATTEMPTS))
+        .execute(&self.pool)
+        .await
+        .map_err(self.db())?;
         let claimable = "(status = 'queued' OR (status = 'running' AND lease_expires_ms IS NOT \
                          NULL AND lease_expires_ms < $4))";
         // PostgreSQL runs claims side by side: the candidate row is locked, and one that
@@ -193,9 +217,10 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn release_lease(&self, job_id: &str, worker: &str) -> Result<()> {
+        // A clean hand-over is not a failed attempt: the claim is given back.
         sqlx::query(
-            "UPDATE jobs SET lease_expires_ms = 0 WHERE id = $1 AND lease_owner = $2 AND \
-             status = 'running'",
+            "UPDATE jobs SET lease_expires_ms = 0, attempts = attempts - 1 WHERE id = $1 AND \
+             lease_owner = $2 AND status = 'running'",
         )
         .bind(job_id)
         .bind(worker)

@@ -383,3 +383,34 @@ fn the_webhook_outbox_claims_retries_and_recovers_messages() {
         }
     });
 }
+
+/// Issue 14, finding 2: a job whose worker dies running it (the server aborted allocating 1 TB)
+/// was claimed again after every restart: a crash loop. After MAX_JOB_ATTEMPTS claims that ended
+/// in an expired lease it fails with the reason; a clean hand-over (shutdown) does not count.
+#[test]
+fn a_job_whose_worker_keeps_dying_fails_at_the_attempt_cap() {
+    use agentcore_store::MAX_JOB_ATTEMPTS;
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            s.enqueue_job(&job("doomed"), "org1", "alice", None).await.unwrap();
+            // Clean hand-overs (a worker shutting down) do not use attempts up.
+            for _ in 0..MAX_JOB_ATTEMPTS + 2 {
+                let claimed = s.claim_job("w", LONG).await.unwrap().unwrap();
+                assert_eq!(claimed.attempts, 1);
+                s.release_lease("doomed", "w").await.unwrap();
+            }
+            // Each claim ends with the worker gone (its lease expires at once).
+            for k in 1..=MAX_JOB_ATTEMPTS {
+                let claimed = s.claim_job("w", Duration::ZERO).await.unwrap().unwrap();
+                assert_eq!(claimed.attempts, k);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(s.claim_job("w", LONG).await.unwrap().is_none(), "claimed past the cap");
+            let row = s.job("doomed").await.unwrap().unwrap();
+            assert_eq!(row.status, "failed");
+            assert!(row.error.as_deref().unwrap_or("").contains("attempt cap"), "{row:?}");
+        }
+    });
+}
