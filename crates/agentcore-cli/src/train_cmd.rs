@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentcore_agent::definition::AgentDefinition;
 use agentcore_grpo::{ConfigFormat, GRPOConfig};
-use agentcore_store::{BlockingStore, NewJob, TrajectoryFilter};
+use agentcore_store::{BlockingStore, JobStatus, NewJob, TrajectoryFilter};
 use agentcore_train::checkpoints::resume_point;
 use agentcore_train::events::{Event, Summary};
 use agentcore_train::job::JobContext;
@@ -503,6 +503,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         run_dir: ctx.run_dir().display().to_string(),
     };
     store.call(|s| s.start_job(&new_job))?;
+    // Who runs it: `agentcore jobs` shows the job as interrupted once this process is gone.
+    let owner = cli_owner(std::process::id());
+    store.call(|s| s.set_job_owner(&job_id, &owner))?;
     if args.resume.is_some() {
         let point = resume_point(&data_dir, &job_id)?.unwrap_or(0);
         store.call(|s| s.forget_after(&job_id, point))?;
@@ -532,14 +535,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         Err(e) => {
             let message = e.to_string();
             if let Err(store_error) = store.call(|s| {
-                s.finish_job(
-                    &job_id,
-                    agentcore_store::JobStatus::Failed,
-                    None,
-                    None,
-                    None,
-                    Some(&message),
-                )
+                s.finish_job(&job_id, JobStatus::Failed, None, None, None, Some(&message))
             }) {
                 tracing::error!(job_id = %job_id, error = %store_error,
                     "could not record the job's failure in the store");
@@ -700,6 +696,28 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The owner record of a job run by the CLI process `pid` on this host.
+fn cli_owner(pid: u32) -> String {
+    format!("cli:{}:{pid}", host_name())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "?".into(), |h| h.trim().to_owned())
+}
+
+/// Whether a `running` job's CLI process (on this host) is gone: killed, crashed, or the machine
+/// restarted. A pid now used by another program counts as gone.
+fn cli_process_gone(owner: Option<&str>) -> bool {
+    let Some(rest) = owner.and_then(|o| o.strip_prefix("cli:")) else { return false };
+    let Some((host, pid)) = rest.rsplit_once(':') else { return false };
+    if host != host_name() {
+        return false;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !String::from_utf8_lossy(&cmdline).contains("agentcore")
+}
+
 /// `agentcore jobs`: the jobs of the store.
 pub fn jobs(data_dir_flag: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let data_dir = data_dir(data_dir_flag);
@@ -710,18 +728,45 @@ pub fn jobs(data_dir_flag: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     }
     let store = BlockingStore::open(&path)?;
     let jobs = store.call(|s| s.jobs())?;
+    // A `running` job whose CLI process is gone was interrupted (kill -9, a crash, a reboot).
+    let interrupted: Vec<&str> = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Running && cli_process_gone(j.lease_owner.as_deref()))
+        .map(|j| j.id.as_str())
+        .collect();
+    let resume =
+        |id: &str| format!("agentcore train --resume {id} --data-dir {}", data_dir.display());
     if json {
-        write_stdout(&serde_json::to_string_pretty(&jobs)?)?;
+        let mut rows = serde_json::to_value(&jobs)?;
+        for row in rows.as_array_mut().into_iter().flatten() {
+            let id = row["id"].as_str().unwrap_or_default().to_owned();
+            if interrupted.contains(&id.as_str()) {
+                row["status"] = Value::String("interrupted".into());
+                row["resume_command"] = Value::String(resume(&id));
+            }
+        }
+        write_stdout(&serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
     let mut out = format!(
-        "{:<36}  {:<10}  {:>9}  {:>10}  {}\n",
+        "{:<36}  {:<11}  {:>9}  {:>10}  {}\n",
         "job", "status", "iteration", "cost", "created"
     );
-    for j in jobs {
+    for j in &jobs {
+        let status = if interrupted.contains(&j.id.as_str()) {
+            "interrupted".into()
+        } else {
+            j.status.to_string()
+        };
         out += &format!(
-            "{:<36}  {:<10}  {:>4}/{:<4}  {:>10}  {}\n",
-            j.id, j.status, j.iterations_completed, j.total_iterations, j.cost_usd, j.created_at
+            "{:<36}  {:<11}  {:>4}/{:<4}  {:>10}  {}\n",
+            j.id, status, j.iterations_completed, j.total_iterations, j.cost_usd, j.created_at
+        );
+    }
+    for id in interrupted {
+        out += &format!(
+            "\n{id} was interrupted (its process is gone); resume it with:\n  {}\n",
+            resume(id)
         );
     }
     write_stdout(&out)

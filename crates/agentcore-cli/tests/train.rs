@@ -264,6 +264,11 @@ fn resume_after_a_crash_gives_the_weights_of_an_uninterrupted_run() {
         assert!(!out.status.success(), "{point}: the crash hook did not fire");
         let job = job_id(&crashed);
         assert!(of_kind(&crashed, "done").is_empty(), "{point}");
+        // Issue 14, finding 9: the killed job used to stay `running` in the store forever.
+        let listed = agentcore(&["jobs", "--data-dir", s.data.to_str().expect("utf-8")], &[]);
+        let listed = text(&listed.stdout);
+        assert!(listed.contains(&format!("{job}  interrupted")), "{point}: {listed}");
+        assert!(listed.contains(&format!("agentcore train --resume {job}")), "{point}: {listed}");
         let (out, resumed) = train(&s, &["--resume", &job], &[]);
         assert!(out.status.success(), "{point}: {}", text(&out.stderr));
         // Both crash points lie after the checkpoint of iteration 2.

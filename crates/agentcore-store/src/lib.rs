@@ -447,6 +447,22 @@ impl Store {
         Ok(())
     }
 
+    /// Records who runs a job outside the queue (a CLI process: `cli:<host>:<pid>`), so that a
+    /// reader can tell a job whose process died from one still running. No lease is set: such a
+    /// job is never claimed by a worker.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn set_job_owner(&self, job_id: &str, owner: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET lease_owner = $1 WHERE id = $2")
+            .bind(owner)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(())
+    }
+
     /// Forgets what a job recorded after `iteration` (its resume point): those iterations are
     /// run again.
     ///
