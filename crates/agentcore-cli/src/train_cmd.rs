@@ -493,6 +493,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         job_id: job_id.clone(),
         stop: Arc::new(AtomicBool::new(false)),
+        faults: agentcore_train::faults::Faults::default(),
     };
     let new_job = NewJob {
         id: job_id.clone(),

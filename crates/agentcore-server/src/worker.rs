@@ -181,6 +181,7 @@ impl Workers {
             data_dir: self.config.data_dir.clone(),
             job_id: job.id.clone(),
             stop: Arc::clone(&stop),
+            faults: agentcore_train::faults::Faults::default(),
         };
         // A job taken over from a dead worker continues from its last checkpoint: what was
         // recorded after it is run again.

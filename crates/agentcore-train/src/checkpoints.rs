@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::defaults::{JOB_STATE_FILE, KEEP_BEST_CHECKPOINTS, MANIFEST_FILE};
 use crate::events::{CheckpointInfo, Event, IterationMetrics, StopReason};
+use crate::faults::{FaultPoint, Faults};
 use crate::policy::Policy;
 use crate::settings::run_dir;
 
@@ -66,17 +67,6 @@ impl JobState {
     }
 }
 
-/// Test hook: `AGENTCORE_CRASH_AT=<point>:<iteration>` aborts the process (as a kill -9 would:
-/// no destructors, no flush) at `rollout`, `update` or `checkpoint` (half-way through writing
-/// the checkpoint's files) of that iteration.
-pub fn crash_point(point: &str, iteration: u32) {
-    if let Ok(spec) = std::env::var("AGENTCORE_CRASH_AT")
-        && spec == format!("{point}:{iteration}")
-    {
-        std::process::abort();
-    }
-}
-
 /// The retention rule: `checkpoints` with `new` added (replacing one of the same iteration),
 /// split into those kept (the best `keep_best` by validation success, the later on ties, plus
 /// `new` itself) and those dropped. Checkpoints without a validation rank last.
@@ -124,6 +114,23 @@ pub fn save(
     state: &mut JobState,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(), TrainError> {
+    save_with(run_dir, job_id, policy, rng, state, on_event, &Faults::default())
+}
+
+/// [`save`] with the job's fault-injection seam ([`FaultPoint::Checkpoint`] fires half-way
+/// through writing the files).
+///
+/// # Errors
+/// File errors, an injected fault.
+pub fn save_with(
+    run_dir: &Path,
+    job_id: &str,
+    policy: &dyn Policy,
+    rng: &ChaCha8Rng,
+    state: &mut JobState,
+    on_event: &mut dyn FnMut(&Event),
+    faults: &Faults,
+) -> Result<(), TrainError> {
     let iteration = state.iteration;
     let path = run_dir.join("checkpoints").join(format!("ckpt-{iteration:05}"));
     let info = CheckpointInfo {
@@ -150,7 +157,7 @@ pub fn save(
         for (k, (name, bytes)) in files.iter().enumerate() {
             write_atomic(&tmp.join(name), bytes)?;
             if k == 0 {
-                crash_point("checkpoint", iteration);
+                faults.hit(FaultPoint::Checkpoint, iteration)?;
             }
         }
         write_atomic(&tmp.join(MANIFEST_FILE), &manifest)?;

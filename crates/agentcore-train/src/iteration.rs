@@ -16,9 +16,9 @@ use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
 
 use crate::TrainError;
-use crate::checkpoints::crash_point;
 use crate::evaluate::Evaluator;
 use crate::events::{IterationMetrics, RolloutRecord};
+use crate::faults::{FaultPoint, Faults};
 use crate::policy::{Policy, ScoredBatch, UpdateStats};
 use crate::rollout::{roll_out, sample_tasks};
 use crate::scoring::{Scores, score};
@@ -39,6 +39,10 @@ pub struct IterationOutput {
 ///
 /// # Errors
 /// Backend, reward or update errors.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the iteration's inputs, each used once; a struct would only rename them"
+)]
 pub fn run_iteration(
     iteration: u32,
     settings: &JobSettings,
@@ -47,11 +51,12 @@ pub fn run_iteration(
     sandbox: &Arc<PythonSandbox>,
     train: &[Task],
     rng: &mut ChaCha8Rng,
+    faults: &Faults,
 ) -> Result<IterationOutput, TrainError> {
     let t0 = Instant::now();
     let tasks = sample_tasks(settings, train, rng);
     let trajectories = roll_out(settings, policy, sandbox, &tasks, rng)?;
-    crash_point("rollout", iteration);
+    faults.hit(FaultPoint::Rollout, iteration)?;
     let rollout_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
@@ -66,7 +71,7 @@ pub fn run_iteration(
         advantages: &scores.advantages,
         passed: &scores.passed,
     })?;
-    crash_point("update", iteration);
+    faults.hit(FaultPoint::Update, iteration)?;
     let update_seconds = t1.elapsed().as_secs_f64();
 
     let metrics =

@@ -22,6 +22,7 @@ use crate::checkpoints::{self, JobState};
 use crate::cost::{next_iteration_seconds, usd};
 use crate::evaluate::{EvalOutcome, Evaluator, passed, rate};
 use crate::events::{Event, StopReason, Summary};
+use crate::faults::FaultPoint;
 use crate::iteration::run_iteration;
 use crate::resume::{Start, prepare_run_dir, start};
 use crate::settings::{JobSettings, run_dir};
@@ -36,6 +37,8 @@ pub struct JobContext {
     pub job_id: String,
     /// Set to stop after the current iteration with a checkpoint (Ctrl-C).
     pub stop: Arc<AtomicBool>,
+    /// Faults a test injects (none in production).
+    pub faults: crate::faults::Faults,
 }
 
 impl JobContext {
@@ -122,6 +125,7 @@ pub fn run(
             &sandbox,
             &train,
             &mut rng,
+            &ctx.faults,
         )?;
         state.api_cost_usd += out.api_cost_usd;
         on_event(&Event::Rollouts { iteration, records: out.records });
@@ -137,6 +141,7 @@ pub fn run(
             last_eval = Some((iteration, outcomes));
             record_eval(settings, &mut state, iteration, e);
             metrics.eval_success_rate = Some(e);
+            ctx.faults.hit(FaultPoint::Evaluation, iteration)?;
         }
         metrics.cost_usd = spent(wall(&started), state.api_cost_usd);
         let update = budget.record((metrics.cost_usd - budget.spent()).max(Decimal::ZERO))?;
@@ -154,10 +159,19 @@ pub fn run(
             "iteration done"
         );
         state.history.push(metrics.clone());
+        ctx.faults.hit(FaultPoint::Record, iteration)?;
         on_event(&Event::Iteration(metrics));
         if state.stop_reason.is_some() || last || iteration % config.checkpoint_interval == 0 {
             state.wall_seconds = wall(&started);
-            checkpoints::save(&run_dir, &ctx.job_id, policy.as_ref(), &rng, &mut state, on_event)?;
+            checkpoints::save_with(
+                &run_dir,
+                &ctx.job_id,
+                policy.as_ref(),
+                &rng,
+                &mut state,
+                on_event,
+                &ctx.faults,
+            )?;
         }
     }
     if state.stop_reason == Some(StopReason::BudgetExhausted) {

@@ -28,6 +28,7 @@ pub mod demos;
 pub mod eval;
 pub mod evaluate;
 pub mod events;
+pub mod faults;
 pub mod iteration;
 pub mod job;
 pub mod policy;
@@ -53,6 +54,14 @@ pub enum TrainError {
     /// checkpoint: during the warm start.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A fault a test injected (see [`faults`]).
+    #[error("injected fault at {point} of iteration {iteration}")]
+    Injected {
+        /// The point.
+        point: &'static str,
+        /// The iteration.
+        iteration: u32,
+    },
     /// The job's settings break rules; each problem names the field, the rule and the value.
     #[error("invalid job settings: {}", problems.join("; "))]
     Settings {

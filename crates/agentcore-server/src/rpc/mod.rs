@@ -101,28 +101,9 @@ pub async fn handle(
                 .into_response();
         }
     };
-    let parsed: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            let err = ApiError::Parse(e.to_string()).into();
-            return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
-        }
-    };
-    let (items, batch) = match parsed {
-        Value::Array(items) if items.is_empty() => {
-            let err = ApiError::InvalidRequest("empty batch".into()).into();
-            return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
-        }
-        Value::Array(items) if items.len() > MAX_BATCH_LEN => {
-            let err = ApiError::InvalidRequest(format!(
-                "a batch holds at most {MAX_BATCH_LEN} calls, got {}",
-                items.len()
-            ))
-            .into();
-            return axum::Json(RpcResponse::err(Value::Null, err)).into_response();
-        }
-        Value::Array(items) => (items, true),
-        other => (vec![other], false),
+    let (items, batch) = match envelope(&body) {
+        Ok(x) => x,
+        Err(response) => return axum::Json(*response).into_response(),
     };
     // Rate limits first, for every call of the request.
     let now = unix_now();
@@ -164,21 +145,54 @@ pub async fn handle(
     with_limit_headers(response, shown)
 }
 
-/// One call; `None` for a notification.
-async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<RpcResponse> {
+/// The calls of a request body: one call (`false`) or a batch (`true`) of at most
+/// [`MAX_BATCH_LEN`]; else the one error response for the whole body (a parse error, an empty
+/// or too large batch).
+///
+/// # Errors
+/// The response to send instead.
+pub fn envelope(body: &[u8]) -> Result<(Vec<Value>, bool), Box<RpcResponse>> {
+    let parsed: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(RpcResponse::err(Value::Null, ApiError::Parse(e.to_string()).into()))
+    })?;
+    match parsed {
+        Value::Array(items) if items.is_empty() => Err(Box::new(RpcResponse::err(
+            Value::Null,
+            ApiError::InvalidRequest("empty batch".into()).into(),
+        ))),
+        Value::Array(items) if items.len() > MAX_BATCH_LEN => Err(Box::new(RpcResponse::err(
+            Value::Null,
+            ApiError::InvalidRequest(format!(
+                "a batch holds at most {MAX_BATCH_LEN} calls, got {}",
+                items.len()
+            ))
+            .into(),
+        ))),
+        Value::Array(items) => Ok((items, true)),
+        other => Ok((vec![other], false)),
+    }
+}
+
+/// One call of a request read as (method, params, id); else the error response (`None` for a
+/// notification whose params are wrong: nobody is there to read it).
+///
+/// # Errors
+/// An invalid request, params that are not an object.
+pub fn parse_call(
+    item: Value,
+) -> Result<(String, Map<String, Value>, Option<Value>), Option<RpcResponse>> {
     let id = item.get("id").cloned();
-    let request: Request = match serde_json::from_value(item) {
-        Ok(r) => r,
-        Err(e) => {
-            let err = ApiError::InvalidRequest(e.to_string()).into();
-            return Some(RpcResponse::err(id.unwrap_or(Value::Null), err));
-        }
-    };
+    let request: Request = serde_json::from_value(item).map_err(|e| {
+        Some(RpcResponse::err(
+            id.clone().unwrap_or(Value::Null),
+            ApiError::InvalidRequest(e.to_string()).into(),
+        ))
+    })?;
     if request.jsonrpc != "2.0" {
         let err =
             ApiError::InvalidRequest(format!("jsonrpc must be \"2.0\", got {:?}", request.jsonrpc))
                 .into();
-        return Some(RpcResponse::err(id.unwrap_or(Value::Null), err));
+        return Err(Some(RpcResponse::err(id.unwrap_or(Value::Null), err)));
     }
     let params = match request.params {
         None | Some(Value::Null) => Map::new(),
@@ -186,11 +200,20 @@ async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<Rpc
         Some(other) => {
             let err =
                 ApiError::params(format!("params must be an object, got {}", kind(&other))).into();
-            return request.id.map(|id| RpcResponse::err(id, err));
+            return Err(request.id.map(|id| RpcResponse::err(id, err)));
         }
     };
-    let result = dispatch(state, caller, &request.method, params).await;
-    let id = request.id?;
+    Ok((request.method, params, request.id))
+}
+
+/// One call; `None` for a notification.
+async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<RpcResponse> {
+    let (method, params, id) = match parse_call(item) {
+        Ok(x) => x,
+        Err(response) => return response,
+    };
+    let result = dispatch(state, caller, &method, params).await;
+    let id = id?;
     Some(match result {
         Ok(v) => RpcResponse::ok(id, v),
         Err(e) => RpcResponse::err(id, e.into()),
