@@ -104,10 +104,10 @@ proptest! {
         let text = String::from_utf8_lossy(&bytes);
         let _ = agentcore_grpo::config::GRPOConfig::from_json_str(&text);
         let _ = agentcore_grpo::config::GRPOConfig::from_yaml_str(&text);
-        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes) {
-            if let Ok(ws) = agentcore_train::spec::warm_start(Some(&map)) {
-                let _ = ws.violations();
-            }
+        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes)
+            && let Ok(ws) = agentcore_train::spec::warm_start(Some(&map))
+        {
+            let _ = ws.violations();
         }
     }
 

@@ -173,26 +173,33 @@ pub fn envelope(body: &[u8]) -> Result<(Vec<Value>, bool), Box<RpcResponse>> {
     }
 }
 
-/// One call of a request read as (method, params, id); else the error response (`None` for a
-/// notification whose params are wrong: nobody is there to read it).
+/// One call of a request, read.
+#[derive(Debug)]
+pub struct ParsedCall {
+    /// The method.
+    pub method: String,
+    /// The params (an object; none reads as empty).
+    pub params: Map<String, Value>,
+    /// The id (`None`: a notification).
+    pub id: Option<Value>,
+}
+
+/// One call of a request; else the error response (`None` for a notification whose params are
+/// wrong: nobody is there to read it).
 ///
 /// # Errors
 /// An invalid request, params that are not an object.
-pub fn parse_call(
-    item: Value,
-) -> Result<(String, Map<String, Value>, Option<Value>), Option<RpcResponse>> {
+pub fn parse_call(item: Value) -> Result<ParsedCall, Option<Box<RpcResponse>>> {
     let id = item.get("id").cloned();
     let request: Request = serde_json::from_value(item).map_err(|e| {
-        Some(RpcResponse::err(
-            id.clone().unwrap_or(Value::Null),
-            ApiError::InvalidRequest(e.to_string()).into(),
-        ))
+        let err = ApiError::InvalidRequest(e.to_string()).into();
+        Some(Box::new(RpcResponse::err(id.clone().unwrap_or(Value::Null), err)))
     })?;
     if request.jsonrpc != "2.0" {
         let err =
             ApiError::InvalidRequest(format!("jsonrpc must be \"2.0\", got {:?}", request.jsonrpc))
                 .into();
-        return Err(Some(RpcResponse::err(id.unwrap_or(Value::Null), err)));
+        return Err(Some(Box::new(RpcResponse::err(id.unwrap_or(Value::Null), err))));
     }
     let params = match request.params {
         None | Some(Value::Null) => Map::new(),
@@ -200,17 +207,17 @@ pub fn parse_call(
         Some(other) => {
             let err =
                 ApiError::params(format!("params must be an object, got {}", kind(&other))).into();
-            return Err(request.id.map(|id| RpcResponse::err(id, err)));
+            return Err(request.id.map(|id| Box::new(RpcResponse::err(id, err))));
         }
     };
-    Ok((request.method, params, request.id))
+    Ok(ParsedCall { method: request.method, params, id: request.id })
 }
 
 /// One call; `None` for a notification.
 async fn call(state: &Arc<AppState>, caller: &Caller, item: Value) -> Option<RpcResponse> {
-    let (method, params, id) = match parse_call(item) {
+    let ParsedCall { method, params, id } = match parse_call(item) {
         Ok(x) => x,
-        Err(response) => return response,
+        Err(response) => return response.map(|r| *r),
     };
     let result = dispatch(state, caller, &method, params).await;
     let id = id?;
