@@ -96,6 +96,20 @@ fn every_fault_point_resumes_to_the_uninterrupted_weights() {
                     panic!("{job}: the fault did not fire: {:?}", other.map(|r| r.map(|_| ())))
                 }
             }
+            // Wall time (and with it cost) is cumulative across segments: the resumed job counts
+            // the time up to its checkpoint.
+            let at_checkpoint: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(
+                    data.path()
+                        .join("runs")
+                        .join(&job)
+                        .join("checkpoints/ckpt-00002/job_state.json"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            let wall_before = at_checkpoint["wall_seconds"].as_f64().unwrap();
+            assert!(wall_before > 0.0, "{job}");
             let mut iterations = Vec::new();
             let resumed = run(
                 &settings,
@@ -112,7 +126,34 @@ fn every_fault_point_resumes_to_the_uninterrupted_weights() {
             .unwrap_or_else(|e| panic!("{job}: resume failed: {e}"));
             assert_eq!(iterations, vec![3, 4], "{job}: iterations run after the resume");
             assert_eq!(resumed.iterations, 4, "{job}");
+            assert!(
+                resumed.wall_seconds > wall_before,
+                "{job}: {} <= {wall_before}",
+                resumed.wall_seconds
+            );
             assert!(final_weights(data.path(), &job) == expected, "{job}: weights differ");
         }
     }
+}
+
+/// Issue 14, finding 3: the warm start's compute was not held to the budget (a long one ran to
+/// its end whatever `max_budget_usd` said). At $1 a second and a $0.50 budget, a 20,000-step warm
+/// start stops within about half a second of compute, with the spend and the budget named, and
+/// caches nothing.
+#[test]
+fn a_warm_start_stops_when_it_has_used_up_the_budget() {
+    let sandbox = Arc::new(PythonSandbox::detect().expect("python3 and the sandbox launcher"));
+    let data = tempfile::tempdir().unwrap();
+    let mut s = settings();
+    s.warm_start.steps = 20_000;
+    s.price_per_hour_usd = rust_decimal::Decimal::from(3600);
+    s.config.max_budget_usd = rust_decimal::Decimal::new(50, 2);
+    let err = run(&s, &ctx(data.path(), "costly", Faults::default()), sandbox, &mut |_| {})
+        .expect_err("stopped by the budget");
+    let text = err.to_string();
+    assert!(text.contains("the warm start used up the budget"), "{text}");
+    assert!(text.contains("max_budget_usd $0.50"), "{text}");
+    assert!(!data.path().join("warmstart").read_dir().is_ok_and(|mut d| {
+        d.any(|e| e.is_ok_and(|e| e.path().join("trainer_state.json").exists()))
+    }));
 }
