@@ -18,6 +18,15 @@ fn database_url(url: Option<&str>, data_dir: &Path) -> String {
     url.map_or_else(|| data_dir.join("agentcore.db").display().to_string(), str::to_owned)
 }
 
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send to stop a process).
+async fn stop_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -128,7 +137,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )?;
         }
         drop(err);
-        tokio::signal::ctrl_c().await?;
+        stop_signal().await?;
         let _ =
             writeln!(std::io::stderr(), "stopping: running jobs checkpoint and are resumed later");
         server.shutdown().await;
@@ -171,7 +180,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             args.workers.max(1),
             store.location()
         );
-        tokio::signal::ctrl_c().await?;
+        stop_signal().await?;
         let _ = tx.send(true);
         for t in tasks {
             let _ = t.await;

@@ -142,3 +142,25 @@ fn worker_killed_and_replaced(database: Option<String>) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 14, finding 3: the server did not stop on a signal within 30 s. SIGTERM (what
+/// Kubernetes sends) drains and exits cleanly.
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let data = tempfile::tempdir().expect("tempdir");
+    // Listening (the banner is printed once it is).
+    let (mut server, _url, _token, _) =
+        common::serve(&["--data-dir", data.path().to_str().expect("utf-8")]);
+    let pid = server.0.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(sent.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "still running after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
