@@ -139,9 +139,11 @@ impl OpenAiBackend {
     /// A backend with these settings.
     #[must_use]
     pub fn new(settings: OpenAiSettings) -> Self {
+        // Redirects are not followed: a prompt (and the API key) go only where the agent says.
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs_f64(settings.timeout_s.max(0.001))))
             .http_status_as_error(false)
+            .max_redirects(0)
             .build()
             .into();
         Self { settings, agent }
