@@ -303,6 +303,34 @@ def _judge(req):
 
 _builtins_snapshot = dict(builtins.__dict__)
 _modules_snapshot = set(sys.modules)
+# Every module loaded now, with its namespace: a call that patches one (`json.dumps = ...`,
+# `os.listdir = ...`, the worker's own helpers in `__main__`) is undone before the next call.
+_namespaces = [(name, m, dict(m.__dict__)) for name, m in sys.modules.items() if m is not None]
+_sys_path = list(sys.path)
+_environ = dict(os.environ)
+
+
+def _restore():
+    builtins.__dict__.clear()
+    builtins.__dict__.update(_builtins_snapshot)
+    for name in set(sys.modules) - _modules_snapshot:
+        del sys.modules[name]
+    for name, module, saved in _namespaces:
+        sys.modules[name] = module
+        ns = module.__dict__
+        if name != "__main__":
+            # (In `__main__` the loop's own variables come and go; only its definitions return.)
+            for k in [k for k in ns if k not in saved]:
+                del ns[k]
+        for k, v in saved.items():
+            if ns.get(k, _restore) is not v:
+                ns[k] = v
+    sys.path[:] = _sys_path
+    if dict(os.environ) != _environ:
+        os.environ.clear()
+        os.environ.update(_environ)
+
+
 _proto_out.write(b'{"ready": true}\n')
 while True:
     line = _readline()
@@ -323,10 +351,7 @@ while True:
     err = _run(req["code"], g, cap, echo=True)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     # Undo what the code may have changed in the interpreter before the next call.
-    builtins.__dict__.clear()
-    builtins.__dict__.update(_builtins_snapshot)
-    for name in set(sys.modules) - _modules_snapshot:
-        del sys.modules[name]
+    _restore()
     _clean_scratch()
     os.chdir(_SCRATCH)
     reply = {"stdout": _stable(cap.text()), "error": _stable(err), "output_limited": cap.over}

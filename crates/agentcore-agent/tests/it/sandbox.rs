@@ -398,3 +398,25 @@ fn sees_only_the_interpreter_and_runs_unprivileged() {
     assert_eq!(out.stdout.trim(), "True", "{out:?}");
     assert_still_works(&p);
 }
+
+/// A tool call that patches modules loaded at start (`json`, `os`, `sys.path`, the worker's own
+/// helpers) does not change what the next call sees.
+#[test]
+fn patched_modules_do_not_reach_the_next_call() {
+    let p = pool();
+    let patch = p.run(
+        // (Lists only: the worker's own replies, dicts, keep working, so the worker survives.)
+        "import json, os, sys\n_dumps = json.dumps\n\
+         json.dumps = lambda o, *a, **k: 'forged' if isinstance(o, list) else _dumps(o, *a, **k)\n\
+         os.listdir = None\n\
+         json.extra = 1\nsys.path.append('/tmp/evil')\nos.environ['EVIL'] = '1'\n\
+         sys.modules['__main__']._stable = lambda t: t\nprint('patched')",
+    );
+    assert_eq!(patch.stdout.trim(), "patched", "{patch:?}");
+    let out = p.run(
+        "import json, os, sys\nprint(json.dumps([1]), os.listdir is not None, hasattr(json, 'extra'), \
+         '/tmp/evil' in sys.path, 'EVIL' in os.environ)\nraise ValueError('still reported')",
+    );
+    assert_eq!(out.stdout.trim(), "[1] True False False False", "{out:?}");
+    assert!(out.observation().contains("ValueError: still reported"), "{out:?}");
+}
