@@ -54,17 +54,6 @@ pub enum TrainError {
     /// checkpoint: during the warm start.
     #[error("interrupted: {0}")]
     Interrupted(String),
-    /// The warm start's compute used up the job's budget before training began.
-    #[error(
-        "the warm start used up the budget before training began: ${spent} of max_budget_usd \
-         ${budget} (raise the budget, or shorten model.warm_start.steps)"
-    )]
-    WarmStartOverBudget {
-        /// Spent on the warm start, USD.
-        spent: rust_decimal::Decimal,
-        /// The budget, USD.
-        budget: rust_decimal::Decimal,
-    },
     /// A fault a test injected (see [`faults`]).
     #[error("injected fault at {point} of iteration {iteration}")]
     Injected {

@@ -103,26 +103,17 @@ pub fn start(
     // The warm start stops (nothing cached) at the next step once `stop` is set, or once its
     // compute has used up the job's budget.
     let budget = settings.config.max_budget_usd;
-    let mut over_budget = None;
-    let initial = policy::initial(settings, data_dir, sandbox, &mut |p| {
+    let (policy, cached) = policy::initial(settings, data_dir, sandbox, &mut |p| {
         on_event(&Event::WarmStart(p));
         let spent = crate::cost::usd(ws_start.elapsed().as_secs_f64(), settings.price_per_hour_usd);
-        if spent > budget {
-            over_budget = Some(spent);
-            return std::ops::ControlFlow::Break(());
-        }
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            std::ops::ControlFlow::Break(())
+            std::ops::ControlFlow::Break(crate::warmstart::WarmStop::Interrupt)
+        } else if spent > budget {
+            std::ops::ControlFlow::Break(crate::warmstart::WarmStop::Budget)
         } else {
             std::ops::ControlFlow::Continue(())
         }
-    });
-    let (policy, cached) = match (initial, over_budget) {
-        (Err(TrainError::Interrupted(_)), Some(spent)) => {
-            return Err(TrainError::WarmStartOverBudget { spent, budget });
-        }
-        (r, _) => r?,
-    };
+    })?;
     let warm = if cached { 0.0 } else { ws_start.elapsed().as_secs_f64() };
     Ok(Start {
         policy,

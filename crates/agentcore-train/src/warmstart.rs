@@ -236,6 +236,17 @@ impl WarmStartSettings {
     }
 }
 
+/// Why a warm start stops before its last step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmStop {
+    /// The job is cancelled or the process shuts down: the warm start fails with
+    /// [`TrainError::Interrupted`].
+    Interrupt,
+    /// Its compute has used up the job's budget: the model as far as it got is the policy (the
+    /// job then stops for the budget); nothing is cached.
+    Budget,
+}
+
 /// The transcript of a demonstration: `<bos>query<call>expr</call><out>output</out><ans>answer</ans>`
 /// (what a rollout of the tags format produces; the loss skips the query and `<out>...</out>`).
 #[must_use]
@@ -289,7 +300,7 @@ pub fn warm_start(
     settings: &WarmStartSettings,
     data_dir: &Path,
     sandbox: &PythonSandbox,
-    progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<()>,
+    progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<WarmStop>,
 ) -> Result<(Decoder, PathBuf, bool), TrainError> {
     let dir = data_dir.join("warmstart").join(settings.cache_key());
     if dir.join("trainer_state.json").is_file() {
@@ -359,13 +370,26 @@ pub fn warm_start(
         let value = f64::from(loss.to_scalar::<f32>()?);
         opt.step(&loss.backward()?)?;
         let report = WarmStartProgress { step: step + 1, steps: settings.steps, loss: value };
-        if progress(report).is_break() {
+        match progress(report) {
+            std::ops::ControlFlow::Continue(()) => {}
             // Nothing is cached: a later run starts the warm start again.
-            return Err(TrainError::Interrupted(format!(
-                "the warm start was stopped after step {} of {}",
-                step + 1,
-                settings.steps
-            )));
+            std::ops::ControlFlow::Break(WarmStop::Interrupt) => {
+                return Err(TrainError::Interrupted(format!(
+                    "the warm start was stopped after step {} of {}",
+                    step + 1,
+                    settings.steps
+                )));
+            }
+            // The job goes on with the model as far as it got (and stops at once for the
+            // budget); the partial warm start is not cached.
+            std::ops::ControlFlow::Break(WarmStop::Budget) => {
+                tracing::warn!(
+                    step = step + 1,
+                    steps = settings.steps,
+                    "the warm start used up the budget; stopping it here (not cached)"
+                );
+                return Ok((model, dir, false));
+            }
         }
     }
     save_checkpoint(&dir, &model, &opt, &rng)?;

@@ -91,8 +91,9 @@ pub trait Policy {
 }
 
 /// The policy of a job before training, and whether its warm start came from the cache.
-/// `progress` sees every warm-start step and may stop it (`ControlFlow::Break`: cancellation or
-/// shutdown), which ends in [`TrainError::Interrupted`].
+/// `progress` sees every warm-start step and may stop it: `WarmStop::Interrupt` (cancellation,
+/// shutdown) ends in [`TrainError::Interrupted`], `WarmStop::Budget` keeps the model as far as it
+/// got (not cached).
 ///
 /// # Errors
 /// Model or file errors, an interrupted warm start.
@@ -100,7 +101,9 @@ pub fn initial(
     settings: &JobSettings,
     data_dir: &Path,
     sandbox: &PythonSandbox,
-    progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<()>,
+    progress: &mut dyn FnMut(
+        WarmStartProgress,
+    ) -> std::ops::ControlFlow<crate::warmstart::WarmStop>,
 ) -> Result<(Box<dyn Policy>, bool), TrainError> {
     if let Some(api) = &settings.api {
         return Ok((Box::new(prompt::PromptPolicy::initial(settings, api)), true));

@@ -109,7 +109,9 @@ impl WeightsPolicy {
         settings: &JobSettings,
         data_dir: &Path,
         sandbox: &PythonSandbox,
-        progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<()>,
+        progress: &mut dyn FnMut(
+            WarmStartProgress,
+        ) -> std::ops::ControlFlow<crate::warmstart::WarmStop>,
     ) -> Result<(Self, bool), TrainError> {
         let (model, cached) = match &settings.model {
             None => {
