@@ -18,12 +18,26 @@ fn database_url(url: Option<&str>, data_dir: &Path) -> String {
     url.map_or_else(|| data_dir.join("agentcore.db").display().to_string(), str::to_owned)
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send to stop a process).
-async fn stop_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
+/// SIGINT (Ctrl-C) and SIGTERM (what Kubernetes and systemd send to stop a process), handled
+/// from the moment this is made: made before the process says it is ready, so a signal sent
+/// right after is never the default (immediate) exit.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+    }
+
+    /// Waits for either.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 
@@ -116,6 +130,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     let rt = runtime()?;
     rt.block_on(async move {
+        let mut signals = StopSignals::new()?;
         let server =
             Server::start(config, Some(database), addr).await.map_err(|e| anyhow::anyhow!(e))?;
         let mut err = std::io::stderr().lock();
@@ -137,7 +152,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )?;
         }
         drop(err);
-        stop_signal().await?;
+        signals.recv().await;
         let _ =
             writeln!(std::io::stderr(), "stopping: running jobs checkpoint and are resumed later");
         server.shutdown().await;
@@ -168,6 +183,7 @@ pub struct WorkerArgs {
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let data_dir = crate::train_cmd::data_dir(args.data_dir);
     runtime()?.block_on(async move {
+        let mut signals = StopSignals::new()?;
         let store = agentcore_store::Store::connect(&args.database_url).await?;
         let mut config = WorkerConfig::new(data_dir);
         config.lease = std::time::Duration::from_secs(args.lease_seconds.max(1));
@@ -180,7 +196,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             args.workers.max(1),
             store.location()
         );
-        stop_signal().await?;
+        signals.recv().await;
         let _ = tx.send(true);
         for t in tasks {
             let _ = t.await;
