@@ -251,11 +251,12 @@ pub fn own_addresses() -> Vec<IpAddr> {
     if_addrs::get_if_addrs().map(|v| v.into_iter().map(|i| i.ip()).collect()).unwrap_or_default()
 }
 
-/// Why `ip` may not be connected to, if it may not.
-fn forbidden(ip: IpAddr) -> Option<&'static str> {
+/// Why `ip` may not be connected to, if it may not (`own`: this host's addresses, read once per
+/// lookup).
+fn forbidden(ip: IpAddr, own: &[IpAddr]) -> Option<&'static str> {
     if is_non_public(ip) {
         Some("a loopback, private, link-local or otherwise non-public address")
-    } else if own_addresses().contains(&ip) {
+    } else if own.contains(&ip) {
         Some("an address of this server")
     } else {
         None
@@ -287,8 +288,9 @@ pub fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
         if has_port { authority.to_owned() } else { format!("{authority}:{default_port}") };
     let addrs =
         host_port.to_socket_addrs().map_err(|e| format!("cannot resolve {authority:?}: {e}"))?;
+    let own = own_addresses();
     for a in addrs {
-        if let Some(why) = forbidden(a.ip()) {
+        if let Some(why) = forbidden(a.ip(), &own) {
             return Err(format!("{authority} resolves to {}, {why}; not allowed", a.ip()));
         }
     }
@@ -311,7 +313,8 @@ impl ureq::unversioned::resolver::Resolver for PublicOnly {
         timeout: ureq::unversioned::transport::NextTimeout,
     ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
         let addrs = self.inner.resolve(uri, config, timeout)?;
-        if let Some((a, why)) = addrs.iter().find_map(|a| forbidden(a.ip()).map(|w| (a, w))) {
+        let own = own_addresses();
+        if let Some((a, why)) = addrs.iter().find_map(|a| forbidden(a.ip(), &own).map(|w| (a, w))) {
             return Err(ureq::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!("{} resolves to {}, {why}; not allowed", uri.host().unwrap_or("?"), a.ip()),
