@@ -81,11 +81,21 @@ pub enum EventKind {
     /// The job was cancelled.
     #[serde(rename = "training.job.cancelled")]
     JobCancelled,
+    /// A checkpoint of the job was deployed to an environment.
+    #[serde(rename = "training.deployment.created")]
+    DeploymentCreated,
+    /// A deployment of a checkpoint of the job was rolled back.
+    #[serde(rename = "training.deployment.rolled_back")]
+    DeploymentRolledBack,
+    /// An A/B test whose experiment is a checkpoint of the job reached a decision, or changed
+    /// its split by its rules.
+    #[serde(rename = "training.ab_test.decision")]
+    AbTestDecision,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::JobStarted,
         Self::Baseline,
         Self::Iteration,
@@ -95,6 +105,9 @@ impl EventKind {
         Self::JobCompleted,
         Self::JobFailed,
         Self::JobCancelled,
+        Self::DeploymentCreated,
+        Self::DeploymentRolledBack,
+        Self::AbTestDecision,
     ];
 
     /// The stored name.
@@ -110,6 +123,9 @@ impl EventKind {
             Self::JobCompleted => "training.job.completed",
             Self::JobFailed => "training.job.failed",
             Self::JobCancelled => "training.job.cancelled",
+            Self::DeploymentCreated => "training.deployment.created",
+            Self::DeploymentRolledBack => "training.deployment.rolled_back",
+            Self::AbTestDecision => "training.ab_test.decision",
         }
     }
 
@@ -161,11 +177,20 @@ pub enum WebhookEvent {
     /// A checkpoint was written.
     #[serde(rename = "training.checkpoint.saved")]
     CheckpointSaved,
+    /// A checkpoint was deployed.
+    #[serde(rename = "training.deployment.created")]
+    DeploymentCreated,
+    /// A deployment was rolled back (by a call or an A/B test's guardrail).
+    #[serde(rename = "training.deployment.rolled_back")]
+    DeploymentRolledBack,
+    /// An A/B test decided, or raised its split.
+    #[serde(rename = "training.ab_test.decision")]
+    AbTestDecision,
 }
 
 impl WebhookEvent {
     /// Every event.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::JobStarted,
         Self::JobProgress,
         Self::JobCompleted,
@@ -173,6 +198,9 @@ impl WebhookEvent {
         Self::JobCancelled,
         Self::BudgetWarning,
         Self::CheckpointSaved,
+        Self::DeploymentCreated,
+        Self::DeploymentRolledBack,
+        Self::AbTestDecision,
     ];
 
     /// The wire name.
@@ -186,6 +214,9 @@ impl WebhookEvent {
             Self::JobCancelled => "training.job.cancelled",
             Self::BudgetWarning => "training.budget.warning",
             Self::CheckpointSaved => "training.checkpoint.saved",
+            Self::DeploymentCreated => "training.deployment.created",
+            Self::DeploymentRolledBack => "training.deployment.rolled_back",
+            Self::AbTestDecision => "training.ab_test.decision",
         }
     }
 
@@ -200,6 +231,9 @@ impl WebhookEvent {
             EventKind::JobCancelled => Some(Self::JobCancelled),
             EventKind::BudgetWarning => Some(Self::BudgetWarning),
             EventKind::CheckpointSaved => Some(Self::CheckpointSaved),
+            EventKind::DeploymentCreated => Some(Self::DeploymentCreated),
+            EventKind::DeploymentRolledBack => Some(Self::DeploymentRolledBack),
+            EventKind::AbTestDecision => Some(Self::AbTestDecision),
             EventKind::Baseline | EventKind::BudgetExceeded => None,
         }
     }

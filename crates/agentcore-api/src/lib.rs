@@ -40,6 +40,10 @@ pub mod codes {
     pub const EVALUATION_FAILED: i64 = -40004;
     /// `limit` over 10000.
     pub const EXPORT_LIMIT: i64 = -40005;
+    /// The deployment gate: the checkpoint's evaluation is not significantly better.
+    pub const DEPLOYMENT_GATE: i64 = -40006;
+    /// No deployment or A/B test for that agent and environment.
+    pub const NO_DEPLOYMENT: i64 = -40007;
     /// The token lacks a permission.
     pub const PERMISSION_DENIED: i64 = -40103;
 }
@@ -70,6 +74,22 @@ pub mod methods {
     pub const REWARDS_REGISTER: &str = "rewards.register_remote";
     /// The OpenRPC document.
     pub const DISCOVER: &str = "rpc.discover";
+    /// Deploy a checkpoint to an environment.
+    pub const DEPLOY: &str = "training.deploy_checkpoint";
+    /// Roll an environment back to its previous deployment.
+    pub const ROLLBACK: &str = "training.rollback_deployment";
+    /// An agent's deployments.
+    pub const LIST_DEPLOYMENTS: &str = "training.list_deployments";
+    /// Split an environment's traffic between two checkpoints.
+    pub const CONFIGURE_AB: &str = "training.configure_ab_test";
+    /// An A/B test's report.
+    pub const GET_AB: &str = "training.get_ab_test";
+    /// Stop an A/B test (optionally promoting the experiment).
+    pub const STOP_AB: &str = "training.stop_ab_test";
+    /// Run the deployed agent on one query.
+    pub const INVOKE: &str = "agents.invoke";
+    /// The outcome of an invocation.
+    pub const FEEDBACK: &str = "agents.feedback";
 }
 
 /// A JSON-RPC request (a notification when `id` is absent).
@@ -423,4 +443,168 @@ mod tests {
         );
         assert_eq!(e.to_string(), r#"bad (code -32600) {"field":"batch_size"}"#);
     }
+}
+
+/// The evaluation a deployment rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeploymentEvaluation {
+    /// McNemar's exact p-value against the baseline (the agent before training).
+    pub p_value: f64,
+    /// Held-out success rate, checkpoint minus baseline.
+    pub success_rate_improvement: f64,
+    /// Held-out queries evaluated.
+    pub queries_evaluated: usize,
+    /// Success rate of the checkpoint.
+    pub success_rate: f64,
+    /// Success rate of the baseline.
+    pub baseline_success_rate: f64,
+}
+
+/// A deployment (`training.deploy_checkpoint`, `training.list_deployments`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Deployment {
+    /// Its id.
+    pub deployment_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The environment.
+    pub environment: String,
+    /// 1, 2, ... per environment.
+    pub version: i64,
+    /// The checkpoint served.
+    pub checkpoint_id: String,
+    /// The checkpoint's job.
+    pub job_id: String,
+    /// The deployment active before this one.
+    pub previous_deployment_id: Option<String>,
+    /// RFC 3339.
+    pub deployed_at: String,
+    /// Who deployed it.
+    pub deployed_by: String,
+    /// The evaluation it rests on (none where none was run, e.g. a staging deploy).
+    pub evaluation: Option<DeploymentEvaluation>,
+    /// Deployed past the gate with `force`.
+    pub forced: bool,
+    /// `active`, `superseded` or `rolled_back`.
+    pub status: String,
+    /// Why (a promotion, a guardrail rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// `training.rollback_deployment` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RollbackResult {
+    /// The deployment now active again.
+    pub deployment: Deployment,
+    /// The deployment rolled back.
+    pub rolled_back: Deployment,
+}
+
+/// `training.list_deployments` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeploymentList {
+    /// Newest first.
+    pub deployments: Vec<Deployment>,
+    /// Returned.
+    pub count: usize,
+    /// Matching in all.
+    pub total_count: u64,
+}
+
+/// One arm of an A/B report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AbArm {
+    /// The checkpoint of the arm.
+    pub checkpoint_id: String,
+    /// Invocations answered by it.
+    pub invocations: u64,
+    /// Invocations with an outcome (verified or fed back).
+    pub outcomes: u64,
+    /// Successful outcomes.
+    pub successes: u64,
+    /// Successes / outcomes (null without outcomes).
+    pub success_rate: Option<f64>,
+    /// Wilson 95% interval of the rate (null without outcomes).
+    pub success_interval: Option<[f64; 2]>,
+    /// Mean latency (null without invocations).
+    pub mean_latency_ms: Option<f64>,
+    /// Cost of its invocations (decimal string).
+    pub cost_usd: String,
+}
+
+/// An A/B test (`training.configure_ab_test`, `training.get_ab_test`, `training.stop_ab_test`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AbTest {
+    /// Its id.
+    pub ab_test_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The environment.
+    pub environment: String,
+    /// `running`, `stopped` or `rolled_back`.
+    pub status: String,
+    /// Share of users sent to the experiment now.
+    pub traffic_split: f64,
+    /// Level of the sequential test.
+    pub alpha: f64,
+    /// Roll back when significantly worse.
+    pub guardrail: bool,
+    /// The raise rule, if any.
+    pub auto_raise: Option<params::RaiseRule>,
+    /// The baseline arm.
+    pub baseline: AbArm,
+    /// The experiment arm.
+    pub experiment: AbArm,
+    /// Experiment minus baseline success rate (null until both have outcomes).
+    pub difference: Option<f64>,
+    /// The always-valid p-value of the sequential test (valid however often it is read).
+    pub p_value: f64,
+    /// The sequential test: `mixture likelihood ratio (KT mixture / pooled MLE)`.
+    pub test: String,
+    /// `continue`, `experiment_better` or `experiment_worse`.
+    pub decision: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The deployment made by `stop_ab_test(promote: true)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<Deployment>,
+}
+
+/// `agents.invoke` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InvokeResult {
+    /// The invocation (give it to `agents.feedback`).
+    pub invocation_id: String,
+    /// The agent's final answer (null when it gave none).
+    pub answer: Option<String>,
+    /// `baseline` or `experiment`.
+    pub arm: String,
+    /// The checkpoint that answered.
+    pub checkpoint_id: String,
+    /// The stored trajectory (the invocation id).
+    pub trajectory_id: String,
+    /// The verifier's verdict, when `expected_outcome` was given.
+    pub success: Option<bool>,
+    /// Wall time of the call on the server.
+    pub latency_ms: u64,
+    /// Cost (decimal string).
+    pub cost_usd: String,
+    /// The environment.
+    pub environment: String,
+    /// The A/B test that routed it.
+    pub ab_test_id: Option<String>,
+}
+
+/// `agents.feedback` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FeedbackResult {
+    /// The invocation.
+    pub invocation_id: String,
+    /// The outcome recorded.
+    pub success: bool,
+    /// The reward recorded.
+    pub reward: Option<f64>,
+    /// The A/B test's decision after it (when the invocation belongs to one).
+    pub decision: Option<String>,
 }

@@ -19,8 +19,10 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use agentcore_api::params::{ConfigureAbParams, InvokeParams, RaiseRule};
 pub use agentcore_api::{
-    CancelResult, JobStatus, ListResult, RpcError, StartResult, StatusResult, SubscribeResult,
+    AbArm, AbTest, CancelResult, Deployment, DeploymentList, FeedbackResult, InvokeResult,
+    JobStatus, ListResult, RollbackResult, RpcError, StartResult, StatusResult, SubscribeResult,
 };
 use agentcore_api::{Request, Response, methods};
 use serde::de::DeserializeOwned;
@@ -247,5 +249,107 @@ impl TrainingClient {
     /// [`ClientError`].
     pub fn subscribe_webhook(&self, events: &[&str], url: &str) -> Result<SubscribeResult> {
         self.typed(methods::SUBSCRIBE, json!({"events": events, "url": url}))
+    }
+
+    /// `training.deploy_checkpoint`: `checkpoint_id` of a job of `agent_id` into `environment`
+    /// (`production` needs a significantly better held-out evaluation unless `force`).
+    ///
+    /// # Errors
+    /// [`ClientError`] (code -40006 at the deployment gate, quoting the p-value).
+    pub fn deploy_checkpoint(
+        &self,
+        agent_id: &str,
+        checkpoint_id: &str,
+        environment: &str,
+        force: bool,
+    ) -> Result<Deployment> {
+        self.typed(
+            methods::DEPLOY,
+            json!({"agent_id": agent_id, "checkpoint_id": checkpoint_id,
+                   "environment": environment, "force": force}),
+        )
+    }
+
+    /// `training.rollback_deployment`.
+    ///
+    /// # Errors
+    /// [`ClientError`] (code -40007 when there is nothing to roll back to).
+    pub fn rollback_deployment(&self, agent_id: &str, environment: &str) -> Result<RollbackResult> {
+        self.typed(methods::ROLLBACK, json!({"agent_id": agent_id, "environment": environment}))
+    }
+
+    /// `training.list_deployments`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn list_deployments(
+        &self,
+        agent_id: &str,
+        environment: Option<&str>,
+    ) -> Result<DeploymentList> {
+        let mut params = json!({"agent_id": agent_id});
+        if let Some(e) = environment {
+            params["environment"] = json!(e);
+        }
+        self.typed(methods::LIST_DEPLOYMENTS, params)
+    }
+
+    /// `training.configure_ab_test`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn configure_ab_test(&self, params: &ConfigureAbParams) -> Result<AbTest> {
+        let value =
+            serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.typed(methods::CONFIGURE_AB, value)
+    }
+
+    /// `training.get_ab_test`.
+    ///
+    /// # Errors
+    /// [`ClientError`] (code -40007 when there is none).
+    pub fn get_ab_test(&self, agent_id: &str, environment: &str) -> Result<AbTest> {
+        self.typed(methods::GET_AB, json!({"agent_id": agent_id, "environment": environment}))
+    }
+
+    /// `training.stop_ab_test`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn stop_ab_test(&self, agent_id: &str, environment: &str, promote: bool) -> Result<AbTest> {
+        self.typed(
+            methods::STOP_AB,
+            json!({"agent_id": agent_id, "environment": environment, "promote": promote}),
+        )
+    }
+
+    /// `agents.invoke`.
+    ///
+    /// # Errors
+    /// [`ClientError`] (code -40007 when nothing is deployed).
+    pub fn invoke(&self, params: &InvokeParams) -> Result<InvokeResult> {
+        let value =
+            serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.typed(methods::INVOKE, value)
+    }
+
+    /// `agents.feedback`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn feedback(
+        &self,
+        invocation_id: &str,
+        success: Option<bool>,
+        reward: Option<f64>,
+    ) -> Result<FeedbackResult> {
+        let mut params = json!({"invocation_id": invocation_id});
+        if let Some(s) = success {
+            params["success"] = json!(s);
+        }
+        if let Some(r) = reward {
+            params["reward"] = json!(r);
+        }
+        self.typed(methods::FEEDBACK, params)
     }
 }

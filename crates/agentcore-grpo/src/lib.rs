@@ -28,6 +28,7 @@ mod error;
 pub mod loss;
 mod numeric;
 pub mod rewards;
+pub mod sequential;
 pub mod stats;
 
 pub use config::{ConfigFormat, GRPOConfig};

@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// Every permission of the contract.
-pub const ALL_PERMISSIONS: [&str; 7] = [
+pub const ALL_PERMISSIONS: [&str; 8] = [
     "training:start",
     "training:view",
     "training:cancel",
@@ -17,6 +17,7 @@ pub const ALL_PERMISSIONS: [&str; 7] = [
     "data:export",
     "training:deploy",
     "agents:manage",
+    "agents:invoke",
 ];
 
 /// How tokens are checked.

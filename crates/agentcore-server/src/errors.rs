@@ -82,6 +82,29 @@ pub enum ApiError {
         /// The page asked for.
         got: u64,
     },
+    /// The deployment gate: a production deploy of a checkpoint whose held-out evaluation is
+    /// not significantly better than the baseline.
+    #[error(
+        "deployment gate: checkpoint {checkpoint_id} is not significantly better than the \
+         baseline on its held-out evaluation (p = {p_value:.4}, success rate improvement \
+         {improvement:+.3}, {queries} queries; production needs p < {alpha} and an improvement \
+         > 0); pass force: true to deploy anyway"
+    )]
+    DeploymentGate {
+        /// The checkpoint.
+        checkpoint_id: String,
+        /// McNemar's p-value.
+        p_value: f64,
+        /// Success rate difference.
+        improvement: f64,
+        /// Queries evaluated.
+        queries: usize,
+        /// The level.
+        alpha: f64,
+    },
+    /// No deployment (or A/B test) for an agent and environment.
+    #[error("{0}")]
+    NoDeployment(String),
     /// The caller's token lacks a permission.
     #[error("permission denied: {0} is required")]
     PermissionDenied(String),
@@ -152,6 +175,8 @@ impl ApiError {
             Self::EvaluationFailed(_) => codes::EVALUATION_FAILED,
             Self::ExportLimit { .. } => codes::EXPORT_LIMIT,
             Self::PermissionDenied(_) => codes::PERMISSION_DENIED,
+            Self::DeploymentGate { .. } => codes::DEPLOYMENT_GATE,
+            Self::NoDeployment(_) => codes::NO_DEPLOYMENT,
             Self::Store(_) | Self::Internal { .. } => codes::INTERNAL_ERROR,
         }
     }
@@ -194,6 +219,13 @@ impl From<ApiError> for RpcError {
             ),
             ApiError::CannotCancel { status, .. } => Some(json!({"status": status})),
             ApiError::PermissionDenied(p) => Some(json!({"permission": p})),
+            ApiError::DeploymentGate { checkpoint_id, p_value, improvement, queries, alpha } => {
+                Some(json!({
+                    "checkpoint_id": checkpoint_id, "p_value": p_value,
+                    "success_rate_improvement": improvement, "queries_evaluated": queries,
+                    "alpha": alpha,
+                }))
+            }
             _ => None,
         };
         let message = match &e {
@@ -248,6 +280,17 @@ mod tests {
             (ApiError::PermissionDenied("training:start".into()), codes::PERMISSION_DENIED),
             (ApiError::EvaluationFailed("no checkpoint".into()), codes::EVALUATION_FAILED),
             (ApiError::MethodNotFound("x".into()), codes::METHOD_NOT_FOUND),
+            (ApiError::NoDeployment("nothing deployed".into()), codes::NO_DEPLOYMENT),
+            (
+                ApiError::DeploymentGate {
+                    checkpoint_id: "c".into(),
+                    p_value: 0.23,
+                    improvement: 0.04,
+                    queries: 24,
+                    alpha: 0.05,
+                },
+                codes::DEPLOYMENT_GATE,
+            ),
         ];
         for (e, code) in cases {
             let text = e.to_string();

@@ -16,7 +16,9 @@ pub mod auth;
 mod errors;
 pub mod limits;
 pub mod metrics;
+pub mod openai;
 pub mod rpc;
+pub mod serving;
 pub mod webhooks;
 pub mod worker;
 pub mod ws;
@@ -101,6 +103,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Turns true when the server stops (WebSocket followers end).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The checkpoints `agents.invoke` serves.
+    pub serving: serving::Serving,
+    /// Orders the A/B tests' reads and writes after outcomes within this process.
+    pub ab_lock: tokio::sync::Mutex<()>,
 }
 
 /// Default of [`ServerConfig::header_read_timeout`].
@@ -164,6 +170,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(agentcore_api::RPC_PATH, post(rpc::handle))
         .route("/training/ws/{job_id}", get(ws::handle))
         .route("/metrics", get(metrics::metrics))
+        .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -207,6 +214,8 @@ impl Server {
             limiter: RateLimiter::new(config.rate_limit_scale),
             auth,
             metrics: Arc::clone(&metrics),
+            serving: serving::Serving::new(config.data_dir.clone()),
+            ab_lock: tokio::sync::Mutex::new(()),
             config,
         });
         let listener =

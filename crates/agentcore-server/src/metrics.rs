@@ -24,8 +24,11 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde_json::Value;
 
+/// The latency histogram of `agents.invoke`.
+pub const INVOCATION_HISTOGRAM: &str = "agentcore_invocation_duration_seconds";
+
 /// Histograms and their buckets (seconds).
-pub const HISTOGRAMS: [(&str, &str, &[f64]); 4] = [
+pub const HISTOGRAMS: [(&str, &str, &[f64]); 5] = [
     (
         "training_trajectory_generation_duration_seconds",
         "Rollout phase of one iteration (all trajectories), seconds.",
@@ -45,6 +48,11 @@ pub const HISTOGRAMS: [(&str, &str, &[f64]); 4] = [
         "training_checkpoint_save_duration_seconds",
         "Writing one checkpoint, seconds.",
         &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
+    ),
+    (
+        INVOCATION_HISTOGRAM,
+        "agents.invoke (and /v1/chat/completions) on the server, seconds.",
+        &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
     ),
 ];
 
@@ -89,6 +97,11 @@ impl Metrics {
     /// Records one duration.
     pub fn observe(&self, name: &'static str, seconds: f64) {
         self.recorder.register_histogram(&Key::from_static_name(name), &META).record(seconds);
+    }
+
+    /// Records one invocation's latency.
+    pub fn observe_invocation(&self, seconds: f64) {
+        self.observe(INVOCATION_HISTOGRAM, seconds);
     }
 
     /// The histograms in Prometheus text.
@@ -215,6 +228,29 @@ async fn render_metrics(
         "gauge",
         "max_budget_usd of each running job.",
         &limit,
+    );
+    // Invocations from the store (every server process's), labelled only for the caller's
+    // organisation; an anonymous scrape sees the total.
+    let invocations = match org {
+        Some(org) => state
+            .store
+            .invocation_counts(Some(org))
+            .await?
+            .into_iter()
+            .map(|(agent, env, arm, n)| {
+                (format!("{{agent=\"{agent}\",environment=\"{env}\",arm=\"{arm}\"}}"), n as f64)
+            })
+            .collect(),
+        None => {
+            let all = state.store.invocation_counts(None).await?;
+            vec![(String::new(), all.iter().map(|c| c.3).sum::<u64>() as f64)]
+        }
+    };
+    out += &family(
+        "agentcore_invocations_total",
+        "counter",
+        "Invocations of deployed agents (agents.invoke, /v1/chat/completions).",
+        &invocations,
     );
     let histograms = state.metrics.render_histograms();
     for (name, help, buckets) in HISTOGRAMS {

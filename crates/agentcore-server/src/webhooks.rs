@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcore_api::{JobStatus, WebhookEvent};
+use agentcore_api::{EventKind, JobStatus, WebhookEvent};
 use agentcore_store::{
     AttemptOutcome, ClaimedMessage, EventRow, OutboxMessage, Store, WebhookDelivery,
 };
@@ -212,7 +212,13 @@ async fn messages_for(
         // A job that is gone has nobody to tell.
         let Some(job) = store.job(&e.job_id).await? else { continue };
         let hooks = store.webhooks(&job.org).await?;
-        let status = e.kind.status().filter(|s| s.is_final()).unwrap_or(JobStatus::Running);
+        // Deployment and A/B events carry the job's status as it is now.
+        let status = match e.kind {
+            EventKind::DeploymentCreated
+            | EventKind::DeploymentRolledBack
+            | EventKind::AbTestDecision => job.status,
+            kind => kind.status().filter(|s| s.is_final()).unwrap_or(JobStatus::Running),
+        };
         let mut data = json!({"job_id": job.id, "agent_id": job.agent_id, "status": status});
         if let (Some(d), Some(p)) = (data.as_object_mut(), e.payload.as_object()) {
             for (k, v) in p {

@@ -39,9 +39,14 @@ macro_rules! events_lock {
     };
 }
 
+mod deploy;
 mod outbox;
 mod queue;
 pub use agentcore_api::{EventKind, JobStatus};
+pub use deploy::{
+    AbTestRow, ArmAggregate, DeploymentRow, InvocationRow, NewDeployment, ab_status,
+    deployment_status,
+};
 pub use outbox::{AttemptOutcome, ClaimedMessage, OutboxMessage};
 pub use queue::{CancelOutcome, JobFilter, Lease, MAX_JOB_ATTEMPTS, WebhookDelivery, WebhookRow};
 
@@ -937,6 +942,11 @@ fn dedupe_key(kind: EventKind, payload: &Value) -> Option<String> {
             .and_then(Value::as_u64)
             .map(|i| format!("{}:{i}", kind.as_str())),
         EventKind::Baseline => Some(kind.as_str().to_owned()),
+        // An A/B test's decision (and each raise of its split) once, whoever observed it.
+        EventKind::AbTestDecision => payload
+            .get("event_key")
+            .and_then(Value::as_str)
+            .map(|k| format!("{}:{k}", kind.as_str())),
         _ => None,
     }
 }

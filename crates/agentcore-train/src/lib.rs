@@ -37,6 +37,7 @@ pub mod report;
 pub mod resume;
 pub mod rollout;
 pub mod scoring;
+pub mod serve;
 pub mod settings;
 pub mod spec;
 pub mod summary;

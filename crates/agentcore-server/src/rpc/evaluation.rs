@@ -31,6 +31,7 @@ pub(super) async fn evaluate(
             return Err(ApiError::NotFound { what: "checkpoint", id: c.clone(), hint: "" });
         }
     }
+    let held_out = evaluation_queries.is_none();
     let queries = match evaluation_queries {
         None => None,
         Some(v) => Some(tasks("evaluation_queries", &Value::Array(v))?),
@@ -51,7 +52,7 @@ pub(super) async fn evaluate(
         avg_steps: m.avg_steps,
         tool_accuracy: m.tool_accuracy,
     };
-    Ok(EvaluateResult {
+    let result = EvaluateResult {
         job_id: report.job_id.clone(),
         checkpoint_id: report.checkpoint_id.clone(),
         iteration: report.iteration,
@@ -72,7 +73,13 @@ pub(super) async fn evaluate(
         statistically_significant: report.statistically_significant,
         queries_evaluated: report.queries_evaluated,
         evaluation_duration_ms: report.evaluation_duration_ms,
-    })
+    };
+    // The held-out evaluation of a checkpoint is what a production deploy rests on.
+    if held_out {
+        let value = serde_json::to_value(&result)?;
+        state.store.save_evaluation(&result.job_id, &result.checkpoint_id, &value).await?;
+    }
+    Ok(result)
 }
 
 pub(super) async fn export(

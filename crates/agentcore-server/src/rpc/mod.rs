@@ -334,15 +334,43 @@ async fn dispatch(
             to_value(Ok(RewardEndpoint { agent_type, name, url }))
         }
         methods::DISCOVER => Ok(openrpc()),
-        "training.deploy_checkpoint" | "training.configure_ab_test" | "agents.invoke" => {
-            Err(ApiError::MethodNotFound(format!(
-                "{method} is not served by this version (deployment comes later)"
-            )))
+        methods::DEPLOY => {
+            need(caller, "training:deploy")?;
+            to_value(deploy::deploy(state, caller, typed(params)?).await)
+        }
+        methods::ROLLBACK => {
+            need(caller, "training:deploy")?;
+            to_value(deploy::rollback(state, caller, typed(params)?).await)
+        }
+        methods::LIST_DEPLOYMENTS => {
+            need(caller, "training:view")?;
+            to_value(deploy::list_deployments(state, caller, typed(params)?).await)
+        }
+        methods::CONFIGURE_AB => {
+            need(caller, "training:deploy")?;
+            to_value(deploy::configure_ab_test(state, caller, typed(params)?).await)
+        }
+        methods::GET_AB => {
+            need(caller, "training:view")?;
+            to_value(deploy::get_ab_test(state, caller, typed(params)?).await)
+        }
+        methods::STOP_AB => {
+            need(caller, "training:deploy")?;
+            to_value(deploy::stop_ab_test(state, caller, typed(params)?).await)
+        }
+        methods::INVOKE => {
+            need(caller, "agents:invoke")?;
+            to_value(deploy::invoke(state, caller, typed(params)?).await)
+        }
+        methods::FEEDBACK => {
+            need(caller, "agents:invoke")?;
+            to_value(deploy::feedback(state, caller, typed(params)?).await)
         }
         other => Err(ApiError::MethodNotFound(format!("{other:?}"))),
     }
 }
 
+pub mod deploy;
 mod evaluation;
 mod jobs;
 mod openrpc;

@@ -6,10 +6,17 @@ use agentcore_agent::definition::AgentDefinition;
 use schemars::{JsonSchema, SchemaGenerator};
 
 use super::*;
+use agentcore_api::params::{
+    AbTestParams, ConfigureAbParams, DeployParams, FeedbackParams, InvokeParams,
+    ListDeploymentsParams, RollbackParams, StopAbParams,
+};
+use agentcore_api::{
+    AbTest, Deployment, DeploymentList, FeedbackResult, InvokeResult, RollbackResult,
+};
 
 /// Every method the server answers, with its summary: `dispatch` serves exactly these (a test
 /// checks both ways).
-pub const SERVED: [&str; 12] = [
+pub const SERVED: [&str; 20] = [
     methods::START,
     methods::STATUS,
     methods::CANCEL,
@@ -22,6 +29,14 @@ pub const SERVED: [&str; 12] = [
     methods::AGENTS_LIST,
     methods::REWARDS_REGISTER,
     methods::DISCOVER,
+    methods::DEPLOY,
+    methods::ROLLBACK,
+    methods::LIST_DEPLOYMENTS,
+    methods::CONFIGURE_AB,
+    methods::GET_AB,
+    methods::STOP_AB,
+    methods::INVOKE,
+    methods::FEEDBACK,
 ];
 
 /// The OpenRPC document itself (its shape is OpenRPC's).
@@ -93,6 +108,35 @@ pub fn openrpc() -> Value {
         "Serve the rewards of an agent type from an HTTP endpoint (the remote-reward protocol)",
     );
     d.method::<NoParams, Object>(methods::DISCOVER, "This document");
+    d.method::<DeployParams, Deployment>(
+        methods::DEPLOY,
+        "Deploy a checkpoint to an environment (production is gated on its held-out evaluation)",
+    );
+    d.method::<RollbackParams, RollbackResult>(
+        methods::ROLLBACK,
+        "Roll an environment back to the deployment before the active one",
+    );
+    d.method::<ListDeploymentsParams, DeploymentList>(
+        methods::LIST_DEPLOYMENTS,
+        "An agent's deployments, newest first",
+    );
+    d.method::<ConfigureAbParams, AbTest>(
+        methods::CONFIGURE_AB,
+        "Split an environment's users between a baseline and an experiment checkpoint",
+    );
+    d.method::<AbTestParams, AbTest>(
+        methods::GET_AB,
+        "An A/B test's arms, Wilson intervals and always-valid sequential test",
+    );
+    d.method::<StopAbParams, AbTest>(methods::STOP_AB, "Stop an A/B test, optionally promoting");
+    d.method::<InvokeParams, InvokeResult>(
+        methods::INVOKE,
+        "Run the deployed agent on one query (A/B routed by user_key)",
+    );
+    d.method::<FeedbackParams, FeedbackResult>(
+        methods::FEEDBACK,
+        "The outcome of an invocation (feeds its A/B test)",
+    );
     let schemas: Map<String, Value> = d.generator.take_definitions(true).into_iter().collect();
     json!({
         "openrpc": "1.2.6",

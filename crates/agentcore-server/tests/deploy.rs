@@ -1,0 +1,279 @@
+//! Deployments, the production gate, A/B tests and invocations on loopback: a real server, a
+//! real (tiny) job, its real checkpoints answering through `agents.invoke`. User outcomes come
+//! through `agents.feedback` (as a product's users would send them), so that the test knows
+//! which arm is better and can check the sequential test's decision and the guardrail.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use agentcore_api::{EventKind, codes};
+use agentcore_client::{ConfigureAbParams, InvokeParams, TrainingClient};
+use common::*;
+use serde_json::{Value, json};
+
+fn ab(baseline: Option<&str>, experiment: &str, split: f64, guardrail: bool) -> ConfigureAbParams {
+    ConfigureAbParams {
+        agent_id: "tiny-agent".into(),
+        environment: "production".into(),
+        baseline_checkpoint: baseline.map(str::to_owned),
+        experiment_checkpoint: experiment.into(),
+        traffic_split: split,
+        guardrail,
+        alpha: 0.05,
+        auto_raise: None,
+    }
+}
+
+fn invoke(c: &TrainingClient, query: &str, user: &str) -> agentcore_client::InvokeResult {
+    c.invoke(&InvokeParams {
+        agent_id: "tiny-agent".into(),
+        query: query.into(),
+        environment: "production".into(),
+        user_key: Some(user.into()),
+        expected_outcome: None,
+    })
+    .unwrap()
+}
+
+/// A user's verdict on invocation `i`: the arm succeeds `rate` percent of the time (a fixed
+/// pattern, the same on every run).
+fn verdict(i: usize, rate: usize) -> bool {
+    (i * 37) % 100 < rate
+}
+
+/// `n` invocations by `users` user keys from 8 callers at once, each followed by the user's
+/// feedback (`rates`: percent success of baseline and experiment). (user key, arm) of each.
+fn traffic(
+    s: &TestServer,
+    token: &str,
+    n: usize,
+    users: usize,
+    rates: (usize, usize),
+) -> Vec<(String, String)> {
+    let queries: Vec<String> =
+        tasks(40, 9).iter().map(|t| t["query"].as_str().unwrap().to_owned()).collect();
+    let url = s.url();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|w| {
+                let (url, queries) = (url.clone(), &queries);
+                scope.spawn(move || {
+                    let c = TrainingClient::new(&url, Some(token.to_owned()));
+                    let mut out = Vec::new();
+                    for i in (w..n).step_by(8) {
+                        let user = format!("user-{}", i % users);
+                        let r = invoke(&c, &queries[i % queries.len()], &user);
+                        let rate = if r.arm == "experiment" { rates.1 } else { rates.0 };
+                        c.feedback(&r.invocation_id, Some(verdict(i, rate)), None).unwrap();
+                        out.push((user, r.arm));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn deploy_gate_ab_test_guardrail_and_invocations() {
+    let s = TestServer::start(1);
+    let tok = admin("acme");
+    let c = s.client(&tok);
+    tiny_agent(&c, "tiny-agent");
+    let job = c.start_training("tiny-agent", small_config(4), &tasks(120, 3), None).unwrap();
+    let done = wait_for(&c, &job.job_id, finished, Duration::from_secs(300));
+    assert_eq!(done.status, "completed", "{done:?}");
+    let store = s.server.as_ref().unwrap().state.store.clone();
+    let kept: Vec<String> =
+        s.rt.block_on(store.checkpoints(&job.job_id))
+            .unwrap()
+            .into_iter()
+            .filter(|k| !k.deleted)
+            .map(|k| k.id)
+            .collect();
+    assert!(kept.len() >= 2, "{kept:?}");
+    let (early, late) = (kept[0].clone(), kept[kept.len() - 1].clone());
+
+    // Nothing deployed yet: invoke says so.
+    let e = c
+        .invoke(&InvokeParams {
+            agent_id: "tiny-agent".into(),
+            query: "Compute the sum of [1, 2]".into(),
+            environment: "production".into(),
+            user_key: None,
+            expected_outcome: None,
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), Some(codes::NO_DEPLOYMENT), "{e}");
+
+    // Staging takes any checkpoint; production refuses one that is not significantly better.
+    let staged = c.deploy_checkpoint("tiny-agent", &late, "staging", false).unwrap();
+    assert_eq!((staged.version, staged.status.as_str(), staged.forced), (1, "active", false));
+    let e = c.deploy_checkpoint("tiny-agent", &late, "production", false).unwrap_err();
+    assert_eq!(e.code(), Some(codes::DEPLOYMENT_GATE), "{e}");
+    let message = e.to_string();
+    assert!(message.contains("p = ") && message.contains("improvement"), "{message}");
+    // The evaluation it rests on is stored and shown with the forced deploy.
+    let forced = c.deploy_checkpoint("tiny-agent", &late, "production", true).unwrap();
+    let eval = forced.evaluation.clone().expect("the evaluation the gate read");
+    assert!(forced.forced && eval.queries_evaluated > 0, "{forced:?}");
+    assert!(message.contains(&format!("p = {:.4}", eval.p_value)), "{message} {eval:?}");
+    // Another deploy, then a rollback restores the one before.
+    let second = c.deploy_checkpoint("tiny-agent", &early, "production", true).unwrap();
+    assert_eq!(second.previous_deployment_id.as_deref(), Some(forced.deployment_id.as_str()));
+    let back = c.rollback_deployment("tiny-agent", "production").unwrap();
+    assert_eq!(back.deployment.deployment_id, forced.deployment_id);
+    assert_eq!(back.rolled_back.status, "rolled_back");
+    let e = c.rollback_deployment("tiny-agent", "production").unwrap_err();
+    assert_eq!(e.code(), Some(codes::NO_DEPLOYMENT), "{e}");
+    let list = c.list_deployments("tiny-agent", Some("production")).unwrap();
+    assert_eq!(list.total_count, 2);
+    let active: Vec<&str> = list
+        .deployments
+        .iter()
+        .filter(|d| d.status == "active")
+        .map(|d| d.checkpoint_id.as_str())
+        .collect();
+    assert_eq!(active, [late.as_str()]);
+
+    // A 10% A/B test: the experiment (the early checkpoint) is what users like better.
+    let t = c.configure_ab_test(&ab(None, &early, 0.1, false)).unwrap();
+    assert_eq!((t.status.as_str(), t.baseline.checkpoint_id.as_str()), ("running", late.as_str()));
+    let seen = traffic(&s, &tok, 2000, 500, (50, 90));
+    let mut arm_of: HashMap<&str, &str> = HashMap::new();
+    for (user, arm) in &seen {
+        let first = *arm_of.entry(user.as_str()).or_insert(arm.as_str());
+        assert_eq!(first, arm, "user {user} changed arms");
+    }
+    assert_eq!(arm_of.len(), 500);
+    let share = seen.iter().filter(|(_, a)| a == "experiment").count() as f64 / 2000.0;
+    assert!((0.08..=0.12).contains(&share), "experiment share {share}");
+    let report = c.get_ab_test("tiny-agent", "production").unwrap();
+    assert_eq!(report.baseline.invocations + report.experiment.invocations, 2000);
+    assert_eq!(report.baseline.outcomes + report.experiment.outcomes, 2000);
+    assert_eq!(report.decision, "experiment_better", "{report:?}");
+    assert!(report.p_value < 0.05 && report.difference.unwrap() > 0.2, "{report:?}");
+    let [lo, hi] = report.experiment.success_interval.unwrap();
+    assert!(lo < report.experiment.success_rate.unwrap() && hi <= 1.0);
+    assert!(report.baseline.mean_latency_ms.unwrap() > 0.0);
+    // The decision was announced once.
+    let events = s.rt.block_on(store.events(&job.job_id)).unwrap();
+    let decisions: Vec<&Value> =
+        events.iter().filter(|e| e.kind == EventKind::AbTestDecision).map(|e| &e.payload).collect();
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0]["decision"], "experiment_better");
+
+    // Promotion: the winner goes to production past the gate, on the test's evidence.
+    let stopped = c.stop_ab_test("tiny-agent", "production", true).unwrap();
+    let promoted = stopped.promoted.expect("promoted");
+    assert_eq!((promoted.checkpoint_id.as_str(), promoted.forced), (early.as_str(), false));
+    assert!(promoted.note.unwrap().contains("promoted by A/B test"));
+
+    // A guardrail test: the experiment is worse, and is rolled back by the test.
+    c.configure_ab_test(&ab(Some(&early), &late, 0.5, true)).unwrap();
+    traffic(&s, &tok, 300, 100, (80, 20));
+    let report = c.get_ab_test("tiny-agent", "production").unwrap();
+    assert_eq!(
+        (report.decision.as_str(), report.status.as_str()),
+        ("experiment_worse", "rolled_back")
+    );
+    let events = s.rt.block_on(store.events(&job.job_id)).unwrap();
+    assert!(
+        events.iter().any(
+            |e| e.kind == EventKind::DeploymentRolledBack && e.payload["reason"] == "guardrail"
+        ),
+        "{events:?}"
+    );
+    // Traffic now goes to the active deployment only.
+    let r = invoke(&c, "Compute the sum of [1, 2]", "user-1");
+    assert_eq!(
+        (r.arm.as_str(), r.ab_test_id.as_deref(), r.checkpoint_id.as_str()),
+        ("baseline", None, early.as_str())
+    );
+
+    // An invocation with an expected outcome is verified; feedback after that is refused.
+    let t = &tasks(1, 4)[0];
+    let r = c
+        .invoke(&InvokeParams {
+            agent_id: "tiny-agent".into(),
+            query: t["query"].as_str().unwrap().into(),
+            environment: "production".into(),
+            user_key: None,
+            expected_outcome: Some(t["expected_outcome"].as_object().unwrap().clone()),
+        })
+        .unwrap();
+    assert!(r.success.is_some(), "{r:?}");
+    let e = c.feedback(&r.invocation_id, Some(true), None).unwrap_err();
+    assert_eq!(e.code(), Some(codes::INVALID_PARAMS), "{e}");
+
+    // Any OpenAI client: the agent as a model, A/B routed by `user`.
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent
+        .post(format!("{}/v1/chat/completions", s.url()))
+        .header("Authorization", format!("Bearer {tok}"))
+        .send_json(json!({
+            "model": "tiny-agent@production", "user": "u-9",
+            "messages": [{"role": "user", "content": "Compute the sum of [4, 5]"}],
+        }))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
+    assert_eq!(body["agentcore"]["checkpoint_id"], early.as_str());
+    let resp = agent
+        .post(format!("{}/v1/chat/completions", s.url()))
+        .header("Authorization", format!("Bearer {tok}"))
+        .send_json(
+            json!({"model": "no-such-agent", "messages": [{"role": "user", "content": "q"}]}),
+        )
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    // Metrics: invocations per agent, environment and arm for the owner.
+    let mut resp = agent
+        .get(format!("{}/metrics", s.url()))
+        .header("Authorization", format!("Bearer {tok}"))
+        .call()
+        .unwrap();
+    let text = resp.body_mut().read_to_string().unwrap();
+    assert!(
+        text.contains(
+            "agentcore_invocations_total{agent=\"tiny-agent\",environment=\"production\",arm=\"experiment\"}"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("agentcore_invocation_duration_seconds_count"), "{text}");
+
+    // The methods are discoverable; raw calls get the contract's codes.
+    let (status, _, body) =
+        s.post(Some(&tok), r#"{"jsonrpc": "2.0", "id": 1, "method": "rpc.discover"}"#);
+    assert_eq!(status, 200);
+    for m in
+        ["training.deploy_checkpoint", "training.get_ab_test", "agents.invoke", "agents.feedback"]
+    {
+        assert!(body.contains(m), "{m}");
+    }
+    let (_, body) = s.get("/healthz");
+    assert_eq!(body, "ok");
+
+    // Other organisations see nothing; deploying needs training:deploy.
+    let other = s.client(&admin("globex"));
+    assert_eq!(
+        other.get_ab_test("tiny-agent", "production").unwrap_err().code(),
+        Some(codes::NOT_FOUND)
+    );
+    assert_eq!(
+        other.feedback(&r.invocation_id, Some(true), None).unwrap_err().code(),
+        Some(codes::NOT_FOUND)
+    );
+    let viewer = s.client(&token("viewer", "acme", &["training:view"]));
+    assert_eq!(
+        viewer.deploy_checkpoint("tiny-agent", &late, "staging", false).unwrap_err().code(),
+        Some(codes::PERMISSION_DENIED)
+    );
+}
