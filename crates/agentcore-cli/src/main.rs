@@ -112,6 +112,32 @@ enum BenchCommand {
         #[arg(long, conflicts_with = "gemma")]
         no_gemma: bool,
     },
+    /// A/A tests of the A/B test's sequential test, looked at repeatedly: how often it (and,
+    /// for contrast, a fixed-sample z-test looked at the same way) declares a difference that
+    /// is not there.
+    Ab {
+        /// A/A tests.
+        #[arg(long, default_value_t = 2000)]
+        tests: u32,
+        /// Outcomes per test.
+        #[arg(long, default_value_t = 2000)]
+        outcomes: u32,
+        /// Outcomes between two looks.
+        #[arg(long, default_value_t = 50)]
+        look_every: u32,
+        /// Both arms' success rate.
+        #[arg(long, default_value_t = 0.5)]
+        rate: f64,
+        /// Share of outcomes in the experiment arm.
+        #[arg(long, default_value_t = 0.5)]
+        split: f64,
+        /// The level.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+        /// The simulation's seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +292,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             writeln!(stderr, "{}: valid", file.display())?;
             write_stdout(&config.to_string_format(format.into()))?;
+        }
+        Command::Bench(BenchCommand::Ab { tests, outcomes, look_every, rate, split, alpha, seed }) => {
+            use rand::SeedableRng;
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let r = agentcore_grpo::sequential::aa_simulation(
+                tests, outcomes, look_every, rate, split, alpha, &mut rng,
+            )?;
+            write_stdout(&format!(
+                "{} A/A tests of {} outcomes (rate {rate}, split {split}), looked at every {}: \
+                 false positives at alpha {}\n  sequential (always valid): {:.4}\n  \
+                 fixed-sample z-test:       {:.4}\n",
+                r.tests,
+                r.outcomes,
+                r.look_every,
+                r.alpha,
+                r.sequential_false_positive_rate,
+                r.naive_false_positive_rate
+            ))?;
         }
         Command::Bench(BenchCommand::Model { json, steps, gen_reps, gemma, no_gemma }) => {
             let gemma = match (gemma, no_gemma) {
