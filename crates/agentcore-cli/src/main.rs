@@ -293,7 +293,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(stderr, "{}: valid", file.display())?;
             write_stdout(&config.to_string_format(format.into()))?;
         }
-        Command::Bench(BenchCommand::Ab { tests, outcomes, look_every, rate, split, alpha, seed }) => {
+        Command::Bench(BenchCommand::Ab {
+            tests,
+            outcomes,
+            look_every,
+            rate,
+            split,
+            alpha,
+            seed,
+        }) => {
             use rand::SeedableRng;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
             let r = agentcore_grpo::sequential::aa_simulation(

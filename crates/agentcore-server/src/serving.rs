@@ -155,13 +155,12 @@ impl Serving {
             .map_err(|e| ApiError::internal("loading a checkpoint", e))?;
         tracing::info!(job_id = %job_id, checkpoint_id = %checkpoint_id, policy = %described,
             "serving a checkpoint");
-        if map.len() >= MAX_SERVED_CHECKPOINTS {
-            if let Some(oldest) =
+        if map.len() >= MAX_SERVED_CHECKPOINTS
+            && let Some(oldest) =
                 map.iter().min_by_key(|(_, l)| l.last_used).map(|(k, _)| k.clone())
-            {
-                // Its thread ends once the calls in flight are answered.
-                map.remove(&oldest);
-            }
+        {
+            // Its thread ends once the calls in flight are answered.
+            map.remove(&oldest);
         }
         map.insert(checkpoint_id.to_owned(), Loaded { tx: tx.clone(), last_used: *clock });
         Ok(tx)
