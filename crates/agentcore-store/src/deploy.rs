@@ -269,15 +269,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(self.db())?;
-        Ok(row.map(|r| CheckpointRow {
-            id: r.get("id"),
-            job_id: r.get("job_id"),
-            iteration: u32::try_from(r.get::<i64, _>("iteration")).unwrap_or(0),
-            path: r.get("path"),
-            eval_success_rate: r.get("eval_success_rate"),
-            deleted: r.get::<i64, _>("deleted") != 0,
-            created_at: r.get("created_at"),
-        }))
+        Ok(row.as_ref().map(crate::checkpoint_row))
     }
 
     /// Keeps the held-out evaluation of a checkpoint (the latest one replaces an earlier one).

@@ -777,18 +777,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(self.db())?;
-        Ok(rows
-            .iter()
-            .map(|r| CheckpointRow {
-                id: r.get("id"),
-                job_id: r.get("job_id"),
-                iteration: u32::try_from(r.get::<i64, _>("iteration")).unwrap_or(0),
-                path: r.get("path"),
-                eval_success_rate: r.get("eval_success_rate"),
-                deleted: r.get::<i64, _>("deleted") != 0,
-                created_at: r.get("created_at"),
-            })
-            .collect())
+        Ok(rows.iter().map(checkpoint_row).collect())
     }
 
     /// A job's events in order.
@@ -807,6 +796,18 @@ impl Store {
     /// Closes the pool (flushes the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+pub(crate) fn checkpoint_row(r: &AnyRow) -> CheckpointRow {
+    CheckpointRow {
+        id: r.get("id"),
+        job_id: r.get("job_id"),
+        iteration: u32::try_from(r.get::<i64, _>("iteration")).unwrap_or(0),
+        path: r.get("path"),
+        eval_success_rate: r.get("eval_success_rate"),
+        deleted: r.get::<i64, _>("deleted") != 0,
+        created_at: r.get("created_at"),
     }
 }
 
