@@ -22,7 +22,8 @@ b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=")
 h = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
 p = b(json.dumps({"sub": "pipeline", "org": "examples", "exp": int(time.time()) + 7200,
                   "permissions": ["training:start", "training:view", "training:cancel",
-                                  "training:evaluate", "data:export", "agents:manage"]}).encode())
+                                  "training:evaluate", "data:export", "agents:manage",
+                                  "training:deploy", "agents:invoke"]}).encode())
 s = b(hmac.new(sys.argv[1].encode(), h + b"." + p, hashlib.sha256).digest())
 print((h + b"." + p + b"." + s).decode())
 PY
@@ -31,3 +32,15 @@ export AGENTCORE_URL=$url AGENTCORE_API_KEY=$token AGENTCORE_DATA=$work/training
 python3 examples/python/setup_agent.py
 PYTHONPATH=python python3 examples/python/complete_pipeline.py | tee "$work/pipeline.out"
 grep -q "Training completed successfully" "$work/pipeline.out"
+# Phase 5: deploy the job's best checkpoint, A/B test it, invoke it.
+AGENTCORE_JOB=$(grep -o "Training started: [0-9a-f-]*" "$work/pipeline.out" | cut -d' ' -f3) \
+  PYTHONPATH=python python3 examples/python/deploy_ab.py
+# The same from the CLI (AGENTCORE_URL and AGENTCORE_API_KEY are exported above).
+"$BIN" deploy list code-generator-v2 --environment production > "$work/deployments.json"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("CLI deploy list:", d["total_count"], "deployments")' "$work/deployments.json"
+"$BIN" invoke code-generator-v2 "Compute the sum of [1, 2]" --user-key cli-user > "$work/invoke.json"
+inv=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["invocation_id"])' "$work/invoke.json")
+"$BIN" feedback "$inv" --success true > /dev/null
+"$BIN" ab status code-generator-v2 > "$work/ab.json"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("CLI ab status:", d["status"], d["traffic_split"], d["decision"])' "$work/ab.json"
+if "$BIN" deploy code-generator-v2 no-such-checkpoint 2> "$work/deploy.err"; then exit 1; else echo "CLI deploy refused: exit $?"; fi

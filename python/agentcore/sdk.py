@@ -137,3 +137,84 @@ class TrainingClient:
 
     def register_agent(self, agent_id: str, agent_type: str = "default", model: Any = "built-in", **fields: Any) -> Dict[str, Any]:
         return self.call("agents.register", {"agent_id": agent_id, "agent_type": agent_type, "model": model, **fields})
+
+    # -- Phase 5: deployment, A/B tests, invocation ----------------------------------------
+    def deploy_checkpoint(self, agent_id: str, checkpoint_id: str, environment: str = "production", force: bool = False) -> Dict[str, Any]:
+        """Deploys a checkpoint to an environment of its agent. ``production`` needs a held-out
+        evaluation significantly better than the agent before training (McNemar p < 0.05); the
+        service refuses others with code -40006, quoting p and the improvement, unless
+        ``force=True`` (recorded on the deployment)."""
+        return self.call("training.deploy_checkpoint", {"agent_id": agent_id, "checkpoint_id": checkpoint_id, "environment": environment, "force": force})
+
+    def rollback_deployment(self, agent_id: str, environment: str = "production") -> Dict[str, Any]:
+        """Restores the deployment before the active one."""
+        return self.call("training.rollback_deployment", {"agent_id": agent_id, "environment": environment})
+
+    def list_deployments(self, agent_id: str, environment: Optional[str] = None, limit: int = 50, offset: int = 0) -> Dict[str, Any]:
+        params: Dict[str, Any] = {"agent_id": agent_id, "limit": limit, "offset": offset}
+        if environment:
+            params["environment"] = environment
+        return self.call("training.list_deployments", params)
+
+    def configure_ab_test(
+        self,
+        agent_id: Any = None,
+        baseline_checkpoint: Optional[str] = None,
+        experiment_checkpoint: Optional[str] = None,
+        traffic_split: Optional[float] = None,
+        environment: str = "production",
+        guardrail: Optional[bool] = None,
+        alpha: Optional[float] = None,
+        auto_raise: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """Splits an environment's traffic between a baseline (``None``: the current deployment)
+        and an experiment checkpoint. ``agent_id`` may be left out: the experiment's job names
+        it. Configuring the same experiment again changes the split and keeps the outcomes;
+        ``configure_ab_test(..., traffic_split=0.5)`` (a literal ``...``, as the guide writes it)
+        repeats this client's last call with the arguments given."""
+        given = {k: v for k, v in {"baseline_checkpoint": baseline_checkpoint, "experiment_checkpoint": experiment_checkpoint,
+                                   "traffic_split": traffic_split, "guardrail": guardrail, "alpha": alpha,
+                                   "auto_raise": auto_raise}.items() if v is not None}
+        if agent_id is Ellipsis:
+            last = getattr(self, "_last_ab", None)
+            if last is None:
+                raise ValueError("configure_ab_test(...): no earlier configure_ab_test call of this client to repeat")
+            params = dict(last, **given)
+        else:
+            if experiment_checkpoint is None or traffic_split is None:
+                raise ValueError("configure_ab_test needs experiment_checkpoint and traffic_split")
+            params = dict(given, environment=environment)
+            if agent_id is not None:
+                params["agent_id"] = agent_id
+        result = self.call("training.configure_ab_test", params)
+        self._last_ab = dict(params, agent_id=result.get("agent_id", params.get("agent_id")))
+        return result
+
+    def get_ab_test(self, agent_id: str, environment: str = "production") -> Dict[str, Any]:
+        """The A/B report: per arm invocations, outcomes, success rate with its Wilson interval,
+        mean latency and cost; ``difference``, the always-valid ``p_value`` and ``decision``
+        (``continue``, ``experiment_better``, ``experiment_worse``)."""
+        return self.call("training.get_ab_test", {"agent_id": agent_id, "environment": environment})
+
+    def stop_ab_test(self, agent_id: str, environment: str = "production", promote: bool = False) -> Dict[str, Any]:
+        return self.call("training.stop_ab_test", {"agent_id": agent_id, "environment": environment, "promote": promote})
+
+    def invoke(self, agent_id: str, query: str, environment: str = "production", user_key: Optional[str] = None,
+               expected_outcome: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Runs the deployed agent on one query: answer, invocation and trajectory ids, arm,
+        latency and cost. ``user_key`` keeps a user on one arm of an A/B test."""
+        params: Dict[str, Any] = {"agent_id": agent_id, "query": query, "environment": environment}
+        if user_key is not None:
+            params["user_key"] = user_key
+        if expected_outcome is not None:
+            params["expected_outcome"] = expected_outcome
+        return self.call("agents.invoke", params)
+
+    def feedback(self, invocation_id: str, success: Optional[bool] = None, reward: Optional[float] = None) -> Dict[str, Any]:
+        """A user's verdict on an invocation (once): ``success``, or a ``reward`` (success: reward > 0)."""
+        params: Dict[str, Any] = {"invocation_id": invocation_id}
+        if success is not None:
+            params["success"] = success
+        if reward is not None:
+            params["reward"] = reward
+        return self.call("agents.feedback", params)

@@ -86,6 +86,19 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(math.isnan(s["metrics"]["train_loss"]))
         self.assertEqual(f"{s['metrics']['validation_accuracy']:.2%}", "nan%")
 
+    def test_configure_ab_test_with_a_literal_ellipsis_repeats_the_last_call(self):
+        c = TrainingClient("http://127.0.0.1:9", "t")
+        sent = []
+        c.call = lambda method, params=None: sent.append((method, params)) or {"agent_id": "a1"}
+        with self.assertRaisesRegex(ValueError, "no earlier configure_ab_test"):
+            c.configure_ab_test(..., traffic_split=0.5)
+        c.configure_ab_test(baseline_checkpoint="b", experiment_checkpoint="e", traffic_split=0.1)
+        self.assertEqual(sent[-1], ("training.configure_ab_test", {"baseline_checkpoint": "b", "experiment_checkpoint": "e", "traffic_split": 0.1, "environment": "production"}))
+        c.configure_ab_test(..., traffic_split=0.5)
+        self.assertEqual(sent[-1][1], {"baseline_checkpoint": "b", "experiment_checkpoint": "e", "traffic_split": 0.5, "environment": "production", "agent_id": "a1"})
+        with self.assertRaisesRegex(ValueError, "experiment_checkpoint and traffic_split"):
+            c.configure_ab_test("a1", traffic_split=0.2)
+
     def test_a_base_url_is_required(self):
         with self.assertRaisesRegex(ValueError, "base_url"):
             TrainingClient(None, "k")

@@ -224,8 +224,10 @@ fn default_environment() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigureAbParams {
-    /// The agent.
-    pub agent_id: String,
+    /// The agent [default: the agent whose job made `experiment_checkpoint`, as in the guide's
+    /// best-practice call that names only the checkpoints].
+    #[serde(default)]
+    pub agent_id: Option<String>,
     /// The environment whose traffic is split [default: production].
     #[serde(default = "default_environment")]
     pub environment: String,

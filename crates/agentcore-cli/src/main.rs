@@ -13,6 +13,8 @@ use agentcore_model::bench::{BenchSettings, ModelBenchReport, run_model_bench};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench_invoke;
+mod deploy_cmd;
 mod service_cmd;
 mod train_cmd;
 
@@ -68,6 +70,16 @@ enum Command {
     /// Run queued jobs of a server's store in this process (on this or another machine sharing
     /// the store and the data directory).
     Worker(service_cmd::WorkerArgs),
+    /// Deploy a checkpoint to an environment of its agent on a server (`production` needs a
+    /// significantly better held-out evaluation, or --force); `deploy list|rollback AGENT_ID`.
+    Deploy(deploy_cmd::DeployArgs),
+    /// A/B tests on a server: `ab start|status|stop AGENT_ID`.
+    #[command(subcommand)]
+    Ab(deploy_cmd::AbCommand),
+    /// Run a deployed agent on one query (A/B routed by --user-key).
+    Invoke(deploy_cmd::InvokeArgs),
+    /// A user's verdict on an invocation (feeds the A/B test).
+    Feedback(deploy_cmd::FeedbackArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +149,25 @@ enum BenchCommand {
         /// The simulation's seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// `agents.invoke` on the built-in agent through a real server on loopback: invocations/s
+    /// and latency percentiles at a number of concurrent callers.
+    Invoke {
+        /// Concurrent callers.
+        #[arg(long, default_value_t = 50)]
+        callers: usize,
+        /// Timed invocations in all.
+        #[arg(long, default_value_t = 2000)]
+        invocations: usize,
+        /// Untimed invocations first.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// Warm-start steps of the built-in model (the size is the default one).
+        #[arg(long, default_value_t = 100)]
+        warm_start_steps: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -273,6 +304,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs { data_dir, json, remote: None } => train_cmd::jobs(data_dir, json)?,
         Command::Serve(args) => service_cmd::serve(args)?,
         Command::Worker(args) => service_cmd::worker(args)?,
+        Command::Deploy(args) => deploy_cmd::deploy(args)?,
+        Command::Ab(cmd) => deploy_cmd::ab(cmd)?,
+        Command::Invoke(args) => deploy_cmd::invoke(args)?,
+        Command::Feedback(args) => deploy_cmd::feedback(args)?,
         Command::Tasks(TasksCommand::Generate { suite, n, seed, difficulty }) => {
             if suite != "seed" {
                 return Err(InputError(format!("--suite must be `seed`, got `{suite}`")).into());
@@ -319,6 +354,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.naive_false_positive_rate
             ))?;
         }
+        Command::Bench(BenchCommand::Invoke {
+            callers,
+            invocations,
+            warmup,
+            warm_start_steps,
+            json,
+        }) => bench_invoke::run(&bench_invoke::InvokeBench {
+            callers,
+            invocations,
+            warmup,
+            warm_start_steps,
+            json,
+        })?,
         Command::Bench(BenchCommand::Model { json, steps, gen_reps, gemma, no_gemma }) => {
             let gemma = match (gemma, no_gemma) {
                 (_, true) => None,

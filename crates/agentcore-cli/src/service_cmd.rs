@@ -218,7 +218,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn client(&self) -> anyhow::Result<TrainingClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<TrainingClient> {
         let url = self
             .url
             .clone()
@@ -320,20 +320,24 @@ fn tasks_json(path: &Path) -> anyhow::Result<Vec<Value>> {
     Ok(tasks.iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)).collect())
 }
 
-fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print(value: &impl serde::Serialize) -> anyhow::Result<()> {
     write_stdout(&(serde_json::to_string_pretty(value)? + "\n"))?;
     Ok(())
 }
 
+/// A server's refusal of the caller's input (any contract code but an internal error) exits 2,
+/// as bad flags do; transport and internal errors exit 1.
+pub(crate) fn rpc_error(e: agentcore_client::ClientError) -> anyhow::Error {
+    match e.code() {
+        Some(c) if c == agentcore_api::codes::INTERNAL_ERROR => anyhow::anyhow!(e),
+        Some(_) => InputError(e.to_string()).into(),
+        None => anyhow::anyhow!(e),
+    }
+}
+
 /// A remote job command.
 pub fn jobs_remote(cmd: JobsCommand) -> anyhow::Result<()> {
-    let rpc = |e: agentcore_client::ClientError| -> anyhow::Error {
-        match e.code() {
-            Some(c) if c == agentcore_api::codes::INTERNAL_ERROR => anyhow::anyhow!(e),
-            Some(_) => InputError(e.to_string()).into(),
-            None => anyhow::anyhow!(e),
-        }
-    };
+    let rpc = rpc_error;
     match cmd {
         JobsCommand::Start {
             remote,

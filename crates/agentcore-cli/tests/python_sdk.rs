@@ -18,7 +18,10 @@ fn python_sdk_unit_tests_pass() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("OK") && text.contains("test_the_standard_webhooks_example_vector"),
+        text.contains("OK")
+            && text.contains("test_the_standard_webhooks_example_vector")
+            && text
+                .contains("test_configure_ab_test_with_a_literal_ellipsis_repeats_the_last_call"),
         "{text}"
     );
 }
@@ -45,6 +48,13 @@ fn the_guides_complete_pipeline_runs_against_a_local_server() {
         "Success Rate: ",
         "Statistical Significance: ",
         "high-quality trajectories",
+        "Deployed ",
+        "A/B: ",
+        "Gradual rollout: split 0.5, status running",
+        "Phase 5 done",
+        "CLI deploy list: ",
+        "CLI ab status: running 0.5 ",
+        "CLI deploy refused: exit 2",
     ] {
         assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
     }

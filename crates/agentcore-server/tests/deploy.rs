@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 fn ab(baseline: Option<&str>, experiment: &str, split: f64, guardrail: bool) -> ConfigureAbParams {
     ConfigureAbParams {
-        agent_id: "tiny-agent".into(),
+        agent_id: Some("tiny-agent".into()),
         environment: "production".into(),
         baseline_checkpoint: baseline.map(str::to_owned),
         experiment_checkpoint: experiment.into(),
@@ -173,7 +173,14 @@ fn deploy_gate_ab_test_guardrail_and_invocations() {
     assert!(promoted.note.unwrap().contains("promoted by A/B test"));
 
     // A guardrail test: the experiment is worse, and is rolled back by the test.
-    c.configure_ab_test(&ab(Some(&early), &late, 0.5, true)).unwrap();
+    // Named by its checkpoints alone (the guide's best-practice call): the agent is the job's.
+    let t = c
+        .configure_ab_test(&ConfigureAbParams {
+            agent_id: None,
+            ..ab(Some(&early), &late, 0.5, true)
+        })
+        .unwrap();
+    assert_eq!((t.agent_id.as_str(), t.traffic_split), ("tiny-agent", 0.5));
     traffic(&s, &tok, 300, 100, (80, 20));
     let report = c.get_ab_test("tiny-agent", "production").unwrap();
     assert_eq!(

@@ -222,8 +222,12 @@ fn the_dashboard_and_alerts_query_only_exported_metrics() {
     let rules = std::fs::read_to_string(root.join("k8s/monitoring/training-alerts.yaml")).unwrap();
     let d: Value = serde_json::from_str(&dashboard).unwrap();
     assert!(!d["panels"].as_array().unwrap().is_empty());
+    // The invocation metrics appear once an agent is invoked (tests/deploy.rs checks them).
+    let invocation_metrics =
+        ["agentcore_invocations_total", "agentcore_invocation_duration_seconds"];
     let exported: Vec<String> = metric_names()
         .iter()
+        .chain(invocation_metrics.iter())
         .flat_map(|n| {
             if n.ends_with("_seconds") {
                 vec![format!("{n}_bucket"), format!("{n}_sum"), format!("{n}_count")]
@@ -235,7 +239,7 @@ fn the_dashboard_and_alerts_query_only_exported_metrics() {
     let mut queried = 0;
     for text in [&dashboard, &rules] {
         for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if word.starts_with("training_") {
+            if word.starts_with("training_") || word.starts_with("agentcore_") {
                 queried += 1;
                 assert!(exported.iter().any(|e| e == word), "queried but not exported: {word}");
             }

@@ -112,6 +112,24 @@ async fn agent_checkpoint(
     Ok((job, dir))
 }
 
+/// The agent of the job that made `checkpoint_id` (a checkpoint of the caller's organisation).
+async fn checkpoint_agent(
+    state: &AppState,
+    caller: &Caller,
+    checkpoint_id: &str,
+) -> Result<String, ApiError> {
+    let not_found = || ApiError::NotFound {
+        what: "checkpoint",
+        id: checkpoint_id.to_owned(),
+        hint: " (training.get_status names a job's best_checkpoint_id)",
+    };
+    let row = state.store.checkpoint(checkpoint_id).await?.ok_or_else(not_found)?;
+    match state.store.job(&row.job_id).await? {
+        Some(j) if j.org == caller.org => Ok(j.agent_id),
+        _ => Err(not_found()),
+    }
+}
+
 fn evaluation_of(report: &Value) -> Option<DeploymentEvaluation> {
     let c = report.get("baseline_comparison")?;
     Some(DeploymentEvaluation {
@@ -403,8 +421,12 @@ pub(super) async fn configure_ab_test(
 ) -> Result<AbTest, ApiError> {
     check_environment(&params.environment)?;
     check_ab_settings(&params)?;
-    crate::agents::visible_agent(state, caller, &params.agent_id).await?;
-    let (agent, env) = (params.agent_id.as_str(), params.environment.as_str());
+    let agent_id = match &params.agent_id {
+        Some(a) => a.clone(),
+        None => checkpoint_agent(state, caller, &params.experiment_checkpoint).await?,
+    };
+    crate::agents::visible_agent(state, caller, &agent_id).await?;
+    let (agent, env) = (agent_id.as_str(), params.environment.as_str());
     let baseline = match &params.baseline_checkpoint {
         Some(c) => c.clone(),
         None => match state.store.active_deployment(&caller.org, agent, env).await? {
