@@ -24,7 +24,7 @@ use agentcore_api::{
 use agentcore_grpo::sequential::{ArmCounts, Decision, SequentialTest};
 use agentcore_grpo::stats::{SIGNIFICANCE_LEVEL, wilson_interval};
 use agentcore_store::{
-    AbTestRow, ArmAggregate, DeploymentRow, InvocationRow, NewDeployment, ab_status,
+    AbTestRow, ArmAggregate, CheckpointRow, DeploymentRow, InvocationRow, NewDeployment, ab_status,
 };
 use agentcore_train::serve::ServeRequest;
 use sha2::{Digest, Sha256};
@@ -75,16 +75,7 @@ async fn agent_checkpoint(
     checkpoint_id: &str,
     field: &str,
 ) -> Result<(JobRow, std::path::PathBuf), ApiError> {
-    let not_found = || ApiError::NotFound {
-        what: "checkpoint",
-        id: checkpoint_id.to_owned(),
-        hint: " (training.get_status names a job's best_checkpoint_id)",
-    };
-    let row = state.store.checkpoint(checkpoint_id).await?.ok_or_else(not_found)?;
-    let job = match state.store.job(&row.job_id).await? {
-        Some(j) if j.org == caller.org => j,
-        _ => return Err(not_found()),
-    };
+    let (row, job) = org_checkpoint(state, caller, checkpoint_id).await?;
     if row.deleted {
         return Err(ApiError::param(
             field,
@@ -108,25 +99,33 @@ async fn agent_checkpoint(
     })
     .await?
     .map_err(|e| ApiError::internal("listing checkpoints", e))?
-    .ok_or_else(not_found)?;
+    .ok_or_else(|| checkpoint_not_found(checkpoint_id))?;
     Ok((job, dir))
 }
 
-/// The agent of the job that made `checkpoint_id` (a checkpoint of the caller's organisation).
-async fn checkpoint_agent(
-    state: &AppState,
-    caller: &Caller,
-    checkpoint_id: &str,
-) -> Result<String, ApiError> {
-    let not_found = || ApiError::NotFound {
+fn checkpoint_not_found(checkpoint_id: &str) -> ApiError {
+    ApiError::NotFound {
         what: "checkpoint",
         id: checkpoint_id.to_owned(),
         hint: " (training.get_status names a job's best_checkpoint_id)",
-    };
-    let row = state.store.checkpoint(checkpoint_id).await?.ok_or_else(not_found)?;
+    }
+}
+
+/// The stored checkpoint `checkpoint_id` and its job, when the job is of the caller's
+/// organisation (otherwise "not found", as for a checkpoint that does not exist).
+async fn org_checkpoint(
+    state: &AppState,
+    caller: &Caller,
+    checkpoint_id: &str,
+) -> Result<(CheckpointRow, JobRow), ApiError> {
+    let row = state
+        .store
+        .checkpoint(checkpoint_id)
+        .await?
+        .ok_or_else(|| checkpoint_not_found(checkpoint_id))?;
     match state.store.job(&row.job_id).await? {
-        Some(j) if j.org == caller.org => Ok(j.agent_id),
-        _ => Err(not_found()),
+        Some(j) if j.org == caller.org => Ok((row, j)),
+        _ => Err(checkpoint_not_found(checkpoint_id)),
     }
 }
 
@@ -423,7 +422,7 @@ pub(super) async fn configure_ab_test(
     check_ab_settings(&params)?;
     let agent_id = match &params.agent_id {
         Some(a) => a.clone(),
-        None => checkpoint_agent(state, caller, &params.experiment_checkpoint).await?,
+        None => org_checkpoint(state, caller, &params.experiment_checkpoint).await?.1.agent_id,
     };
     crate::agents::visible_agent(state, caller, &agent_id).await?;
     let (agent, env) = (agent_id.as_str(), params.environment.as_str());
