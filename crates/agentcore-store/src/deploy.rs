@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{CheckpointRow, Result, Store, StoreError, now, parse};
+use crate::{CheckpointRow, Lock, Result, Store, StoreError, now, parse};
 
 /// A deployment's status.
 pub mod deployment_status {
@@ -318,7 +318,7 @@ impl Store {
     /// # Errors
     /// Database errors (among them a concurrent deploy to the same environment).
     pub async fn deploy(&self, d: &NewDeployment) -> Result<DeploymentRow> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut tx = self.begin_serialized(Lock::Deployments).await?;
         let active = sqlx::query(
             "SELECT id FROM deployments WHERE org = $1 AND agent_id = $2 AND environment = $3 \
              AND status = 'active'",
@@ -430,7 +430,7 @@ impl Store {
         environment: &str,
         note: &str,
     ) -> Result<Option<(DeploymentRow, DeploymentRow)>> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut tx = self.begin_serialized(Lock::Deployments).await?;
         let active = sqlx::query(
             "SELECT id, previous_id FROM deployments WHERE org = $1 AND agent_id = $2 AND \
              environment = $3 AND status = 'active'",
@@ -521,7 +521,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn create_ab_test(&self, t: &AbTestRow) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut tx = self.begin_serialized(Lock::Deployments).await?;
         sqlx::query(
             "UPDATE ab_tests SET status = 'stopped', updated_at = $4 WHERE org = $1 AND \
              agent_id = $2 AND environment = $3 AND status = 'running'",

@@ -32,11 +32,15 @@ macro_rules! trajectory_filter {
 }
 pub(crate) use trajectory_filter;
 
-/// The PostgreSQL advisory lock key that orders event inserts ("agentcore events").
-macro_rules! events_lock {
-    () => {
-        "7302951644"
-    };
+/// PostgreSQL advisory lock keys of [`Store::begin_serialized`].
+#[derive(Debug, Clone, Copy)]
+#[repr(i64)]
+pub(crate) enum Lock {
+    /// Orders event inserts ("agentcore events").
+    Events = 7_302_951_644,
+    /// Orders the writes of deployments and A/B tests (the version and the one active row of an
+    /// environment are read, then written).
+    Deployments = 7_302_951_645,
 }
 
 mod deploy;
@@ -394,6 +398,38 @@ impl Store {
         move |source| StoreError::Database { path: self.path.clone(), source }
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock at `BEGIN
+    /// IMMEDIATE`: a deferred transaction that reads and then writes fails at once with
+    /// `SQLITE_BUSY` (the busy timeout does not apply) when another connection committed after
+    /// its first read, which the server's concurrent requests and the worker's writes make
+    /// routine. PostgreSQL takes row locks as it goes, so a plain `BEGIN` serves.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .map_err(self.db())
+    }
+
+    /// Begins a transaction that writes, serialized with the others that take `lock`: on
+    /// PostgreSQL by a transaction-scoped advisory lock, on SQLite by the write lock that every
+    /// writer takes.
+    pub(crate) async fn begin_serialized(
+        &self,
+        lock: Lock,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // (Counted: the Any driver cannot decode the function's `void`.)
+            sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                .bind(lock as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+        }
+        Ok(tx)
+    }
+
     /// Registers (or replaces) an agent definition.
     ///
     /// # Errors
@@ -474,7 +510,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn forget_after(&self, job_id: &str, iteration: u32) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut tx = self.begin_write().await?;
         for statement in [
             "DELETE FROM iterations WHERE job_id = $1 AND iteration > $2",
             "DELETE FROM trajectories WHERE job_id = $1 AND iteration > $2",
@@ -507,7 +543,7 @@ impl Store {
         metrics: &Value,
         cost_usd: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO iterations (job_id, iteration, metrics, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (job_id, iteration) DO UPDATE SET metrics = excluded.metrics",
@@ -538,7 +574,7 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn insert_trajectories(&self, rows: &[TrajectoryRow]) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut tx = self.begin_write().await?;
         let t = now();
         for r in rows {
             sqlx::query(
@@ -617,18 +653,7 @@ impl Store {
     /// payload's `iteration`) and the baseline are recorded once per job: a resumed job that runs
     /// an iteration again does not record it again.
     pub async fn record_event(&self, job_id: &str, kind: EventKind, payload: &Value) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
-        if self.backend == Backend::Postgres {
-            // (Counted: the Any driver cannot decode the function's `void`.)
-            sqlx::query(concat!(
-                "SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock(",
-                events_lock!(),
-                ")) AS l"
-            ))
-            .execute(&mut *tx)
-            .await
-            .map_err(self.db())?;
-        }
+        let mut tx = self.begin_serialized(Lock::Events).await?;
         sqlx::query(
             "INSERT INTO events (job_id, kind, payload, created_at, dedupe_key) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, dedupe_key) DO NOTHING",

@@ -71,7 +71,7 @@ impl Store {
         to: i64,
         messages: &[OutboxMessage],
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut tx = self.begin_write().await?;
         let moved = sqlx::query(
             "UPDATE cursors SET position = $1 WHERE name = 'webhooks' AND position = $2",
         )

@@ -368,3 +368,65 @@ fn last_validation_reads_the_newest_scored_iteration() {
         assert_eq!(store.block_on(store.store().last_validation("v")).expect("v"), Some(0.5));
     }
 }
+
+/// Concurrent writers that read before they write (deploy reads the active row and the last
+/// version). On SQLite, a deferred transaction whose snapshot another connection's commit made
+/// stale failed at once with "database is locked" (CI saw it as an internal error of
+/// `training.deploy_checkpoint`); on PostgreSQL, two deploys could read the same version.
+#[test]
+fn concurrent_deploys_to_one_environment_take_each_version_once() {
+    use agentcore_store::{EventKind, NewDeployment};
+    const DEPLOYS: usize = 24;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in urls(dir.path()) {
+        let store = BlockingStore::connect(&url).expect("open");
+        let db = store.store().clone();
+        store.block_on(db.start_job(&job("j4"))).expect("job");
+        let results = store.block_on(async {
+            let tasks: Vec<_> = (0..DEPLOYS)
+                .map(|i| {
+                    let db = db.clone();
+                    tokio::spawn(async move {
+                        // Event writes interleave with the deploys, as the worker's do.
+                        db.record_event("j4", EventKind::JobStarted, &json!({ "i": i })).await?;
+                        db.deploy(&NewDeployment {
+                            id: format!("d{i}"),
+                            org: "acme".into(),
+                            agent_id: "seed-agent".into(),
+                            environment: "production".into(),
+                            job_id: "j4".into(),
+                            checkpoint_id: format!("c{i}"),
+                            evaluation: None,
+                            forced: false,
+                            deployed_by: "test".into(),
+                            note: None,
+                        })
+                        .await
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.expect("task"));
+            }
+            out
+        });
+        let mut versions: Vec<i64> =
+            results.into_iter().map(|r| r.expect("every deploy succeeds").version).collect();
+        versions.sort_unstable();
+        let expected: Vec<i64> = (1..=i64::try_from(DEPLOYS).unwrap()).collect();
+        assert_eq!(versions, expected, "{url}");
+        let (rows, total) = store
+            .block_on(db.deployments("acme", "seed-agent", Some("production"), 100, 0))
+            .expect("list");
+        assert_eq!(total, u64::try_from(DEPLOYS).unwrap(), "{url}");
+        let active: Vec<_> = rows.iter().filter(|d| d.status == "active").collect();
+        assert_eq!(active.len(), 1, "{url}");
+        // The active one is the newest, and each earlier one is the previous of the next.
+        assert_eq!(active[0].version, i64::try_from(DEPLOYS).unwrap(), "{url}");
+        let by_version = |v: i64| rows.iter().find(|d| d.version == v).unwrap();
+        for v in 2..=i64::try_from(DEPLOYS).unwrap() {
+            assert_eq!(by_version(v).previous_id.as_deref(), Some(by_version(v - 1).id.as_str()));
+        }
+    }
+}
