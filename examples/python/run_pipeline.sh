@@ -33,8 +33,11 @@ python3 examples/python/setup_agent.py
 PYTHONPATH=python python3 examples/python/complete_pipeline.py | tee "$work/pipeline.out"
 grep -q "Training completed successfully" "$work/pipeline.out"
 # Phase 5: deploy the job's best checkpoint, A/B test it, invoke it.
-AGENTCORE_JOB=$(grep -o "Training started: [0-9a-f-]*" "$work/pipeline.out" | cut -d' ' -f3) \
-  PYTHONPATH=python python3 examples/python/deploy_ab.py
+AGENTCORE_JOB=$(grep -o "Training started: [0-9a-f-]*" "$work/pipeline.out" | cut -d' ' -f3)
+export AGENTCORE_JOB
+# Following the job: WebSocket stream (blocking and asyncio), wait, typed results and errors.
+PYTHONPATH=python python3 examples/python/follow_job.py
+PYTHONPATH=python python3 examples/python/deploy_ab.py
 # The same from the CLI (AGENTCORE_URL and AGENTCORE_API_KEY are exported above).
 "$BIN" deploy list code-generator-v2 --environment production > "$work/deployments.json"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("CLI deploy list:", d["total_count"], "deployments")' "$work/deployments.json"
