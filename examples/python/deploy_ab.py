@@ -79,4 +79,8 @@ if success_rate_improvement > 0.05:
 client.configure_ab_test(..., traffic_split=0.5)  # the raise, shown here whatever the outcome
 raised = client.get_ab_test("code-generator-v2")
 print(f"Gradual rollout: split {raised['traffic_split']}, status {raised['status']}")
+# Every invocation is stored with its trajectory and outcome, and exported page by page.
+exported = list(client.iter_invocations("code-generator-v2", environment="production", page_size=25))
+with_outcome = sum(1 for i in exported if i["success"] is not None)
+print(f"Invocations exported: {len(exported)} ({with_outcome} with an outcome)")
 print("Phase 5 done")

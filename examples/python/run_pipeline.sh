@@ -44,6 +44,8 @@ python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("CLI deploy l
 "$BIN" invoke code-generator-v2 "Compute the sum of [1, 2]" --user-key cli-user > "$work/invoke.json"
 inv=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["invocation_id"])' "$work/invoke.json")
 "$BIN" feedback "$inv" --success true > /dev/null
+"$BIN" invocations code-generator-v2 --all > "$work/invocations.jsonl"
+echo "CLI invocations: $(wc -l < "$work/invocations.jsonl") exported"
 "$BIN" ab status code-generator-v2 > "$work/ab.json"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("CLI ab status:", d["status"], d["traffic_split"], d["decision"])' "$work/ab.json"
 if "$BIN" deploy code-generator-v2 no-such-checkpoint 2> "$work/deploy.err"; then exit 1; else echo "CLI deploy refused: exit $?"; fi

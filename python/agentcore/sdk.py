@@ -200,7 +200,7 @@ def _record(value: Any, cls: Type[Record] = Record) -> Any:
 _READ_ONLY = frozenset({
     "training.get_status", "training.list_jobs", "training.export_trajectories",
     "training.list_deployments", "training.get_ab_test", "agents.get", "agents.list",
-    "training.list_checkpoints",
+    "training.list_checkpoints", "agents.export_invocations",
 })
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
@@ -531,6 +531,24 @@ class TrainingClient:
         if expected_outcome is not None:
             params["expected_outcome"] = expected_outcome
         return Invocation(self.call("agents.invoke", params))
+
+    def export_invocations(self, agent_id: str, environment: Optional[str] = None, limit: int = 1000, offset: int = 0) -> ExportPage:
+        """One page of the agent's invocations (oldest first) with their trajectories and
+        outcomes: ``invocations``, ``total_count``, ``returned_count``, ``has_more``."""
+        params: Dict[str, Any] = {"agent_id": agent_id, "limit": limit, "offset": offset}
+        if environment:
+            params["environment"] = environment
+        return ExportPage(self.call("agents.export_invocations", params))
+
+    def iter_invocations(self, agent_id: str, environment: Optional[str] = None, page_size: int = 1000) -> Iterator[Record]:
+        """Every invocation of the agent, page by page (``export_invocations``)."""
+        offset = 0
+        while True:
+            page = self.export_invocations(agent_id, environment=environment, limit=page_size, offset=offset)
+            yield from page["invocations"]
+            offset += page["returned_count"]
+            if not page["has_more"] or page["returned_count"] == 0:
+                return
 
     def feedback(self, invocation_id: str, success: Optional[bool] = None, reward: Optional[float] = None) -> Record:
         """A user's verdict on an invocation (once): ``success``, or a ``reward`` (success: reward > 0)."""

@@ -90,6 +90,8 @@ pub mod methods {
     pub const INVOKE: &str = "agents.invoke";
     /// The outcome of an invocation.
     pub const FEEDBACK: &str = "agents.feedback";
+    /// An agent's invocations with their trajectories and outcomes.
+    pub const EXPORT_INVOCATIONS: &str = "agents.export_invocations";
 }
 
 /// A JSON-RPC request (a notification when `id` is absent).
@@ -594,6 +596,23 @@ pub struct InvokeResult {
     pub environment: String,
     /// The A/B test that routed it.
     pub ab_test_id: Option<String>,
+}
+
+/// `agents.export_invocations` result: one page, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InvocationExport {
+    /// The agent.
+    pub agent_id: String,
+    /// The invocations: ids, environment, arm, checkpoint, query, answer, the trajectory,
+    /// outcome (`success`, `reward`, `outcome_source`), latency, cost, time (never the user
+    /// key, only whether one was given).
+    pub invocations: Vec<Value>,
+    /// Invocations matching the filter.
+    pub total_count: u64,
+    /// In this page.
+    pub returned_count: u64,
+    /// More pages follow.
+    pub has_more: bool,
 }
 
 /// `agents.feedback` result.

@@ -296,6 +296,23 @@ pub struct InvokeParams {
     pub expected_outcome: Option<Map<String, Value>>,
 }
 
+/// `agents.export_invocations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportInvocationsParams {
+    /// The agent.
+    pub agent_id: String,
+    /// Only this environment's [default: every environment].
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// At most this many [default: 1000, at most 10000].
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Skip this many.
+    #[serde(default)]
+    pub offset: Option<u64>,
+}
+
 /// `agents.feedback`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

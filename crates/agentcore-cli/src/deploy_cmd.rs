@@ -3,7 +3,7 @@
 //! call). Results print as JSON on stdout.
 
 use agentcore_api::params::{DEFAULT_AB_ALPHA, DEFAULT_ENVIRONMENT, RaiseRule};
-use agentcore_client::{ConfigureAbParams, InvokeParams};
+use agentcore_client::{ConfigureAbParams, ExportInvocationsParams, InvokeParams};
 use serde_json::Value;
 
 use crate::InputError;
@@ -154,6 +154,55 @@ pub struct FeedbackArgs {
     reward: Option<f64>,
     #[command(flatten)]
     remote: Remote,
+}
+
+/// `agentcore invocations`.
+#[derive(Debug, clap::Args)]
+pub struct InvocationsArgs {
+    /// The agent.
+    agent_id: String,
+    /// Only this environment's [default: all].
+    #[arg(long)]
+    environment: Option<String>,
+    /// Invocations per page (at most 10000).
+    #[arg(long, default_value_t = 1000)]
+    limit: u64,
+    /// Skip this many.
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Every invocation from --offset on, one JSON object per line (all pages), instead of one
+    /// page.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// `agentcore invocations`: an agent's invocations with their trajectories and outcomes.
+pub fn invocations(args: InvocationsArgs) -> anyhow::Result<()> {
+    let client = args.remote.client()?;
+    let mut params = ExportInvocationsParams {
+        agent_id: args.agent_id,
+        environment: args.environment,
+        limit: Some(args.limit),
+        offset: Some(args.offset),
+    };
+    if !args.all {
+        return print(&client.export_invocations(&params).map_err(rpc_error)?);
+    }
+    let mut out = String::new();
+    loop {
+        let page = client.export_invocations(&params).map_err(rpc_error)?;
+        for i in &page.invocations {
+            out.push_str(&i.to_string());
+            out.push('\n');
+        }
+        if !page.has_more || page.returned_count == 0 {
+            break;
+        }
+        params.offset = Some(params.offset.unwrap_or(0) + page.returned_count);
+    }
+    crate::write_stdout(&out)
 }
 
 /// `agentcore deploy`.

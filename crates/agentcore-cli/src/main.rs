@@ -80,6 +80,9 @@ enum Command {
     Invoke(deploy_cmd::InvokeArgs),
     /// A user's verdict on an invocation (feeds the A/B test).
     Feedback(deploy_cmd::FeedbackArgs),
+    /// A deployed agent's invocations with their trajectories and outcomes (--all: every page,
+    /// as JSON lines).
+    Invocations(deploy_cmd::InvocationsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ab(cmd) => deploy_cmd::ab(cmd)?,
         Command::Invoke(args) => deploy_cmd::invoke(args)?,
         Command::Feedback(args) => deploy_cmd::feedback(args)?,
+        Command::Invocations(args) => deploy_cmd::invocations(args)?,
         Command::Tasks(TasksCommand::Generate { suite, n, seed, difficulty }) => {
             if suite != "seed" {
                 return Err(InputError(format!("--suite must be `seed`, got `{suite}`")).into());

@@ -15,6 +15,7 @@ use agentcore_train::job::JobContext;
 use agentcore_train::record::{Recorder, export_record};
 use agentcore_train::settings::{JobSettings, read_job_settings};
 use agentcore_train::spec;
+use agentcore_train::tracking::{MlflowSettings, ReportTo};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value};
 
@@ -92,6 +93,16 @@ pub struct TrainArgs {
     /// One JSON object per event on stdout (iterations, checkpoints, then the summary).
     #[arg(long)]
     json: bool,
+    /// Experiment trackers that get the scalars of every iteration: `tensorboard` (event files
+    /// under the run directory's `tensorboard/`), `mlflow` (a run on --mlflow-tracking-uri).
+    #[arg(long, value_delimiter = ',', value_name = "TRACKER")]
+    report_to: Vec<String>,
+    /// The MLflow tracking server of `--report-to mlflow`.
+    #[arg(long, env = "MLFLOW_TRACKING_URI", value_name = "URL")]
+    mlflow_tracking_uri: Option<String>,
+    /// The MLflow experiment [default: the agent's id].
+    #[arg(long, value_name = "NAME")]
+    mlflow_experiment: Option<String>,
 }
 
 /// The data directory: the flag, `$AGENTCORE_HOME`, or `~/.agentcore`.
@@ -119,8 +130,16 @@ pub(crate) fn parse_document(path: &Path) -> anyhow::Result<(Value, ConfigFormat
 }
 
 /// Keys of a job file besides `grpo`.
-const JOB_FILE_KEYS: [&str; 6] =
-    ["warm_start", "n_tasks", "eval_fraction", "max_difficulty", "price_per_hour_usd", "reward"];
+const JOB_FILE_KEYS: [&str; 8] = [
+    "warm_start",
+    "n_tasks",
+    "eval_fraction",
+    "max_difficulty",
+    "price_per_hour_usd",
+    "reward",
+    "report_to",
+    "mlflow",
+];
 
 /// A `--config` file: a GRPOConfig (its keys), or a job file `{grpo: {...}, warm_start, n_tasks,
 /// ...}` (the `grpo` keys and the rest).
@@ -252,6 +271,22 @@ fn settings_from_args(args: &TrainArgs) -> anyhow::Result<(JobSettings, AgentDef
     if let Some(r) = &args.reward {
         settings.reward = r.clone();
     }
+    if !args.report_to.is_empty() {
+        settings.report_to = args
+            .report_to
+            .iter()
+            .map(|t| ReportTo::parse(t).map_err(|e| InputError(format!("--{e}"))))
+            .collect::<Result<_, _>>()?;
+    }
+    if let (true, Some(uri)) =
+        (settings.report_to.contains(&ReportTo::Mlflow), &args.mlflow_tracking_uri)
+    {
+        let experiment = args
+            .mlflow_experiment
+            .clone()
+            .or_else(|| settings.mlflow.as_ref().and_then(|m| m.experiment.clone()));
+        settings.mlflow = Some(MlflowSettings { tracking_uri: uri.clone(), experiment });
+    }
     if let Some(path) = &args.data {
         let load = |p: &Path, split: &str| {
             agentcore_tasks::data::load_tasks(p, split)
@@ -292,6 +327,7 @@ fn changes_settings(args: &TrainArgs) -> bool {
         || args.agent.is_some()
         || args.reward.is_some()
         || args.data.is_some()
+        || !args.report_to.is_empty()
 }
 
 fn store_path(data_dir: &Path) -> PathBuf {

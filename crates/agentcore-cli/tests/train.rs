@@ -465,3 +465,145 @@ fn trains_on_a_data_file_and_rejects_bad_ones() {
         assert_eq!(runs_before, runs_after, "no job was started");
     }
 }
+
+/// A child process killed when the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[expect(clippy::print_stderr, reason = "a skipped test says why on stderr")]
+/// The trackers' venv (scripts/setup_trackers.sh), or `None` (the test then skips, unless CI's
+/// `AGENTCORE_REQUIRE_TRACKERS` says it must run).
+fn trackers_python() -> Option<PathBuf> {
+    let python = std::env::var_os("AGENTCORE_TRACKERS_PYTHON").map(PathBuf::from).or_else(|| {
+        let cache = std::env::var_os("AGENTCORE_CACHE").map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agentcore"))
+        })?;
+        Some(cache.join("trackers-venv/bin/python"))
+    });
+    match python {
+        Some(p) if p.exists() => Some(p),
+        _ => {
+            assert!(
+                std::env::var_os("AGENTCORE_REQUIRE_TRACKERS").is_none(),
+                "AGENTCORE_REQUIRE_TRACKERS is set but the trackers' venv is missing (run scripts/setup_trackers.sh)"
+            );
+            eprintln!(
+                "skipped: no tensorboard/mlflow venv (run scripts/setup_trackers.sh to install them from PyPI)"
+            );
+            None
+        }
+    }
+}
+
+/// `--report-to tensorboard,mlflow`: TensorBoard's own EventAccumulator reads the event file and
+/// MLflow's own client reads the run from a real tracking server on loopback; both hold each
+/// iteration's loss, reward and validation accuracy as the job printed them.
+#[test]
+fn report_to_writes_tensorboard_events_and_an_mlflow_run() {
+    let Some(python) = trackers_python() else { return };
+    let s = setup();
+    let store = s.data.join("mlflow");
+    std::fs::create_dir_all(&store).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let uri = format!("http://127.0.0.1:{port}");
+    let server = Command::new(&python)
+        .args(["-m", "mlflow", "server", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--workers", "1", "--backend-store-uri"])
+        .arg(format!("sqlite:///{}", store.join("mlflow.db").display()))
+        .arg("--default-artifact-root")
+        .arg(store.join("artifacts"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mlflow server");
+    let _server = Killed(server);
+    // Ready when its health endpoint answers (it migrates its database first).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .into();
+    let started = std::time::Instant::now();
+    while agent.get(format!("{uri}/health")).call().is_err() {
+        assert!(started.elapsed().as_secs() < 120, "the MLflow server did not start in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let (out, events) = train(
+        &s,
+        &["--config", &config(&s), "--report-to", "tensorboard,mlflow"],
+        &[("MLFLOW_TRACKING_URI", &uri)],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let job = job_id(&events);
+    let run_dir = s.data.join("runs").join(&job);
+    let reader = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import mlflow
+from mlflow.tracking import MlflowClient
+run_dir, uri = sys.argv[1], sys.argv[2]
+acc = EventAccumulator(run_dir + "/tensorboard")
+acc.Reload()
+tb = {tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+run_id = json.load(open(run_dir + "/mlflow_run.json"))["run_id"]
+client = MlflowClient(uri)
+run = client.get_run(run_id)
+ml = {k: [[m.step, m.value] for m in client.get_metric_history(run_id, k)] for k in run.data.metrics}
+print(json.dumps({"tb": tb, "ml": ml, "status": run.info.status, "params": run.data.params,
+                  "experiment": client.get_experiment(run.info.experiment_id).name}))
+"#;
+    let read = Command::new(&python)
+        .args(["-c", reader])
+        .arg(&run_dir)
+        .arg(&uri)
+        .output()
+        .expect("python runs");
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    let got: Value = serde_json::from_slice(&read.stdout).unwrap();
+    assert_eq!(got["status"], "FINISHED", "{got}");
+    assert_eq!(got["params"]["batch_size"], "3", "{got}");
+    assert_eq!(got["experiment"], "seed-agent", "{got}");
+    let iterations = of_kind(&events, "iteration");
+    assert_eq!(iterations.len(), 4);
+    for (tag, key) in [("train/loss", "train_loss"), ("train/reward", "avg_reward")] {
+        for source in ["tb", "ml"] {
+            let series =
+                got[source][tag].as_array().unwrap_or_else(|| panic!("{source} {tag}: {got}"));
+            assert_eq!(series.len(), 4, "{source} {tag}: {series:?}");
+            for (point, it) in series.iter().zip(&iterations) {
+                let (step, value) = (point[0].as_u64().unwrap(), point[1].as_f64().unwrap());
+                let want = it[key].as_f64().unwrap();
+                assert_eq!(step, it["iteration"].as_u64().unwrap(), "{source} {tag}");
+                // TensorBoard keeps f32; MLflow the f64.
+                assert!(
+                    (value - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{source} {tag}: {value} vs {want}"
+                );
+            }
+        }
+    }
+    // Validation accuracy: the baseline at step 0, then the iterations that evaluated (2, 4).
+    let evaluated: Vec<u64> = std::iter::once(0)
+        .chain(
+            iterations
+                .iter()
+                .filter(|m| !m["eval_success_rate"].is_null())
+                .map(|m| m["iteration"].as_u64().unwrap()),
+        )
+        .collect();
+    for source in ["tb", "ml"] {
+        let steps: Vec<u64> = got[source]["eval/validation_accuracy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, evaluated, "{source}");
+    }
+}

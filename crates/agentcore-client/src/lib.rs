@@ -19,10 +19,13 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use agentcore_api::params::{ConfigureAbParams, InvokeParams, RaiseRule};
+pub use agentcore_api::params::{
+    ConfigureAbParams, ExportInvocationsParams, InvokeParams, RaiseRule,
+};
 pub use agentcore_api::{
-    AbArm, AbTest, CancelResult, Deployment, DeploymentList, FeedbackResult, InvokeResult,
-    JobStatus, ListResult, RollbackResult, RpcError, StartResult, StatusResult, SubscribeResult,
+    AbArm, AbTest, CancelResult, Deployment, DeploymentList, FeedbackResult, InvocationExport,
+    InvokeResult, JobStatus, ListResult, RollbackResult, RpcError, StartResult, StatusResult,
+    SubscribeResult,
 };
 use agentcore_api::{Request, Response, methods};
 use serde::de::DeserializeOwned;
@@ -351,5 +354,15 @@ impl TrainingClient {
             params["reward"] = json!(r);
         }
         self.typed(methods::FEEDBACK, params)
+    }
+
+    /// `agents.export_invocations`: one page of an agent's invocations, oldest first.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn export_invocations(&self, params: &ExportInvocationsParams) -> Result<InvocationExport> {
+        let value =
+            serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.typed(methods::EXPORT_INVOCATIONS, value)
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use agentcore_api::{EventKind, codes};
-use agentcore_client::{ConfigureAbParams, InvokeParams, TrainingClient};
+use agentcore_client::{ConfigureAbParams, ExportInvocationsParams, InvokeParams, TrainingClient};
 use common::*;
 use serde_json::{Value, json};
 
@@ -241,6 +241,50 @@ fn deploy_gate_ab_test_guardrail_and_invocations() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
 
+    // Every invocation is exported with its trajectory and outcome, page by page.
+    let page = |environment: Option<&str>, limit: u64, offset: u64| {
+        c.export_invocations(&ExportInvocationsParams {
+            agent_id: "tiny-agent".into(),
+            environment: environment.map(str::to_owned),
+            limit: Some(limit),
+            offset: Some(offset),
+        })
+        .unwrap()
+    };
+    let first = page(Some("production"), 1000, 0);
+    // 2000 + 300 A/B invocations, two direct ones and the OpenAI client's.
+    assert_eq!(first.total_count, 2303, "{:?}", first.invocations.first());
+    assert_eq!((first.returned_count, first.has_more), (1000, true));
+    let last = page(Some("production"), 1000, 2000);
+    assert_eq!((last.returned_count, last.has_more), (303, false));
+    let verified = last
+        .invocations
+        .iter()
+        .find(|i| i["invocation_id"] == r.invocation_id.as_str())
+        .expect("the verified invocation is exported");
+    assert_eq!(verified["outcome_source"], "verifier", "{verified}");
+    assert_eq!(verified["success"], json!(r.success), "{verified}");
+    assert!(verified["trajectory"]["steps"].is_array(), "{verified}");
+    let ab: Vec<&Value> = first.invocations.iter().filter(|i| i["arm"] == "experiment").collect();
+    assert!(!ab.is_empty() && ab.iter().all(|i| i["ab_test_id"].is_string()));
+    assert!(
+        first
+            .invocations
+            .iter()
+            .all(|i| i["has_user_key"] == true && i.get("user_key_hash").is_none())
+    );
+    assert_eq!(page(Some("staging"), 10, 0).total_count, 0);
+    assert_eq!(page(None, 10, 0).total_count, 2303);
+    let e = c
+        .export_invocations(&ExportInvocationsParams {
+            agent_id: "tiny-agent".into(),
+            environment: None,
+            limit: Some(10_001),
+            offset: None,
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), Some(codes::EXPORT_LIMIT), "{e}");
+
     // Metrics: invocations per agent, environment and arm for the owner.
     let mut resp = agent
         .get(format!("{}/metrics", s.url()))
@@ -278,7 +322,18 @@ fn deploy_gate_ab_test_guardrail_and_invocations() {
         other.feedback(&r.invocation_id, Some(true), None).unwrap_err().code(),
         Some(codes::NOT_FOUND)
     );
+    let export = ExportInvocationsParams {
+        agent_id: "tiny-agent".into(),
+        environment: None,
+        limit: None,
+        offset: None,
+    };
+    assert_eq!(other.export_invocations(&export).unwrap_err().code(), Some(codes::NOT_FOUND));
     let viewer = s.client(&token("viewer", "acme", &["training:view"]));
+    assert_eq!(
+        viewer.export_invocations(&export).unwrap_err().code(),
+        Some(codes::PERMISSION_DENIED)
+    );
     assert_eq!(
         viewer.deploy_checkpoint("tiny-agent", &late, "staging", false).unwrap_err().code(),
         Some(codes::PERMISSION_DENIED)

@@ -718,7 +718,7 @@ impl Store {
         row.as_ref().map(invocation_row).transpose()
     }
 
-    /// An agent's invocations, oldest first.
+    /// An agent's invocations (of one environment, or all), oldest first, and how many match.
     ///
     /// # Errors
     /// Database errors.
@@ -726,21 +726,39 @@ impl Store {
         &self,
         org: &str,
         agent_id: &str,
+        environment: Option<&str>,
         limit: u32,
         offset: u32,
-    ) -> Result<Vec<InvocationRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM invocations WHERE org = $1 AND agent_id = $2 ORDER BY created_at, id \
-             LIMIT $3 OFFSET $4",
-        )
+    ) -> Result<(Vec<InvocationRow>, u64)> {
+        macro_rules! filter {
+            () => {
+                "org = $1 AND agent_id = $2 AND ($3 = '' OR environment = $3)"
+            };
+        }
+        let env = environment.unwrap_or("");
+        let total: i64 = sqlx::query(concat!("SELECT COUNT(*) FROM invocations WHERE ", filter!()))
+            .bind(org)
+            .bind(agent_id)
+            .bind(env)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.db())?
+            .get(0);
+        let rows = sqlx::query(concat!(
+            "SELECT * FROM invocations WHERE ",
+            filter!(),
+            " ORDER BY created_at, id LIMIT $4 OFFSET $5"
+        ))
         .bind(org)
         .bind(agent_id)
+        .bind(env)
         .bind(i64::from(limit))
         .bind(i64::from(offset))
         .fetch_all(&self.pool)
         .await
         .map_err(self.db())?;
-        rows.iter().map(invocation_row).collect()
+        let rows = rows.iter().map(invocation_row).collect::<Result<Vec<_>>>()?;
+        Ok((rows, u64::try_from(total).unwrap_or(0)))
     }
 
     /// Records the outcome of an invocation that has none yet; `false` when it already had one.

@@ -84,6 +84,11 @@ pub fn run(
     let (train, eval) = settings.tasks()?;
     let run_dir = prepare_run_dir(settings, &ctx.data_dir, &ctx.job_id)?;
     let evaluator = Evaluator::new(settings, &sandbox)?;
+    let mut trackers = crate::tracking::Trackers::open(settings, &run_dir, &ctx.job_id)?;
+    let on_event = &mut |e: &Event| {
+        trackers.observe(e);
+        on_event(e);
+    };
     let Start { mut policy, mut rng, mut state, resumed_from } =
         start(settings, &ctx.data_dir, &run_dir, &sandbox, &ctx.stop, on_event)?;
     tracing::info!(job_id = %ctx.job_id, resumed_from, policy = %policy.describe(), "job started");

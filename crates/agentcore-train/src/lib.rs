@@ -42,6 +42,7 @@ pub mod settings;
 pub mod spec;
 pub mod summary;
 pub mod tasks;
+pub mod tracking;
 pub mod update;
 pub mod warmstart;
 
@@ -51,6 +52,9 @@ use std::path::PathBuf;
 /// JSON-RPC invalid params) from failures while running (exit code 1, internal error).
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// A tracker of `report_to` could not be opened (the event file, the MLflow run).
+    #[error("report_to: {0}")]
+    Tracking(String),
     /// The job was asked to stop (cancelled, or the process is shutting down) before it had a
     /// checkpoint: during the warm start.
     #[error("interrupted: {0}")]

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::defaults;
 use crate::tasks::seed_tasks;
+use crate::tracking::{MlflowSettings, ReportTo};
 use crate::warmstart::WarmStartSettings;
 
 /// Everything the job needs: saved as `job.json` in the run directory, so `--resume` runs the
@@ -70,6 +71,12 @@ pub struct JobSettings {
     /// policy) instead of an in-process model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiAgent>,
+    /// Experiment trackers that get the job's scalars as it runs (`tensorboard`, `mlflow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub report_to: Vec<ReportTo>,
+    /// The MLflow tracking server of `report_to: [mlflow]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<MlflowSettings>,
 }
 
 /// An agent on an OpenAI-compatible endpoint (llama.cpp, vLLM, SGLang, a hosted API) whose
@@ -180,6 +187,8 @@ impl Default for JobSettings {
             agent_type: None,
             rollout: None,
             api: None,
+            report_to: Vec::new(),
+            mlflow: None,
         }
     }
 }
@@ -208,6 +217,25 @@ impl JobSettings {
         }
         if !(1..=3).contains(&self.max_difficulty) {
             out.push(format!("max_difficulty must be in 1..=3, got {}", self.max_difficulty));
+        }
+        if self.report_to.contains(&ReportTo::Mlflow) {
+            match &self.mlflow {
+                None => out.push(
+                    "report_to names mlflow: mlflow.tracking_uri must be set (the CLI's \
+                     --mlflow-tracking-uri or MLFLOW_TRACKING_URI)"
+                        .to_owned(),
+                ),
+                Some(m)
+                    if !(m.tracking_uri.starts_with("http://")
+                        || m.tracking_uri.starts_with("https://")) =>
+                {
+                    out.push(format!(
+                        "mlflow.tracking_uri must be an http:// or https:// URL, got {:?}",
+                        m.tracking_uri
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         if self.price_per_hour_usd < Decimal::ZERO {
             out.push(format!("price_per_hour_usd must be >= 0, got {}", self.price_per_hour_usd));

@@ -14,12 +14,12 @@
 use std::time::Instant;
 
 use agentcore_api::params::{
-    AbTestParams, ConfigureAbParams, DeployParams, FeedbackParams, InvokeParams,
-    ListDeploymentsParams, RaiseRule, RollbackParams, StopAbParams,
+    AbTestParams, ConfigureAbParams, DeployParams, ExportInvocationsParams, FeedbackParams,
+    InvokeParams, ListDeploymentsParams, RaiseRule, RollbackParams, StopAbParams,
 };
 use agentcore_api::{
     AbArm, AbTest, Deployment, DeploymentEvaluation, DeploymentList, EventKind, FeedbackResult,
-    InvokeResult, RollbackResult,
+    InvocationExport, InvokeResult, RollbackResult,
 };
 use agentcore_grpo::sequential::{ArmCounts, Decision, SequentialTest};
 use agentcore_grpo::stats::{SIGNIFICANCE_LEVEL, wilson_interval};
@@ -735,6 +735,54 @@ pub async fn invoke(
         cost_usd: outcome.cost_usd.normalize().to_string(),
         environment,
         ab_test_id,
+    })
+}
+
+/// An invocation as `agents.export_invocations` gives it (the user key's hash stays inside).
+fn invocation_record(i: &InvocationRow) -> Value {
+    json!({
+        "invocation_id": i.id, "agent_id": i.agent_id, "environment": i.environment,
+        "arm": i.arm, "deployment_id": i.deployment_id, "ab_test_id": i.ab_test_id,
+        "job_id": i.job_id, "checkpoint_id": i.checkpoint_id, "query": i.query,
+        "answer": i.answer, "trajectory": i.trajectory, "success": i.success, "reward": i.reward,
+        "outcome_source": i.outcome_source, "latency_ms": i.latency_ms, "cost_usd": i.cost_usd,
+        "has_user_key": i.user_key_hash.is_some(), "created_at": i.created_at,
+    })
+}
+
+pub(super) async fn export_invocations(
+    state: &AppState,
+    caller: &Caller,
+    params: ExportInvocationsParams,
+) -> Result<InvocationExport, ApiError> {
+    use super::evaluation::{DEFAULT_EXPORT_LIMIT, MAX_EXPORT_LIMIT};
+    crate::agents::visible_agent(state, caller, &params.agent_id).await?;
+    if let Some(e) = &params.environment {
+        check_environment(e)?;
+    }
+    let limit = params.limit.unwrap_or(DEFAULT_EXPORT_LIMIT);
+    if limit > MAX_EXPORT_LIMIT {
+        return Err(ApiError::ExportLimit { max: MAX_EXPORT_LIMIT, got: limit });
+    }
+    let offset = params.offset.unwrap_or(0);
+    let (rows, total) = state
+        .store
+        .invocations(
+            &caller.org,
+            &params.agent_id,
+            params.environment.as_deref(),
+            u32::try_from(limit).unwrap_or(u32::MAX),
+            u32::try_from(offset).unwrap_or(u32::MAX),
+        )
+        .await?;
+    let invocations: Vec<Value> = rows.iter().map(invocation_record).collect();
+    let returned = invocations.len() as u64;
+    Ok(InvocationExport {
+        agent_id: params.agent_id,
+        invocations,
+        total_count: total,
+        returned_count: returned,
+        has_more: offset + returned < total,
     })
 }
 

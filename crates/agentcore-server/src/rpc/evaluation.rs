@@ -82,6 +82,11 @@ pub(super) async fn evaluate(
     Ok(result)
 }
 
+/// Rows of an export page when the call gives no `limit`.
+pub const DEFAULT_EXPORT_LIMIT: u64 = 1000;
+/// The largest export page (the contract's -40005 past it).
+pub const MAX_EXPORT_LIMIT: u64 = 10_000;
+
 pub(super) async fn export(
     state: &AppState,
     caller: &Caller,
@@ -90,15 +95,15 @@ pub(super) async fn export(
     let id = params.job_id;
     check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
-    let limit = params.limit.unwrap_or(1000);
-    if limit > 10_000 {
-        return Err(ApiError::ExportLimit { max: 10_000, got: limit });
+    let limit = params.limit.unwrap_or(DEFAULT_EXPORT_LIMIT);
+    if limit > MAX_EXPORT_LIMIT {
+        return Err(ApiError::ExportLimit { max: MAX_EXPORT_LIMIT, got: limit });
     }
     let offset = params.offset.unwrap_or(0);
     let filter = TrajectoryFilter {
         success_only: params.success_only.unwrap_or(false),
         min_reward: params.min_reward,
-        limit: Some(u32::try_from(limit).unwrap_or(10_000)),
+        limit: Some(u32::try_from(limit).unwrap_or(u32::MAX)),
         offset: u32::try_from(offset).unwrap_or(u32::MAX),
     };
     let total = state.store.count_trajectories(&id, &filter).await?;

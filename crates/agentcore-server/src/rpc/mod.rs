@@ -366,6 +366,10 @@ async fn dispatch(
             need(caller, "agents:invoke")?;
             to_value(deploy::feedback(state, caller, typed(params)?).await)
         }
+        methods::EXPORT_INVOCATIONS => {
+            need(caller, "data:export")?;
+            to_value(deploy::export_invocations(state, caller, typed(params)?).await)
+        }
         other => Err(ApiError::MethodNotFound(format!("{other:?}"))),
     }
 }

@@ -7,16 +7,17 @@ use schemars::{JsonSchema, SchemaGenerator};
 
 use super::*;
 use agentcore_api::params::{
-    AbTestParams, ConfigureAbParams, DeployParams, FeedbackParams, InvokeParams,
-    ListDeploymentsParams, RollbackParams, StopAbParams,
+    AbTestParams, ConfigureAbParams, DeployParams, ExportInvocationsParams, FeedbackParams,
+    InvokeParams, ListDeploymentsParams, RollbackParams, StopAbParams,
 };
 use agentcore_api::{
-    AbTest, Deployment, DeploymentList, FeedbackResult, InvokeResult, RollbackResult,
+    AbTest, Deployment, DeploymentList, FeedbackResult, InvocationExport, InvokeResult,
+    RollbackResult,
 };
 
 /// Every method the server answers, with its summary: `dispatch` serves exactly these (a test
 /// checks both ways).
-pub const SERVED: [&str; 20] = [
+pub const SERVED: [&str; 21] = [
     methods::START,
     methods::STATUS,
     methods::CANCEL,
@@ -37,6 +38,7 @@ pub const SERVED: [&str; 20] = [
     methods::STOP_AB,
     methods::INVOKE,
     methods::FEEDBACK,
+    methods::EXPORT_INVOCATIONS,
 ];
 
 /// The OpenRPC document itself (its shape is OpenRPC's).
@@ -136,6 +138,10 @@ pub fn openrpc() -> Value {
     d.method::<FeedbackParams, FeedbackResult>(
         methods::FEEDBACK,
         "The outcome of an invocation (feeds its A/B test)",
+    );
+    d.method::<ExportInvocationsParams, InvocationExport>(
+        methods::EXPORT_INVOCATIONS,
+        "An agent's invocations with their trajectories and outcomes, oldest first",
     );
     let schemas: Map<String, Value> = d.generator.take_definitions(true).into_iter().collect();
     json!({
