@@ -393,6 +393,7 @@ class TrainingClient:
         evaluation_data: Optional[Iterable[Dict[str, Any]]] = None,
         metadata: Optional[Dict[str, Any]] = None,
         training_queries: Optional[Iterable[Dict[str, Any]]] = None,
+        report_to: Optional[List[str]] = None,
     ) -> Record:
         """Queues a GRPO job. If the agent's type has a strategy in the global reward registry,
         the registry's reward server is started and registered for that type first, so the
@@ -407,6 +408,8 @@ class TrainingClient:
             params["evaluation_data"] = list(evaluation_data)
         if metadata is not None:
             params["metadata"] = metadata
+        if report_to is not None:
+            params["report_to"] = list(report_to)
         return Record(self.call("training.start_grpo", params))
 
     def _serve_rewards(self, agent_id: str) -> None:

@@ -27,6 +27,11 @@ pub struct StartParams {
     /// The caller's labels, returned with the job.
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
+    /// Experiment trackers of the job's scalars: `tensorboard` (event files in the job's run
+    /// directory on the server), `mlflow` (the server's tracking server, `agentcore serve
+    /// --mlflow-tracking-uri`; experiment `ORG/AGENT_ID`).
+    #[serde(default)]
+    pub report_to: Option<Vec<String>>,
 }
 
 /// `training.get_status`.

@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// Where registered agents may point a local model (`model.path`) [default: DATA_DIR/models].
     #[arg(long)]
     models_dir: Option<PathBuf>,
+    /// The MLflow tracking server of jobs started with `report_to: ["mlflow"]`.
+    #[arg(long, env = "MLFLOW_TRACKING_URI", value_name = "URL")]
+    mlflow_tracking_uri: Option<String>,
 }
 
 /// `agentcore serve`.
@@ -123,6 +126,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.webhooks.allow_private = args.allow_private_webhooks;
     config.body_limit = args.body_limit_mib << 20;
     config.rate_limit_scale = args.rate_limit_scale;
+    if let Some(uri) = args.mlflow_tracking_uri {
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            return Err(InputError(format!(
+                "--mlflow-tracking-uri must be an http:// or https:// URL, got {uri:?}"
+            ))
+            .into());
+        }
+        config.mlflow_tracking_uri = Some(uri);
+    }
     if let Some(dir) = args.models_dir {
         config.models_dir = std::path::absolute(&dir)
             .map_err(|e| InputError(format!("--models-dir {}: {e}", dir.display())))?;

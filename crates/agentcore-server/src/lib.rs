@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// refused without being looked at, so registering does not tell which server files exist
     /// (default `<data_dir>/models`).
     pub models_dir: PathBuf,
+    /// The MLflow tracking server jobs with `report_to: [mlflow]` log to (none: such jobs are
+    /// refused). Jobs never name one themselves: the server does not call URLs a caller gives.
+    pub mlflow_tracking_uri: Option<String>,
 }
 
 impl ServerConfig {
@@ -84,6 +87,7 @@ impl ServerConfig {
             body_limit: 32 << 20,
             rate_limit_scale: 1,
             public_metrics: true,
+            mlflow_tracking_uri: None,
         }
     }
 }

@@ -339,3 +339,52 @@ fn deploy_gate_ab_test_guardrail_and_invocations() {
         Some(codes::PERMISSION_DENIED)
     );
 }
+
+/// `report_to` on `training.start_grpo`: TensorBoard event files in the job's run directory;
+/// `mlflow` is refused by a server that has no tracking server, and an unknown tracker by name.
+#[test]
+fn a_service_job_reports_to_tensorboard_and_mlflow_needs_the_servers_tracking_uri() {
+    let s = TestServer::start(1);
+    let c = s.client(&admin("acme"));
+    tiny_agent(&c, "tiny-agent");
+    let start = |report_to: Value| {
+        c.call(
+            "training.start_grpo",
+            json!({"agent_id": "tiny-agent", "config": small_config(2),
+                   "training_data": tasks(120, 3), "report_to": report_to}),
+        )
+    };
+    for (trackers, needle) in [
+        (json!(["mlflow"]), "--mlflow-tracking-uri"),
+        (json!(["wandb"]), "unknown tracker \"wandb\""),
+    ] {
+        let e = start(trackers).unwrap_err();
+        assert_eq!(e.code(), Some(codes::INVALID_PARAMS), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    let job = start(json!(["tensorboard"])).unwrap();
+    let job_id = job["job_id"].as_str().unwrap();
+    let done = wait_for(&c, job_id, finished, Duration::from_secs(300));
+    assert_eq!(done.status, "completed", "{done:?}");
+    let store = s.server.as_ref().unwrap().state.store.clone();
+    let row = s.rt.block_on(store.job(job_id)).unwrap().unwrap();
+    let dir = std::path::Path::new(&row.run_dir).join("tensorboard");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    // The file version record, the baseline, two iterations and the summary's scalars.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    let mut records = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        at += 12 + usize::try_from(len).unwrap() + 4;
+        records += 1;
+    }
+    assert_eq!((records, at), (5, bytes.len()));
+    assert!(bytes.windows(b"train/loss".len()).any(|w| w == b"train/loss"), "no train/loss scalar");
+}

@@ -26,12 +26,15 @@ pub(super) fn tasks(name: &str, value: &Value) -> Result<Vec<Task>, ApiError> {
         .collect()
 }
 
+use agentcore_train::tracking::{MlflowSettings, ReportTo};
+
 pub(super) async fn start(
     state: &Arc<AppState>,
     caller: &Caller,
     params: StartParams,
 ) -> Result<StartResult, ApiError> {
-    let StartParams { agent_id, config, training_data, evaluation_data, metadata } = params;
+    let StartParams { agent_id, config, training_data, evaluation_data, metadata, report_to } =
+        params;
     let stored = crate::agents::visible_agent(state, caller, &agent_id).await?;
     let agent = crate::agents::definition(&stored)?;
     let data = training_data.ok_or_else(|| ApiError::DataValidation {
@@ -62,6 +65,25 @@ pub(super) async fn start(
             url,
             allow_private: state.config.webhooks.allow_private,
         });
+    }
+    for name in report_to.unwrap_or_default() {
+        let tracker = ReportTo::parse(&name).map_err(|e| ApiError::param("report_to", e))?;
+        if tracker == ReportTo::Mlflow {
+            let Some(uri) = &state.config.mlflow_tracking_uri else {
+                return Err(ApiError::param(
+                    "report_to",
+                    "report_to mlflow: this server has no MLflow tracking server (start it with \
+                     agentcore serve --mlflow-tracking-uri URL)",
+                ));
+            };
+            settings.mlflow = Some(MlflowSettings {
+                tracking_uri: uri.clone(),
+                experiment: Some(format!("{}/{agent_id}", caller.org)),
+            });
+        }
+        if !settings.report_to.contains(&tracker) {
+            settings.report_to.push(tracker);
+        }
     }
     // Pre-flight: the local compute this job would take at the configured price.
     let c = &settings.config;
