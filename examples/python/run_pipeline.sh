@@ -37,6 +37,8 @@ AGENTCORE_JOB=$(grep -o "Training started: [0-9a-f-]*" "$work/pipeline.out" | cu
 export AGENTCORE_JOB
 # Following the job: WebSocket stream (blocking and asyncio), wait, typed results and errors.
 PYTHONPATH=python python3 examples/python/follow_job.py
+# The guide's other snippets as written: configuration, troubleshooting, Phase 3 and 4.
+PYTHONPATH=python python3 examples/python/guide_snippets.py
 PYTHONPATH=python python3 examples/python/deploy_ab.py
 # The same from the CLI (AGENTCORE_URL and AGENTCORE_API_KEY are exported above).
 "$BIN" deploy list code-generator-v2 --environment production > "$work/deployments.json"
