@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, AsyncIterator, Dict, Iterable, Iterator, List, Optional, Set, Type
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, Iterator, List, Optional, Set, Type
 
 from .training import GRPOConfig, get_global_registry
 
@@ -205,6 +205,17 @@ _READ_ONLY = frozenset({
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
+def _paged(fetch: Callable[[int], Record], key: str) -> Iterator[Record]:
+    """The items under ``key`` of every page ``fetch(offset)`` returns, until ``has_more`` ends."""
+    offset = 0
+    while True:
+        page = fetch(offset)
+        yield from page[key]
+        offset += page["returned_count"]
+        if not page["has_more"] or page["returned_count"] == 0:
+            return
+
+
 def _progress(bar: Any, status: Dict[str, Any]) -> Any:
     """Draws ``status`` on ``bar`` (made on the first call): tqdm when installed, else a line on
     stderr."""
@@ -375,14 +386,8 @@ class TrainingClient:
     def iter_trajectories(self, job_id: str, success_only: bool = False, min_reward: Optional[float] = None,
                           page_size: int = 1000) -> Iterator[Record]:
         """Every exported trajectory of the job, page by page (``export_trajectories``)."""
-        offset = 0
-        while True:
-            page = self.export_trajectories(job_id, success_only=success_only, min_reward=min_reward,
-                                            limit=page_size, offset=offset)
-            yield from page["trajectories"]
-            offset += page["returned_count"]
-            if not page["has_more"] or page["returned_count"] == 0:
-                return
+        return _paged(lambda offset: self.export_trajectories(job_id, success_only=success_only, min_reward=min_reward,
+                                                              limit=page_size, offset=offset), "trajectories")
 
     # -- the guide's calls ---------------------------------------------------------------
     def start_training(
@@ -545,13 +550,8 @@ class TrainingClient:
 
     def iter_invocations(self, agent_id: str, environment: Optional[str] = None, page_size: int = 1000) -> Iterator[Record]:
         """Every invocation of the agent, page by page (``export_invocations``)."""
-        offset = 0
-        while True:
-            page = self.export_invocations(agent_id, environment=environment, limit=page_size, offset=offset)
-            yield from page["invocations"]
-            offset += page["returned_count"]
-            if not page["has_more"] or page["returned_count"] == 0:
-                return
+        return _paged(lambda offset: self.export_invocations(agent_id, environment=environment, limit=page_size,
+                                                             offset=offset), "invocations")
 
     def feedback(self, invocation_id: str, success: Optional[bool] = None, reward: Optional[float] = None) -> Record:
         """A user's verdict on an invocation (once): ``success``, or a ``reward`` (success: reward > 0)."""

@@ -233,6 +233,15 @@ fn ab_row(r: &AnyRow) -> Result<AbTestRow> {
     })
 }
 
+/// The tables [`Store::agent_page`] pages through.
+#[derive(Debug, Clone, Copy)]
+enum AgentTable {
+    /// Newest first.
+    Deployments,
+    /// Oldest first.
+    Invocations,
+}
+
 fn invocation_row(r: &AnyRow) -> Result<InvocationRow> {
     let success: Option<i64> = r.get("success");
     Ok(InvocationRow {
@@ -485,13 +494,33 @@ impl Store {
         limit: u32,
         offset: u32,
     ) -> Result<(Vec<DeploymentRow>, u64)> {
-        macro_rules! filter {
-            () => {
-                "org = $1 AND agent_id = $2 AND ($3 = '' OR environment = $3)"
-            };
-        }
+        self.agent_page(
+            AgentTable::Deployments,
+            (org, agent_id, environment),
+            (limit, offset),
+            deployment_row,
+        )
+        .await
+    }
+
+    /// One page of an agent's rows of `table` (of one environment, or all) in the table's
+    /// order, and how many match.
+    async fn agent_page<T>(
+        &self,
+        table: AgentTable,
+        (org, agent_id, environment): (&str, &str, Option<&str>),
+        (limit, offset): (u32, u32),
+        row: fn(&AnyRow) -> Result<T>,
+    ) -> Result<(Vec<T>, u64)> {
+        let (name, order) = match table {
+            AgentTable::Deployments => ("deployments", "created_at DESC, version DESC"),
+            AgentTable::Invocations => ("invocations", "created_at, id"),
+        };
+        let filter = "org = $1 AND agent_id = $2 AND ($3 = '' OR environment = $3)";
         let env = environment.unwrap_or("");
-        let total: i64 = sqlx::query(concat!("SELECT COUNT(*) FROM deployments WHERE ", filter!()))
+        // Built from constant fragments only; values are bound.
+        let count = format!("SELECT COUNT(*) FROM {name} WHERE {filter}");
+        let total: i64 = sqlx::query(sqlx::AssertSqlSafe(count))
             .bind(org)
             .bind(agent_id)
             .bind(env)
@@ -499,20 +528,18 @@ impl Store {
             .await
             .map_err(self.db())?
             .get(0);
-        let rows = sqlx::query(concat!(
-            "SELECT * FROM deployments WHERE ",
-            filter!(),
-            " ORDER BY created_at DESC, version DESC LIMIT $4 OFFSET $5"
-        ))
-        .bind(org)
-        .bind(agent_id)
-        .bind(env)
-        .bind(i64::from(limit))
-        .bind(i64::from(offset))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.db())?;
-        let rows = rows.iter().map(deployment_row).collect::<Result<Vec<_>>>()?;
+        let select =
+            format!("SELECT * FROM {name} WHERE {filter} ORDER BY {order} LIMIT $4 OFFSET $5");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(select))
+            .bind(org)
+            .bind(agent_id)
+            .bind(env)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        let rows = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
         Ok((rows, u64::try_from(total).unwrap_or(0)))
     }
 
@@ -730,35 +757,13 @@ impl Store {
         limit: u32,
         offset: u32,
     ) -> Result<(Vec<InvocationRow>, u64)> {
-        macro_rules! filter {
-            () => {
-                "org = $1 AND agent_id = $2 AND ($3 = '' OR environment = $3)"
-            };
-        }
-        let env = environment.unwrap_or("");
-        let total: i64 = sqlx::query(concat!("SELECT COUNT(*) FROM invocations WHERE ", filter!()))
-            .bind(org)
-            .bind(agent_id)
-            .bind(env)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(self.db())?
-            .get(0);
-        let rows = sqlx::query(concat!(
-            "SELECT * FROM invocations WHERE ",
-            filter!(),
-            " ORDER BY created_at, id LIMIT $4 OFFSET $5"
-        ))
-        .bind(org)
-        .bind(agent_id)
-        .bind(env)
-        .bind(i64::from(limit))
-        .bind(i64::from(offset))
-        .fetch_all(&self.pool)
+        self.agent_page(
+            AgentTable::Invocations,
+            (org, agent_id, environment),
+            (limit, offset),
+            invocation_row,
+        )
         .await
-        .map_err(self.db())?;
-        let rows = rows.iter().map(invocation_row).collect::<Result<Vec<_>>>()?;
-        Ok((rows, u64::try_from(total).unwrap_or(0)))
     }
 
     /// Records the outcome of an invocation that has none yet; `false` when it already had one.

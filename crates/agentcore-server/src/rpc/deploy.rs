@@ -755,15 +755,11 @@ pub(super) async fn export_invocations(
     caller: &Caller,
     params: ExportInvocationsParams,
 ) -> Result<InvocationExport, ApiError> {
-    use super::evaluation::{DEFAULT_EXPORT_LIMIT, MAX_EXPORT_LIMIT};
     crate::agents::visible_agent(state, caller, &params.agent_id).await?;
     if let Some(e) = &params.environment {
         check_environment(e)?;
     }
-    let limit = params.limit.unwrap_or(DEFAULT_EXPORT_LIMIT);
-    if limit > MAX_EXPORT_LIMIT {
-        return Err(ApiError::ExportLimit { max: MAX_EXPORT_LIMIT, got: limit });
-    }
+    let limit = super::evaluation::export_limit(params.limit)?;
     let offset = params.offset.unwrap_or(0);
     let (rows, total) = state
         .store

@@ -87,6 +87,15 @@ pub const DEFAULT_EXPORT_LIMIT: u64 = 1000;
 /// The largest export page (the contract's -40005 past it).
 pub const MAX_EXPORT_LIMIT: u64 = 10_000;
 
+/// The page size an export call asks for: its `limit`, or the default; over the largest the
+/// contract's -40005.
+pub(super) fn export_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    match limit.unwrap_or(DEFAULT_EXPORT_LIMIT) {
+        l if l > MAX_EXPORT_LIMIT => Err(ApiError::ExportLimit { max: MAX_EXPORT_LIMIT, got: l }),
+        l => Ok(l),
+    }
+}
+
 pub(super) async fn export(
     state: &AppState,
     caller: &Caller,
@@ -95,10 +104,7 @@ pub(super) async fn export(
     let id = params.job_id;
     check_job_id(&id)?;
     let job = owned_job(state, caller, &id).await?;
-    let limit = params.limit.unwrap_or(DEFAULT_EXPORT_LIMIT);
-    if limit > MAX_EXPORT_LIMIT {
-        return Err(ApiError::ExportLimit { max: MAX_EXPORT_LIMIT, got: limit });
-    }
+    let limit = export_limit(params.limit)?;
     let offset = params.offset.unwrap_or(0);
     let filter = TrajectoryFilter {
         success_only: params.success_only.unwrap_or(false),
