@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Deliver webhooks to loopback, private and link-local addresses too.
     #[arg(long)]
     allow_private_webhooks: bool,
+    /// Let registered agents' OpenAI-compatible endpoints be loopback, private or link-local
+    /// addresses (an inference server beside this one, e.g. llama.cpp on 127.0.0.1).
+    #[arg(long)]
+    allow_private_endpoints: bool,
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 32)]
     body_limit_mib: usize,
@@ -124,6 +128,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(data_dir.clone(), auth.clone());
     config.workers = args.workers;
     config.webhooks.allow_private = args.allow_private_webhooks;
+    config.allow_private_endpoints = args.allow_private_endpoints;
     config.body_limit = args.body_limit_mib << 20;
     config.rate_limit_scale = args.rate_limit_scale;
     if let Some(uri) = args.mlflow_tracking_uri {

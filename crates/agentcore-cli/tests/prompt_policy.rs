@@ -2,12 +2,14 @@
 //! Gemma 3 270M on loopback, `scripts/setup_llamacpp_server.sh` and `scripts/fetch_gemma3.sh`):
 //! `agentcore train --agent examples/agents/gemma-api.yaml --data FILE`, its metrics, money,
 //! checkpoints (the versioned policy document and its diff), the rendering recorded in every
-//! trajectory, and resume after a crash. CI sets `AGENTCORE_REQUIRE_LLAMACPP`, so the test fails
-//! there when the server is missing; elsewhere it says why it skips.
+//! trajectory, and resume after a crash; and the same agent registered with `agentcore serve`
+//! (refused on a loopback endpoint unless the server allows private endpoints), trained through
+//! `training.start_grpo`, evaluated, exported, deployed and invoked. CI sets
+//! `AGENTCORE_REQUIRE_LLAMACPP`, so the tests fail there when the server is missing; elsewhere
+//! they say why they skip.
 
 #![expect(clippy::print_stderr, reason = "the test says why it skips on stderr")]
 
-#[expect(dead_code, reason = "this test does not start the service")]
 mod common;
 
 use std::net::TcpListener;
@@ -62,6 +64,16 @@ fn llama_server() -> Option<(Killed, u16)> {
     panic!("llama.cpp server did not come up within 120 s");
 }
 
+/// The example agent, its endpoint on `port`.
+fn example_agent(port: u16) -> String {
+    let example = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/agents/gemma-api.yaml"),
+    )
+    .unwrap();
+    assert!(example.contains("http://127.0.0.1:8765/v1"));
+    example.replace("8765", &port.to_string())
+}
+
 fn events(stdout: &str) -> Vec<Value> {
     stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
@@ -79,12 +91,7 @@ fn a_prompt_policy_job_trains_gemma_on_llama_cpp_end_to_end() {
     let Some((_server, port)) = llama_server() else { return };
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).display().to_string();
-    let example = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/agents/gemma-api.yaml"),
-    )
-    .unwrap();
-    assert!(example.contains("http://127.0.0.1:8765/v1"));
-    std::fs::write(p("agent.yaml"), example.replace("8765", &port.to_string())).unwrap();
+    std::fs::write(p("agent.yaml"), example_agent(port)).unwrap();
     let tasks = common::ok(&run(&["tasks", "generate", "--n", "120", "--difficulty", "1"], &[]));
     std::fs::write(p("tasks.jsonl"), tasks).unwrap();
     let eval = common::ok(&run(
@@ -206,4 +213,92 @@ fn a_prompt_policy_job_trains_gemma_on_llama_cpp_end_to_end() {
     let eval = common::ok(&run(&["eval", "--job", &job_id, "--data-dir", &home, "--json"], &[]));
     let report: Value = serde_json::from_str(&eval).unwrap();
     assert_eq!(report["queries_evaluated"], 6, "{report}");
+}
+
+fn tasks(n: &str, seed: &str) -> Vec<Value> {
+    common::ok(&run(&["tasks", "generate", "--n", n, "--difficulty", "1", "--seed", seed], &[]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_registered_prompt_agent_trains_over_json_rpc_and_answers_once_deployed() {
+    use agentcore_client::TrainingClient;
+    use serde_json::json;
+    let Some((_llama, port)) = llama_server() else { return };
+    let agent: Value = serde_yaml_ng::from_str(&example_agent(port)).unwrap();
+
+    // A server that keeps tenants off its own network refuses the loopback endpoint, naming the
+    // field, the address and the switch.
+    let strict = tempfile::tempdir().unwrap();
+    let (_strict, url, token, _) = common::serve(&["--data-dir", strict.path().to_str().unwrap()]);
+    let err = TrainingClient::new(&url, Some(token))
+        .call("agents.register", agent.clone())
+        .expect_err("a loopback endpoint is refused");
+    let message = err.to_string();
+    assert_eq!(err.code(), Some(-32602), "{message}");
+    for needle in ["model.base_url", "127.0.0.1", "loopback", "--allow-private-endpoints"] {
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+
+    // One that runs its inference beside it trains the agent like any other.
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url, token, _) =
+        common::serve(&["--data-dir", dir.path().to_str().unwrap(), "--allow-private-endpoints"]);
+    let client = TrainingClient::new(&url, Some(token));
+    let registered = client.call("agents.register", agent).expect("register");
+    assert_eq!(registered["policy"], "prompt", "{registered}");
+    let config = json!({"n_iterations": 2, "batch_size": 3, "n_trajectories_per_query": 3,
+        "eval_interval": 2, "checkpoint_interval": 1, "seed": 4});
+    let started = client
+        .start_training("gemma-api", config, &tasks("120", "11"), Some(&tasks("4", "12")))
+        .expect("start");
+    let job = started.job_id;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        let s = client.get_status(&job).expect("status");
+        if s.status.is_final() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "job still {:?} after 600 s", s.status);
+        // Under the contract's 100 get_status calls per caller per minute.
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(status.status.as_str(), "completed", "{status:?}");
+    assert_eq!(status.current_iteration, 2);
+    for key in ["library_size", "exemplar_bank_size", "exemplars_shown", "train_loss"] {
+        assert!(status.metrics[key].is_number(), "{key} missing in {}", status.metrics);
+    }
+    assert!(status.cost_usd.parse::<f64>().unwrap() > 0.0, "{status:?}");
+
+    // Every exported trajectory carries the rendering it was given.
+    let page = client.export_trajectories(&job, false, None, None, None).expect("export");
+    let rows = page["trajectories"].as_array().expect("trajectories");
+    assert_eq!(rows.len(), 2 * 3 * 3, "{page}");
+    for r in rows {
+        let prompt = r["context"]["system_prompt"].as_str().unwrap_or_default();
+        assert!(prompt.starts_with("Solve each task"), "{r}");
+    }
+    // The held-out evaluation against the original prompt (paired McNemar).
+    let evaluation = client.evaluate(&job, None).expect("evaluate");
+    assert_eq!(evaluation["queries_evaluated"], 4, "{evaluation}");
+    let comparison = &evaluation["baseline_comparison"];
+    assert_eq!(comparison["test"], "mcnemar_exact", "{evaluation}");
+    assert!(comparison["p_value"].is_number(), "{evaluation}");
+
+    // Deployed to staging, it answers through the agent's endpoint with the learned prompt.
+    let best = status.best_checkpoint_id.expect("a best checkpoint");
+    client.deploy_checkpoint("gemma-api", &best, "staging", false).expect("deploy");
+    let answer = client
+        .call(
+            "agents.invoke",
+            json!({"agent_id": "gemma-api", "environment": "staging",
+                   "query": "Find the maximum value in [4, 19, 18, 16]",
+                   "expected_outcome": {"result": 19}}),
+        )
+        .expect("invoke");
+    assert_eq!(answer["checkpoint_id"], best.as_str(), "{answer}");
+    assert!(answer["success"].is_boolean(), "{answer}");
+    assert!(answer["cost_usd"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{answer}");
 }

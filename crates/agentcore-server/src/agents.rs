@@ -177,6 +177,34 @@ fn check_model_path(models_dir: &std::path::Path, path: &std::path::Path) -> Res
     Ok(())
 }
 
+/// The endpoints an agent's jobs and invocations will call (its model's and its reflector's)
+/// must be public addresses unless the server allows private ones; refused
+/// naming the field, the URL and the address. Workers apply the same rule to every connection
+/// (an address that changes after this check is refused there).
+///
+/// # Errors
+/// The first endpoint that breaks the rule.
+pub fn check_endpoints(def: &AgentDefinition, allow_private: bool) -> Result<(), ApiError> {
+    let agentcore_agent::definition::ModelSpec::Openai(model) = &def.model else { return Ok(()) };
+    let reflector = def.prompt_policy.as_ref().and_then(|p| p.reflection.model.as_ref());
+    let endpoints = std::iter::once(("model.base_url", model))
+        .chain(reflector.map(|r| ("prompt_policy.reflection.model.base_url", r)));
+    for (field, endpoint) in endpoints {
+        // The definition already requires http(s).
+        let url = &endpoint.base_url;
+        agentcore_agent::tools::check_target(url, allow_private).map_err(|why| {
+            ApiError::param(
+                field,
+                format!(
+                    "{field} {url:?}: {why} (a server whose inference runs beside it is started \
+                     with agentcore serve --allow-private-endpoints)"
+                ),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// `agents.register`: the params are an agent definition (or one of its shorthands).
 ///
 /// # Errors
@@ -210,6 +238,7 @@ pub async fn register(
     if let agentcore_agent::definition::ModelSpec::Local { path, .. } = &def.model {
         check_model_path(&state.config.models_dir, path)?;
     }
+    check_endpoints(&def, state.config.allow_private_endpoints)?;
     let mut stored = serde_json::to_value(&def)?;
     stored["org"] = json!(caller.org);
     state.store.register_agent(&org_key(&caller.org, id), &stored).await?;
@@ -247,6 +276,31 @@ mod tests {
         let d = typed(json!({"agent_id": "a", "model": {"built_in": {"d_model": 32}}}));
         let ModelSpec::BuiltIn { warm_start: Some(w) } = &d.model else { panic!() };
         assert_eq!(w["model"]["d_model"], 32);
+    }
+
+    #[test]
+    fn endpoints_must_be_public_http_urls_unless_the_server_allows_private_ones() {
+        let agent = |base: &str, reflector: &str| {
+            typed(json!({"agent_id": "a", "policy": "prompt", "system_prompt": "p",
+                "model": {"kind": "openai", "base_url": base, "model": "m"},
+                "prompt_policy": {"reflection": {"model": {"base_url": reflector, "model": "r"}}}}))
+        };
+        let message = |d: &AgentDefinition, allow: bool| match check_endpoints(d, allow) {
+            Ok(()) => String::new(),
+            Err(e) => agentcore_api::RpcError::from(e).message,
+        };
+        let local = agent("http://127.0.0.1:8765/v1", "http://10.0.0.7/v1");
+        let m = message(&local, false);
+        assert!(m.starts_with("model.base_url") && m.contains("127.0.0.1"), "{m}");
+        assert!(m.contains("--allow-private-endpoints"), "{m}");
+        assert_eq!(message(&local, true), "");
+        let m = message(&agent("http://1.1.1.1/v1", "http://10.0.0.7/v1"), false);
+        assert!(m.starts_with("prompt_policy.reflection.model.base_url"), "{m}");
+        assert!(m.contains("10.0.0.7"), "{m}");
+        // Agents on other models call no endpoint.
+        assert!(
+            check_endpoints(&typed(json!({"agent_id": "a", "model": "built-in"})), false).is_ok()
+        );
     }
 
     #[test]

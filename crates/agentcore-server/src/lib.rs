@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// The MLflow tracking server jobs with `report_to: [mlflow]` log to (none: such jobs are
     /// refused). Jobs never name one themselves: the server does not call URLs a caller gives.
     pub mlflow_tracking_uri: Option<String>,
+    /// Whether registered agents' OpenAI-compatible endpoints (and reflectors) may be loopback,
+    /// private or link-local addresses, or this host's (default: no; a tenant's agent must not
+    /// make the workers call into the server's own network). On for a server whose inference
+    /// runs beside it (llama.cpp on loopback).
+    pub allow_private_endpoints: bool,
 }
 
 impl ServerConfig {
@@ -84,6 +89,7 @@ impl ServerConfig {
             auth,
             workers: 1,
             webhooks: WebhookConfig::default(),
+            allow_private_endpoints: false,
             body_limit: 32 << 20,
             rate_limit_scale: 1,
             public_metrics: true,

@@ -91,6 +91,16 @@ pub struct ApiAgent {
     /// Rendering and update settings.
     #[serde(default)]
     pub prompt_policy: PromptPolicySettings,
+    /// Whether the endpoints (the agent's and the reflector's) may be loopback, private or
+    /// link-local addresses, or this host's. The CLI allows them (the user's machine); the
+    /// service sets its `--allow-private-endpoints` here, never the agent's definition.
+    #[serde(default = "private_endpoints_allowed")]
+    pub allow_private_endpoints: bool,
+}
+
+/// Jobs resolved before [`ApiAgent::allow_private_endpoints`] existed connect as they did.
+fn private_endpoints_allowed() -> bool {
+    true
 }
 
 /// Limits of one conversation besides the contract's `max_steps_per_trajectory` and

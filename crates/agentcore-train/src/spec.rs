@@ -151,6 +151,7 @@ pub fn resolve(
                 endpoint: endpoint.clone(),
                 system_prompt: agent.system_prompt.clone(),
                 prompt_policy: agent.prompt_policy.clone().unwrap_or_default(),
+                allow_private_endpoints: true,
             }),
             rollout: Some(RolloutLimits::for_agent(true)),
             ..JobSettings::default()

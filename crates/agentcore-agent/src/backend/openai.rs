@@ -136,16 +136,21 @@ pub struct ApiTokens {
 }
 
 impl OpenAiBackend {
-    /// A backend with these settings.
+    /// A backend with these settings that may connect to any address (the CLI: the user's own
+    /// machine, where a local inference server on loopback is the common case).
     #[must_use]
     pub fn new(settings: OpenAiSettings) -> Self {
-        // Redirects are not followed: a prompt (and the API key) go only where the agent says.
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs_f64(settings.timeout_s.max(0.001))))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        Self::with_address_rule(settings, true)
+    }
+
+    /// A backend whose connections, unless `allow_private`, go only to public addresses that
+    /// are not this host's, checked when each connection's address is resolved (the service:
+    /// a tenant's agent must not reach the server's own network). Redirects are never
+    /// followed: a prompt (and the API key) go only where the agent says.
+    #[must_use]
+    pub fn with_address_rule(settings: OpenAiSettings, allow_private: bool) -> Self {
+        let timeout = Duration::from_secs_f64(settings.timeout_s.max(0.001));
+        let agent = crate::tools::outbound_agent(allow_private, timeout);
         Self { settings, agent }
     }
 

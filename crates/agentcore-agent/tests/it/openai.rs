@@ -260,3 +260,21 @@ fn missing_api_key_variable_is_an_error_naming_the_variable_not_a_value() {
     let e = one_turn(s).unwrap_err();
     assert!(e.contains("AGENTCORE_TEST_SURELY_UNSET_KEY is not set"), "{e}");
 }
+
+#[test]
+fn under_the_address_rule_a_loopback_endpoint_is_never_connected_to() {
+    let (url, hits) = scripted_server(vec![(200, OK_BODY, Duration::ZERO); 2]);
+    let mut s = OpenAiSettings::new(&url, "m");
+    s.max_retries = 0;
+    let backend = OpenAiBackend::with_address_rule(s.clone(), false);
+    let mut conv =
+        Conversation { messages: vec![Message::new("user", "2+2?")], ..Conversation::default() };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let e = backend.turns(&mut [&mut conv], &[], &Sampling::default(), &mut rng).remove(0);
+    let e = e.err().expect("refused").0;
+    assert!(e.contains("127.0.0.1") && e.contains("not allowed"), "{e}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the server was reached");
+    // The same endpoint with private addresses allowed (the CLI's backend) answers.
+    assert_eq!(one_turn(s).unwrap(), "<answer>4</answer>");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}

@@ -37,6 +37,8 @@ pub(super) async fn start(
         params;
     let stored = crate::agents::visible_agent(state, caller, &agent_id).await?;
     let agent = crate::agents::definition(&stored)?;
+    // Checked again: the server's rule (or the address) may have changed since registration.
+    crate::agents::check_endpoints(&agent, state.config.allow_private_endpoints)?;
     let data = training_data.ok_or_else(|| ApiError::DataValidation {
         message: "training_data is required (at least 100 queries)".into(),
         data: Some(json!({"field": "training_data"})),
@@ -57,6 +59,9 @@ pub(super) async fn start(
     let mut settings =
         agentcore_train::spec::resolve(&agent, config.as_ref(), Some(JobData { train, eval }))
             .map_err(|source| ApiError::Settings { agent_id: agent_id.clone(), source })?;
+    if let Some(api) = &mut settings.api {
+        api.allow_private_endpoints = state.config.allow_private_endpoints;
+    }
     if let Some((name, url)) =
         state.store.reward_endpoint(&caller.org, settings.agent_type()).await?
     {

@@ -96,14 +96,16 @@ struct Pool {
 impl PromptPolicy {
     fn build(settings: &JobSettings, api: &ApiAgent, state: PromptState) -> Self {
         let p = &api.prompt_policy;
+        let allow = api.allow_private_endpoints;
         let reflector = p.reflection.enabled.then(|| {
-            OpenAiBackend::new(p.reflection.model.clone().unwrap_or_else(|| api.endpoint.clone()))
+            let endpoint = p.reflection.model.clone().unwrap_or_else(|| api.endpoint.clone());
+            OpenAiBackend::with_address_rule(endpoint, allow)
         });
         Self {
             saved: Mutex::new((state.clone(), Vec::new())),
             state,
             settings: p.clone(),
-            backend: OpenAiBackend::new(api.endpoint.clone()),
+            backend: OpenAiBackend::with_address_rule(api.endpoint.clone(), allow),
             reflector,
             learning_rate: settings.config.learning_rate,
             temperature: settings.config.temperature,
@@ -529,6 +531,7 @@ mod tests {
             endpoint: OpenAiSettings::new("http://127.0.0.1:9/v1", "m"),
             system_prompt: "Solve the task.".into(),
             prompt_policy: p,
+            allow_private_endpoints: true,
         };
         let mut s = JobSettings { api: Some(api.clone()), ..JobSettings::default() };
         s.config.learning_rate = 0.5;
