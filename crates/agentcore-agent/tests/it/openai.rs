@@ -271,7 +271,7 @@ fn under_the_address_rule_a_loopback_endpoint_is_never_connected_to() {
         Conversation { messages: vec![Message::new("user", "2+2?")], ..Conversation::default() };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let e = backend.turns(&mut [&mut conv], &[], &Sampling::default(), &mut rng).remove(0);
-    let e = e.err().expect("refused").0;
+    let e = e.expect_err("refused").0;
     assert!(e.contains("127.0.0.1") && e.contains("not allowed"), "{e}");
     assert_eq!(hits.load(Ordering::SeqCst), 0, "the server was reached");
     // The same endpoint with private addresses allowed (the CLI's backend) answers.
