@@ -79,7 +79,22 @@ fn traffic(
 
 #[test]
 fn deploy_gate_ab_test_guardrail_and_invocations() {
-    let s = TestServer::start(1);
+    deploy_scenario(None);
+}
+
+/// The same on PostgreSQL (`AGENTCORE_TEST_POSTGRES_URL`; CI starts a server): deployments,
+/// A/B tests, invocations and their outcomes in the shared store.
+#[test]
+fn deploy_gate_ab_test_guardrail_and_invocations_on_postgres() {
+    let Some(server) = agentcore_store::testing::postgres_server() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = rt.block_on(agentcore_store::testing::fresh_postgres_schema(&server));
+    deploy_scenario(Some(url.expect("fresh schema")));
+}
+
+fn deploy_scenario(database: Option<String>) {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let s = TestServer::start_on(database, 1);
     let tok = admin("acme");
     let c = s.client(&tok);
     tiny_agent(&c, "tiny-agent");

@@ -726,6 +726,9 @@ impl Store {
         .bind(i.latency_ms)
         .bind(&i.cost_usd)
         .bind(now())
+        // Not a cached statement: sqlx 0.9's `Any` declares a null `f64` as `float4`, and a
+        // statement PostgreSQL prepared with it refuses the next non-null `f64`.
+        .persistent(false)
         .execute(&self.pool)
         .await
         .map_err(self.db())?;
@@ -785,6 +788,9 @@ impl Store {
         .bind(success.map(i64::from))
         .bind(reward)
         .bind(source)
+        // Not a cached statement: sqlx 0.9's `Any` declares a null `f64` as `float4`, and a
+        // statement PostgreSQL prepared with it refuses the next non-null `f64`.
+        .persistent(false)
         .execute(&self.pool)
         .await
         .map_err(self.db())?;

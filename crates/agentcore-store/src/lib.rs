@@ -621,6 +621,9 @@ impl Store {
         .bind(&c.path)
         .bind(c.eval_success_rate)
         .bind(now())
+        // Not a cached statement: sqlx 0.9's `Any` declares a null `f64` as `float4`, and a
+        // statement PostgreSQL prepared with it refuses the next non-null `f64`.
+        .persistent(false)
         .execute(&self.pool)
         .await
         .map_err(self.db())?;

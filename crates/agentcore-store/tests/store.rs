@@ -430,3 +430,37 @@ fn concurrent_deploys_to_one_environment_take_each_version_once() {
         }
     }
 }
+
+/// A nullable float column written null, then a value, then null again, on one connection's
+/// cached statement (sqlx 0.9's `Any` declares a null `f64` as `float4` to PostgreSQL, and a
+/// statement prepared with it refused the next `f64` with "incorrect binary data format").
+#[test]
+fn nullable_floats_alternate_between_null_and_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for url in urls(dir.path()) {
+        let store = BlockingStore::connect(&url).expect("open");
+        store.block_on(store.store().start_job(&job("j1"))).expect("job");
+        let rates = [None, Some(0.5), None, Some(0.1 + 0.2), Some(0.75), None];
+        for (i, rate) in rates.iter().enumerate() {
+            let row = agentcore_store::CheckpointRow {
+                id: format!("c{i}"),
+                job_id: "j1".into(),
+                iteration: u32::try_from(i).unwrap(),
+                path: format!("/ckpt/{i}"),
+                eval_success_rate: *rate,
+                deleted: false,
+                created_at: String::new(),
+            };
+            store.block_on(store.store().record_checkpoint(&row)).unwrap_or_else(|e| {
+                panic!("{url}: checkpoint {i} with {rate:?}: {e}");
+            });
+        }
+        let back: Vec<Option<f64>> = store
+            .block_on(store.store().checkpoints("j1"))
+            .expect("checkpoints")
+            .into_iter()
+            .map(|c| c.eval_success_rate)
+            .collect();
+        assert_eq!(back, rates, "{url}");
+    }
+}

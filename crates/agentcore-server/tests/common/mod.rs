@@ -48,6 +48,24 @@ impl TestServer {
     }
 
     pub fn on(data_dir: PathBuf, workers: usize, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::on_database(data_dir, None, workers, tweak)
+    }
+
+    /// A server on `database` (a store URL; `None`: the data directory's SQLite file) with
+    /// its own data directory.
+    pub fn start_on(database: Option<String>, workers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Self::on_database(dir.path().to_path_buf(), database, workers, |_| {});
+        s._dir = Some(dir);
+        s
+    }
+
+    pub fn on_database(
+        data_dir: PathBuf,
+        database: Option<String>,
+        workers: usize,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -62,7 +80,7 @@ impl TestServer {
         config.webhooks.progress_every = 2;
         tweak(&mut config);
         let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let server = rt.block_on(Server::start(config, None, addr)).unwrap();
+        let server = rt.block_on(Server::start(config, database, addr)).unwrap();
         Self { rt, server: Some(server), _dir: None }
     }
 
