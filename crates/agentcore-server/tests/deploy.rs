@@ -94,7 +94,8 @@ fn deploy_gate_ab_test_guardrail_and_invocations_on_postgres() {
 
 fn deploy_scenario(database: Option<String>) {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let s = TestServer::start_on(database, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::on_database(dir.path().to_path_buf(), database, 1, |_| {});
     let tok = admin("acme");
     let c = s.client(&tok);
     tiny_agent(&c, "tiny-agent");

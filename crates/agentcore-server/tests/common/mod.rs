@@ -51,15 +51,7 @@ impl TestServer {
         Self::on_database(data_dir, None, workers, tweak)
     }
 
-    /// A server on `database` (a store URL; `None`: the data directory's SQLite file) with
-    /// its own data directory.
-    pub fn start_on(database: Option<String>, workers: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Self::on_database(dir.path().to_path_buf(), database, workers, |_| {});
-        s._dir = Some(dir);
-        s
-    }
-
+    /// A server on `database` (a store URL; `None`: the data directory's SQLite file).
     pub fn on_database(
         data_dir: PathBuf,
         database: Option<String>,
