@@ -127,6 +127,21 @@ enum BenchCommand {
         #[arg(long, conflicts_with = "gemma")]
         no_gemma: bool,
     },
+    /// One full GRPO iteration (generation, rewards and advantages, log-probs, backward and
+    /// AdamW) on the workload of the TRL anchor (shared/anchors/trl_grpo_step_bench.py: 8
+    /// prompts x 8 generations, 16-token prompts, 48 new tokens, temperature 1, beta 0), seconds
+    /// per iteration split by phase.
+    Grpo {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Untimed iterations first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Timed iterations.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
     /// A/A tests of the A/B test's sequential test, looked at repeatedly: how often it (and,
     /// for contrast, a fixed-sample z-test looked at the same way) declares a difference that
     /// is not there.
@@ -371,6 +386,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             warm_start_steps,
             json,
         })?,
+        Command::Bench(BenchCommand::Grpo { json, warmup, steps }) => {
+            use agentcore_train::bench_grpo::{GrpoBenchSettings, run_grpo_bench};
+            if steps == 0 {
+                return Err(InputError("--steps must be at least 1, got 0".into()).into());
+            }
+            let settings = GrpoBenchSettings { warmup, steps, ..GrpoBenchSettings::default() };
+            let mut stderr = std::io::stderr();
+            let r = run_grpo_bench(&settings, |i, n| {
+                let _ = writeln!(stderr, "bench: GRPO iteration {i}/{n}...");
+            })?;
+            if json {
+                write_stdout(&serde_json::to_string(&r)?)?;
+            } else {
+                let row = |name: &str, t: &agentcore_train::bench_grpo::Seconds| {
+                    format!("{name:<20} {:>8.3} s  ({:.3}-{:.3})\n", t.median, t.min, t.max)
+                };
+                write_stdout(&format!(
+                    "GRPO iteration, {} prompts x {} generations, {} new tokens at most, {} \
+                     threads (median of {} after {} warm-up)\n{}{}{}{}{}generation: {:.0} \
+                     tokens/s, {:.1} tokens per completion\n",
+                    r.settings.prompts,
+                    r.settings.generations,
+                    r.settings.max_completion,
+                    r.threads,
+                    r.settings.steps,
+                    r.settings.warmup,
+                    row("iteration", &r.iteration_s),
+                    row("  generation", &r.generation_s),
+                    row("  rewards+advantages", &r.scoring_s),
+                    row("  log-probs (fwd)", &r.logprobs_s),
+                    row("  backward+AdamW", &r.backward_and_step_s),
+                    r.gen_tokens_per_s,
+                    r.mean_completion_tokens,
+                ))?;
+            }
+        }
         Command::Bench(BenchCommand::Model { json, steps, gen_reps, gemma, no_gemma }) => {
             let gemma = match (gemma, no_gemma) {
                 (_, true) => None,

@@ -21,6 +21,7 @@
 //! [`tasks`] (the generated seed suite).
 #![deny(missing_docs)]
 
+pub mod bench_grpo;
 pub mod checkpoints;
 pub mod cost;
 pub mod defaults;

@@ -67,6 +67,9 @@ pub struct UpdateStats {
     pub prompt: Option<PromptStats>,
     /// API money the update spent (a reflector's tokens).
     pub api_cost_usd: rust_decimal::Decimal,
+    /// Seconds of the update spent in the forward passes (log-probs and loss); the rest is
+    /// backward passes and the optimizer step.
+    pub forward_seconds: f64,
 }
 
 /// Splits `rows` (indices sorted by length) into micro-batches whose padded size stays within
@@ -124,6 +127,7 @@ pub fn policy_update(
     let mut total: Option<candle_core::backprop::GradStore> = None;
     let (mut loss, mut kl_sum, mut kl_tokens) = (0.0, 0.0, 0usize);
     let (mut clipped, mut units) = (0.0, 0usize);
+    let mut forward_seconds = 0.0;
     for chunk in micro_batches(rows, &order, token_budget.max(1)) {
         let sequences: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].ids.clone()).collect();
         let old: Vec<Vec<f32>> = chunk.iter().map(|&i| rows[i].old_logp.clone()).collect();
@@ -148,8 +152,10 @@ pub fn policy_update(
             None
         };
         let batch = LossBatch::from_rows(&old, reference.as_deref(), &mask, &adv, &device)?;
+        let forward = std::time::Instant::now();
         let logp = token_logprobs(model, &sequences, temperature, pad)?;
         let (chunk_loss, m) = grpo_loss(&logp, &batch, settings)?;
+        forward_seconds += forward.elapsed().as_secs_f64();
         let weight = match settings.loss_type {
             LossType::Dapo => m.generated_tokens as f64 / total_tokens as f64,
             LossType::Grpo | LossType::Gspo | LossType::DrGrpo => {
@@ -194,6 +200,7 @@ pub fn policy_update(
         grad_norm: step.grad_norm,
         scored_rows: order.len(),
         stepped: true,
+        forward_seconds,
         ..UpdateStats::default()
     })
 }

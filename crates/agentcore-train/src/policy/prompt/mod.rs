@@ -494,6 +494,7 @@ impl Policy for PromptPolicy {
                 reflection_ops_rejected: rejected,
             }),
             api_cost_usd: cost,
+            forward_seconds: 0.0,
         })
     }
 
