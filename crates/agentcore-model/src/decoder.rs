@@ -944,6 +944,23 @@ impl Decoder {
         ids: &Tensor,
         positions: &Tensor,
         mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<Tensor> {
+        let decoding = cache.is_some();
+        let (b, t) = ids.dims2()?;
+        let t = if last_only { 1 } else { t };
+        let x = self.hidden_states(ids, positions, mask, cache, last_only)?;
+        Ok(self.lm_head.forward(&x, decoding)?.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// The final-normed hidden states that the output projection reads, (batch * time, d_model)
+    /// (time 1 with `last_only`).
+    fn hidden_states(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
         mut cache: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<Tensor> {
@@ -1051,8 +1068,48 @@ impl Decoder {
             x = (x + out)?;
         }
         let (x, t) = if last_only { (x.narrow(1, t - 1, 1)?, 1) } else { (x, t) };
-        let x = rms_norm(&x, &self.final_norm, eps)?.reshape((b * t, cfg.d_model))?;
-        Ok(self.lm_head.forward(&x, decoding)?.reshape((b, t, cfg.vocab_size))?)
+        Ok(rms_norm(&x, &self.final_norm, eps)?.reshape((b * t, cfg.d_model))?)
+    }
+
+    /// `log p(targets[r][t] | ids[r][..=t])` under the temperature-scaled model for right-padded
+    /// `ids` and `targets` (batch, time) from position 0 (causal mask, no cache): (batch, time),
+    /// differentiable. The output projection and log-softmax run `logit_chunk_bytes` of logits
+    /// at a time ([`crate::fused::head_target_logprobs`]) where the whole (positions x
+    /// vocabulary) logits would be larger, so a 262,144-token vocabulary costs a chunk, not
+    /// positions x 1 MiB. A head with a bias or a LoRA adapter is projected whole.
+    pub fn target_logprobs(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        temperature: f64,
+        logit_chunk_bytes: usize,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let positions =
+            Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.repeat((b, 1))?;
+        let mask = causal_mask(t, &self.device)?;
+        let x = self.hidden_states(ids, &positions, &mask, None, false)?;
+        let targets = targets.flatten_all()?;
+        let vocab = self.config.vocab_size;
+        let row_bytes = vocab * x.dtype().size_in_bytes();
+        let chunk_rows = (logit_chunk_bytes / row_bytes.max(1)).max(1);
+        let plain_head = self.lm_head.bias.is_none() && self.lm_head.lora.is_none();
+        let logp = if plain_head && chunk_rows < b * t {
+            crate::fused::head_target_logprobs(
+                &x,
+                &self.lm_head.weight,
+                &targets,
+                temperature,
+                chunk_rows,
+            )?
+        } else {
+            let logits = self.lm_head.forward(&x, false)?;
+            // Dividing by exactly 1 would only cost a pass over the logits.
+            #[expect(clippy::float_cmp, reason = "exactly 1.0 is the identity")]
+            let logits = if temperature == 1.0 { logits } else { (logits / temperature)? };
+            crate::fused::target_logprobs(&logits, &targets)?
+        };
+        Ok(logp.reshape((b, t))?)
     }
 
     /// Logits of right-padded sequences from position 0, causal mask, no cache: the

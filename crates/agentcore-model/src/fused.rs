@@ -467,6 +467,132 @@ pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, TargetLogProbs)?)
 }
 
+// ------------------------------------------------ output projection + log-probs, in chunks
+
+/// `log_softmax(hidden @ weight^T / temperature)[row, target]` without the (rows x vocabulary)
+/// logits: they are made `chunk_rows` rows at a time, forward and again in the backward pass
+/// (recomputed, as gradient checkpointing does), so memory grows with the chunk, not with
+/// rows x vocabulary. The forward values are computed before the node is made (`values`); the
+/// node only carries them and the backward.
+struct HeadLogProbs {
+    targets: Tensor,
+    temperature: f64,
+    chunk_rows: usize,
+    /// Whether the weight is trained (an untied head, full fine-tuning): its gradient is a
+    /// (vocabulary x d_model) matrix, made only when something will read it.
+    weight_grad: bool,
+    values: Tensor,
+}
+
+/// One chunk's logits, temperature-scaled, without a graph.
+fn chunk_logits(hidden: &Tensor, weight: &Tensor, temperature: f64) -> candle_core::Result<Tensor> {
+    let logits = hidden.matmul(&weight.t()?)?;
+    // Dividing by exactly 1 would only cost a pass over the logits.
+    #[expect(clippy::float_cmp, reason = "exactly 1.0 is the identity")]
+    if temperature == 1.0 { Ok(logits) } else { logits / temperature }
+}
+
+/// `(start, len)` of the chunks of `rows` rows.
+fn row_chunks(rows: usize, chunk_rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = chunk_rows.max(1);
+    (0..rows).step_by(step).map(move |s| (s, step.min(rows - s)))
+}
+
+impl CustomOp2 for HeadLogProbs {
+    fn name(&self) -> &'static str {
+        "agentcore-head-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (storage, layout) = self.values.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(cpu) => {
+                let out = match cpu {
+                    CpuStorage::F32(_) => {
+                        CpuStorage::F32(contiguous_slice::<f32>(cpu, layout)?.to_vec())
+                    }
+                    CpuStorage::F64(_) => {
+                        CpuStorage::F64(contiguous_slice::<f64>(cpu, layout)?.to_vec())
+                    }
+                    other => candle_core::bail!("head_logprobs: f32 or f64 only, got {:?}", other.dtype()),
+                };
+                Ok((out, layout.shape().clone()))
+            }
+            _ => candle_core::bail!("fused ops run on the CPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (hidden, weight) = (hidden.detach(), weight.detach());
+        let rows = hidden.dim(0)?;
+        let mut d_hidden = Vec::new();
+        let mut d_weight: Option<Tensor> = None;
+        for (start, len) in row_chunks(rows, self.chunk_rows) {
+            let h = hidden.narrow(0, start, len)?;
+            let logits = chunk_logits(&h, &weight, self.temperature)?;
+            let targets = self.targets.narrow(0, start, len)?;
+            let g = grad.narrow(0, start, len)?;
+            let (Some(d_logits), _) = TargetLogProbs.bwd(&logits, &targets, &g, &g)? else {
+                candle_core::bail!("head_logprobs: no gradient of the logits")
+            };
+            #[expect(clippy::float_cmp, reason = "exactly 1.0 is the identity")]
+            let d_logits =
+                if self.temperature == 1.0 { d_logits } else { (d_logits / self.temperature)? };
+            d_hidden.push(d_logits.matmul(&weight)?);
+            if self.weight_grad {
+                let dw = d_logits.t()?.matmul(&h)?;
+                d_weight = Some(match d_weight {
+                    Some(acc) => (acc + dw)?,
+                    None => dw,
+                });
+            }
+        }
+        Ok((Some(Tensor::cat(&d_hidden, 0)?), d_weight))
+    }
+}
+
+/// `log_softmax(hidden @ weight^T / temperature)[r, targets[r]]` for hidden (rows, d), weight
+/// (vocabulary, d), targets (rows) u32, computed `chunk_rows` rows at a time (see
+/// [`HeadLogProbs`]): the same values and gradients as [`target_logprobs`] of the full logits,
+/// with at most `chunk_rows` x vocabulary logits alive at once. Differentiable in `hidden` and,
+/// where it is trained, in `weight`.
+pub fn head_target_logprobs(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+    chunk_rows: usize,
+) -> Result<Tensor> {
+    let (rows, _) = hidden.dims2()?;
+    let targets = targets.contiguous()?;
+    let (h, w) = (hidden.detach(), weight.detach());
+    let mut values = Vec::new();
+    for (start, len) in row_chunks(rows, chunk_rows) {
+        let logits = chunk_logits(&h.narrow(0, start, len)?, &w, temperature)?;
+        values.push(target_logprobs(&logits, &targets.narrow(0, start, len)?)?);
+    }
+    let op = HeadLogProbs {
+        targets,
+        temperature,
+        chunk_rows,
+        weight_grad: weight.track_op(),
+        values: Tensor::cat(&values, 0)?,
+    };
+    Ok(hidden.contiguous()?.apply_op2(weight, op)?)
+}
+
 /// The same functions composed from candle's differentiable tensor ops: the reference the
 /// fused kernels are tested against.
 pub mod composed {

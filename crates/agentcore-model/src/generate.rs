@@ -385,6 +385,24 @@ pub fn token_logprobs(
     temperature: f64,
     pad_token: u32,
 ) -> Result<Tensor> {
+    token_logprobs_chunked(model, sequences, temperature, pad_token, LOGIT_CHUNK_BYTES)
+}
+
+/// Bytes of logits made at once by the training and scoring forward pass: above this, the
+/// output projection and log-softmax run in chunks of positions (see
+/// [`Decoder::target_logprobs`]). 64 MiB is 64 positions of Gemma 3's 262,144-token vocabulary
+/// in f32, and the whole batch of the tiny models.
+pub const LOGIT_CHUNK_BYTES: usize = 64 << 20;
+
+/// [`token_logprobs`] with the chunk size of the logits given: the same values and gradients
+/// for any `logit_chunk_bytes`, only the peak memory differs.
+pub fn token_logprobs_chunked(
+    model: &Decoder,
+    sequences: &[Vec<u32>],
+    temperature: f64,
+    pad_token: u32,
+    logit_chunk_bytes: usize,
+) -> Result<Tensor> {
     if !(temperature > 0.0 && temperature.is_finite()) {
         return Err(ModelError::invalid("temperature", "must be > 0 for scoring", temperature));
     }
@@ -406,11 +424,7 @@ pub fn token_logprobs(
     let ids = Tensor::from_vec(ids, (b, width), device)?;
     let inputs = ids.narrow(1, 0, width - 1)?;
     let targets = ids.narrow(1, 1, width - 1)?.contiguous()?;
-    let logits = model.forward_full(&inputs)?;
-    // Dividing by exactly 1 would only cost a pass over the logits.
-    #[expect(clippy::float_cmp, reason = "exactly 1.0 is the identity")]
-    let logits = if temperature == 1.0 { logits } else { (logits / temperature)? };
-    let logp = crate::fused::target_logprobs(&logits, &targets)?;
+    let logp = model.target_logprobs(&inputs, &targets, temperature, logit_chunk_bytes)?;
     let valid =
         padding_mask(sequences, width, device)?.narrow(1, 1, width - 1)?.to_dtype(logp.dtype())?;
     let logp = (logp * valid)?;

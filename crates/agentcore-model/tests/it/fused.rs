@@ -133,3 +133,71 @@ fn fused_rotary_equals_composed_rotary_in_value_and_gradient() {
         1e-5,
     );
 }
+
+/// `log_softmax(hidden @ weight^T / temperature)[target]` from the full logits.
+fn full_head_logprobs(hidden: &Tensor, weight: &Tensor, targets: &Tensor, t: f64) -> Tensor {
+    let logits = (hidden.matmul(&weight.t().expect("t")).expect("mm") / t).expect("scale");
+    composed::target_logprobs(&logits, targets).expect("composed")
+}
+
+#[test]
+fn chunked_head_logprobs_equal_the_full_logits_in_value_and_every_gradient() {
+    // Chunks of 1 row, uneven chunks (13 = 4 + 4 + 4 + 1), one chunk, a chunk past the end;
+    // a trained head (its gradient checked too) at temperature 0.7.
+    let (rows, d, vocab) = (13, 16, 50);
+    let hidden = randn(&[rows, d], 11);
+    let weight = randn(&[vocab, d], 12);
+    let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 17 + 5) % vocab as u32).collect();
+    let targets = Tensor::new(targets.as_slice(), &Device::Cpu).expect("targets");
+    let probe = randn(&[rows], 13).as_tensor().clone();
+    for chunk in [1, 4, rows, 100] {
+        compare(
+            &[&hidden, &weight],
+            &probe,
+            || {
+                fused::head_target_logprobs(
+                    hidden.as_tensor(),
+                    weight.as_tensor(),
+                    &targets,
+                    0.7,
+                    chunk,
+                )
+                .expect("chunked")
+            },
+            || full_head_logprobs(hidden.as_tensor(), weight.as_tensor(), &targets, 0.7),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn a_gemma_shaped_head_is_chunked_with_the_same_values_and_hidden_gradient() {
+    // Gemma 3 270M's tied head: 262,144 x 640, frozen under LoRA (a plain tensor, no gradient
+    // asked for it). Deterministic weights of the embedding's scale, without a slow sampler.
+    let (rows, d, vocab) = (6, 640, 262_144);
+    let data: Vec<f32> = (0..vocab * d)
+        .map(|i| ((i as u64).wrapping_mul(2_654_435_761) % 2_001) as f32 / 1_000.0 - 1.0)
+        .map(|v| v * 0.05)
+        .collect();
+    let weight = Tensor::from_vec(data, (vocab, d), &Device::Cpu).expect("weight");
+    let hidden = randn(&[rows, d], 21);
+    let targets = Tensor::new(&[0u32, 7, 262_143, 1_000, 131_072, 42], &Device::Cpu).expect("t");
+    let probe = randn(&[rows], 22).as_tensor().clone();
+    let chunked =
+        fused::head_target_logprobs(hidden.as_tensor(), &weight, &targets, 1.0, 4).expect("chunk");
+    // The unchunked computation the trainer ran before: the whole logits, then the fused
+    // log-softmax (the same row reduction; candle's composed sum over 262,144 f32 terms rounds
+    // differently, by ~1e-4).
+    let logits = hidden.as_tensor().matmul(&weight.t().expect("t")).expect("logits");
+    let full = fused::target_logprobs(&logits, &targets).expect("full");
+    let diff = max_abs_diff(&flat(&chunked), &flat(&full));
+    assert!(diff < 1e-5, "values differ by {diff}");
+    let ga = (chunked * &probe).and_then(|x| x.sum_all()).and_then(|x| x.backward()).expect("b");
+    let gb = (full * &probe).and_then(|x| x.sum_all()).and_then(|x| x.backward()).expect("b");
+    let (x, y) = (ga.get(hidden.as_tensor()).expect("grad"), gb.get(hidden.as_tensor()).expect("g"));
+    let diff = max_abs_diff(&flat(x), &flat(y));
+    let scale = flat(y).iter().fold(1f32, |m, v| m.max(v.abs()));
+    assert!(diff < 1e-5 * scale, "hidden gradients differ by {diff} (scale {scale})");
+    // The frozen head gets no (vocabulary x d_model) gradient.
+    assert!(ga.get(&weight).is_none());
+}

@@ -77,3 +77,33 @@ fn check_finite_differences(model: &Decoder) {
     }
     assert_eq!(compared, 3 * model.params().len());
 }
+
+#[test]
+fn chunked_logits_give_the_same_log_probs_loss_and_every_gradient() {
+    // Every architecture (the Gemma-like one ties its head to the embedding), chunks of 3
+    // positions (uneven: 3 sequences x 13 positions) against the whole logits at once.
+    use agentcore_model::generate::token_logprobs_chunked;
+    for (arch, model) in small_models(3) {
+        let sequences = random_sequences(&[14, 6, 10], 40, 4);
+        let vocab = model.config().vocab_size;
+        let three_rows = 3 * vocab * 4;
+        let chunked = token_logprobs_chunked(&model, &sequences, 0.8, 0, three_rows).expect("c");
+        let whole = token_logprobs_chunked(&model, &sequences, 0.8, 0, usize::MAX).expect("w");
+        let flat = |t: &Tensor| {
+            t.to_dtype(DType::F32).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).expect("v")
+        };
+        let diff = crate::common::max_abs_diff(&flat(&chunked), &flat(&whole));
+        assert!(diff < 1e-5, "{arch}: log-probs differ by {diff}");
+        let (lc, lw) = (chunked.sum_all().expect("sum"), whole.sum_all().expect("sum"));
+        let (vc, vw) = (flat(&lc)[0], flat(&lw)[0]);
+        assert!((vc - vw).abs() < 1e-5 * vw.abs().max(1.0), "{arch}: loss {vc} vs {vw}");
+        let (gc, gw) = (lc.backward().expect("bwd"), lw.backward().expect("bwd"));
+        for (name, var) in model.params().iter() {
+            let (a, b) = (gc.get(var.as_tensor()), gw.get(var.as_tensor()));
+            let (a, b) = (a.expect("chunked grad"), b.unwrap_or_else(|| panic!("{name}")));
+            let diff = crate::common::max_abs_diff(&flat(a), &flat(b));
+            let scale = flat(b).iter().fold(1f32, |m, v| m.max(v.abs()));
+            assert!(diff < 1e-5 * scale, "{arch} {name}: gradients differ by {diff} ({scale})");
+        }
+    }
+}
