@@ -142,6 +142,31 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         steps: usize,
     },
+    /// One LoRA update (r 8 on q/k/v/o) of a pretrained model on random conversations of the
+    /// real-model path's size: its seconds, loss and peak memory (VmHWM), with the logits made
+    /// in chunks (the trainer's default) or whole (`--whole-logits`, as before chunking). Run
+    /// each variant in its own process: the peak is the process's.
+    Update {
+        /// The model: a GGUF file or a Hugging Face directory (scripts/fetch_gemma3.sh).
+        #[arg(long)]
+        model: PathBuf,
+        /// Conversations in the update.
+        #[arg(long, default_value_t = 4)]
+        rows: usize,
+        /// Tokens per conversation.
+        #[arg(long, default_value_t = 1024)]
+        tokens: usize,
+        /// The whole (positions x vocabulary) logits at once.
+        #[arg(long)]
+        whole_logits: bool,
+        /// Keep every block's activations for the backward pass (no activation
+        /// checkpointing, as before it).
+        #[arg(long)]
+        no_checkpointing: bool,
+        /// Print one JSON object instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// A/A tests of the A/B test's sequential test, looked at repeatedly: how often it (and,
     /// for contrast, a fixed-sample z-test looked at the same way) declares a difference that
     /// is not there.
@@ -419,6 +444,53 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     row("  backward+AdamW", &r.backward_and_step_s),
                     r.gen_tokens_per_s,
                     r.mean_completion_tokens,
+                ))?;
+            }
+        }
+        Command::Bench(BenchCommand::Update {
+            model,
+            rows,
+            tokens,
+            whole_logits,
+            no_checkpointing,
+            json,
+        }) => {
+            use agentcore_train::bench_grpo::{UpdateBenchSettings, run_update_bench};
+            if rows == 0 || tokens < 2 {
+                return Err(InputError(format!(
+                    "--rows must be at least 1 and --tokens at least 2, got {rows} and {tokens}"
+                ))
+                .into());
+            }
+            let mut settings =
+                UpdateBenchSettings { rows, tokens, ..UpdateBenchSettings::default() };
+            if whole_logits {
+                settings.logit_chunk_bytes = None;
+            }
+            settings.activation_checkpointing &= !no_checkpointing;
+            let _ = writeln!(
+                std::io::stderr(),
+                "bench: one LoRA update of {} on {rows} x {tokens} tokens...",
+                model.display()
+            );
+            let r = run_update_bench(&model, &settings)?;
+            if json {
+                write_stdout(&serde_json::to_string(&r)?)?;
+            } else {
+                let gib = |b: Option<u64>| {
+                    b.map_or("n/a".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
+                };
+                write_stdout(&format!(
+                    "LoRA update, {rows} x {tokens} tokens, logits {}, checkpointing {}: {:.1} s ({:.1} s forward), \
+                     loss {:.6}, grad norm {:.6}, RSS after loading {}, peak RSS {}\n",
+                    if whole_logits { "whole" } else { "in chunks" },
+                    if settings.activation_checkpointing { "on" } else { "off" },
+                    r.update_s,
+                    r.forward_s,
+                    r.loss,
+                    r.grad_norm,
+                    gib(r.rss_loaded_bytes),
+                    gib(r.peak_rss_bytes),
                 ))?;
             }
         }

@@ -139,7 +139,7 @@ pub fn run_model_bench(
     for i in 0..settings.warmup + settings.steps {
         let start = Instant::now();
         let loss = nll(&model, &data)?;
-        opt.step(&loss.backward()?)?;
+        opt.step(&model.backward(&loss)?)?;
         let dt = start.elapsed().as_secs_f64();
         losses.push(f64::from(loss.to_scalar::<f32>()?));
         if i >= settings.warmup {

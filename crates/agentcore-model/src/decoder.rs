@@ -397,6 +397,10 @@ impl Linear {
         let rows = x2.dim(0)?;
         let mut y = match &self.quantized {
             Some(q) if decoding && rows <= MAX_QUANTIZED_ROWS => q.forward(&x2)?,
+            // A frozen weight (a LoRA base) under a graph: no gradient made for it.
+            _ if !decoding && !self.weight.track_op() && x2.track_op() => {
+                crate::fused::frozen_matmul(&x2, &self.weight)?
+            }
             _ => x2.matmul(&self.weight.t()?)?,
         };
         if let Some(b) = &self.bias {
@@ -412,6 +416,7 @@ impl Linear {
     }
 }
 
+#[derive(Clone)]
 struct Block {
     input_norm: Tensor,
     q: Linear,
@@ -431,6 +436,189 @@ struct Block {
     sliding: bool,
 }
 
+/// What a block's forward pass needs besides its input: the same for every block of a pass.
+#[derive(Clone)]
+struct PassContext {
+    global: RotaryAngles,
+    local: RotaryAngles,
+    mask: Tensor,
+    local_mask: Tensor,
+    b: usize,
+    t: usize,
+    /// Query heads, key/value heads, head size.
+    heads: (usize, usize, usize),
+    scale: f64,
+    eps: f64,
+    activation: Activation,
+}
+
+impl Block {
+    /// Its tensors that are trained (variables or built from them): LoRA adapters, or every
+    /// weight when the whole model is.
+    fn trainable(&self) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        let mut add = |t: &Tensor| {
+            if t.track_op() {
+                out.push(t.clone());
+            }
+        };
+        for l in [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down] {
+            add(&l.weight);
+            if let Some(b) = &l.bias {
+                add(b);
+            }
+            if let Some((a, b, _)) = &l.lora {
+                add(a);
+                add(b);
+            }
+        }
+        add(&self.input_norm);
+        add(&self.pre_mlp_norm);
+        for n in [&self.q_norm, &self.k_norm, &self.post_attn_norm, &self.post_mlp_norm]
+            .into_iter()
+            .flatten()
+        {
+            add(n);
+        }
+        out
+    }
+
+    /// The block on x (b, t, d_model); with a cache (decoding), this layer's keys and values
+    /// are appended to it.
+    fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &PassContext,
+        mut cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t, (h, kvh, hd), eps) = (ctx.b, ctx.t, ctx.heads, ctx.eps);
+        let decoding = cache.is_some();
+        let angles = if self.sliding { &ctx.local } else { &ctx.global };
+        let mask = if self.sliding { &ctx.local_mask } else { &ctx.mask };
+        let normed = rms_norm(x, &self.input_norm, eps)?;
+        let heads = |l: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
+            let y = l
+                .forward(&normed, decoding)?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            match norm {
+                Some(w) => rms_norm(&y, w, eps),
+                None => Ok(y),
+            }
+        };
+        let q = rotary(&heads(&self.q, h, &self.q_norm)?, angles)?;
+        let mut k = rotary(&heads(&self.k, kvh, &self.k_norm)?, angles)?;
+        let mut v = heads(&self.v, kvh, &None)?;
+        if let Some((cache, li)) = cache.as_mut() {
+            (k, v) = cache.append(*li, &k, &v)?;
+        }
+        // Grouped-query attention without copying keys and values per query head: the
+        // `rep` query heads of a group are stacked along time, (b, kvh, rep * t, hd).
+        let rep = h / kvh;
+        let n_keys = k.dim(2)?;
+        let q = q.reshape((b, kvh, rep * t, hd))?;
+        let out = if decoding {
+            // Decoding never needs gradients: one fused pass over the cache.
+            crate::fused::decode_attention(&q, &k, &v, mask, t, ctx.scale)?
+        } else {
+            let scores = (q.matmul(&k.t()?)? * ctx.scale)?
+                .reshape((b, h, t, n_keys))?
+                .broadcast_add(mask)?;
+            let attn = softmax_last(&scores)?.reshape((b, kvh, rep * t, n_keys))?;
+            attn.matmul(&v)?
+        };
+        let out = out.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let mut out = self.o.forward(&out, decoding)?;
+        if let Some(w) = &self.post_attn_norm {
+            out = rms_norm(&out, w, eps)?;
+        }
+        let x = (x + out)?;
+        let normed = rms_norm(&x, &self.pre_mlp_norm, eps)?;
+        let gate = self.gate.forward(&normed, decoding)?;
+        let up = self.up.forward(&normed, decoding)?;
+        let gated = match ctx.activation {
+            Activation::Silu => swiglu(&gate, &up)?,
+            Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
+        };
+        let mut out = self.down.forward(&gated, decoding)?;
+        if let Some(w) = &self.post_mlp_norm {
+            out = rms_norm(&out, w, eps)?;
+        }
+        Ok((x + out)?)
+    }
+}
+
+/// Gradients of trained tensors that checkpointed blocks computed in the backward pass, to be
+/// added to the pass's own ([`Decoder::backward`]).
+type CheckpointGrads = std::sync::Arc<std::sync::Mutex<Vec<(Tensor, Tensor)>>>;
+
+/// A block whose activations are not kept for the backward pass (activation checkpointing):
+/// its output is computed without a graph, and the backward pass runs the block again on the
+/// saved input, with a graph, to get the input's gradient and its trained tensors' (those go
+/// to `grads`, as a custom op returns gradients of its arguments only). The node's second
+/// argument, one of the block's trained tensors, puts it in the graph even where its input is
+/// not (the first block of a LoRA model).
+struct CheckpointedBlock {
+    block: Block,
+    ctx: PassContext,
+    values: Tensor,
+    grads: CheckpointGrads,
+}
+
+impl candle_core::CustomOp2 for CheckpointedBlock {
+    fn name(&self) -> &'static str {
+        "agentcore-checkpointed-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &candle_core::CpuStorage,
+        _l1: &candle_core::Layout,
+        _s2: &candle_core::CpuStorage,
+        _l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        crate::fused::carry_values(&self.values)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _anchor: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let input = candle_core::Var::from_tensor(&x.detach())?;
+        let y = self
+            .block
+            .forward(input.as_tensor(), &self.ctx, None)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let inner = (y * grad.detach())?.sum_all()?.backward()?;
+        let mut store =
+            self.grads.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        for t in self.block.trainable() {
+            if let Some(g) = inner.get(&t) {
+                store.push((t, g.clone()));
+            }
+        }
+        let dx = if x.track_op() { inner.get(input.as_tensor()).cloned() } else { None };
+        Ok((dx, None))
+    }
+}
+
+fn checkpointed_block(
+    block: &Block,
+    x: &Tensor,
+    anchor: &Tensor,
+    ctx: &PassContext,
+    grads: &CheckpointGrads,
+) -> Result<Tensor> {
+    let values = block.forward(&x.detach(), ctx, None)?.detach();
+    let op =
+        CheckpointedBlock { block: block.clone(), ctx: ctx.clone(), values, grads: grads.clone() };
+    Ok(x.apply_op2(anchor, op)?)
+}
+
 /// A decoder. Its weights are held by name; the trainable ones are variables of its
 /// [`ParamStore`], sharing storage with the tensors used here, so optimizer updates are seen by
 /// the next forward pass.
@@ -447,6 +635,12 @@ pub struct Decoder {
     rotary_global: (Tensor, Tensor),
     rotary_local: (Tensor, Tensor),
     device: Device,
+    /// Bytes of logits the training forward pass makes at once (see
+    /// [`Decoder::target_logprobs`]); [`crate::generate::LOGIT_CHUNK_BYTES`] unless set.
+    logit_chunk_bytes: usize,
+    /// Whether training passes keep only each block's input (see [`CheckpointedBlock`]).
+    activation_checkpointing: bool,
+    checkpoint_grads: CheckpointGrads,
 }
 
 /// One layer's keys and values of a sequence, each (1, kv_heads, len, head_dim).
@@ -768,7 +962,55 @@ impl Decoder {
             weights,
             params,
             device: device.clone(),
+            logit_chunk_bytes: crate::generate::LOGIT_CHUNK_BYTES,
+            activation_checkpointing: false,
+            checkpoint_grads: CheckpointGrads::default(),
         })
+    }
+
+    /// Activation checkpointing: training passes keep each block's input only and run the
+    /// block again in the backward pass (one more forward pass of compute; the activations of
+    /// one block instead of all). The same values and gradients; take them with
+    /// [`Decoder::backward`].
+    pub fn set_activation_checkpointing(&mut self, on: bool) {
+        self.activation_checkpointing = on;
+    }
+
+    /// Whether activation checkpointing is on.
+    pub fn activation_checkpointing(&self) -> bool {
+        self.activation_checkpointing
+    }
+
+    /// `loss.backward()` plus the gradients that checkpointed blocks computed on the way: use
+    /// this instead of `loss.backward()` for a loss built on this model's forward pass.
+    /// Backward passes of one model must not run concurrently.
+    pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        let mut grads = loss.backward()?;
+        let pending = std::mem::take(
+            &mut *self
+                .checkpoint_grads
+                .lock()
+                .map_err(|_| ModelError::invalid("checkpoint gradients", "lock poisoned", ""))?,
+        );
+        for (t, g) in pending {
+            let sum = match grads.get(&t) {
+                Some(a) => (a + g)?,
+                None => g,
+            };
+            grads.insert(&t, sum);
+        }
+        Ok(grads)
+    }
+
+    /// Bytes of logits the training and scoring forward pass makes at once.
+    pub fn logit_chunk_bytes(&self) -> usize {
+        self.logit_chunk_bytes
+    }
+
+    /// Sets [`Decoder::logit_chunk_bytes`] (`usize::MAX`: the whole logits at once). Values and
+    /// gradients are the same for any setting; only the peak memory differs.
+    pub fn set_logit_chunk_bytes(&mut self, bytes: usize) {
+        self.logit_chunk_bytes = bytes.max(1);
     }
 
     /// Freezes the current weights and adds LoRA adapters to the target modules: A (r, in)
@@ -1010,65 +1252,30 @@ impl Decoder {
         {
             cache.layers = vec![None; self.blocks.len()];
         }
-        let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt();
-        let eps = cfg.rms_norm_eps;
+        let ctx = PassContext {
+            global,
+            local,
+            mask: mask.clone(),
+            local_mask,
+            b,
+            t,
+            heads: (h, kvh, hd),
+            scale: 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt(),
+            eps: cfg.rms_norm_eps,
+            activation: cfg.activation,
+        };
+        let checkpoint = self.activation_checkpointing && !decoding;
         for (li, block) in self.blocks.iter().enumerate() {
-            let angles = if block.sliding { &local } else { &global };
-            let mask = if block.sliding { &local_mask } else { mask };
-            let normed = rms_norm(&x, &block.input_norm, eps)?;
-            let heads = |l: &Linear, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
-                let y = l
-                    .forward(&normed, decoding)?
-                    .reshape((b, t, n, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-                match norm {
-                    Some(w) => rms_norm(&y, w, eps),
-                    None => Ok(y),
+            let anchor = if checkpoint { block.trainable().into_iter().next() } else { None };
+            x = match anchor {
+                Some(anchor) => {
+                    checkpointed_block(block, &x, &anchor, &ctx, &self.checkpoint_grads)?
                 }
+                None => block.forward(&x, &ctx, cache.as_deref_mut().map(|c| (c, li)))?,
             };
-            let q = rotary(&heads(&block.q, h, &block.q_norm)?, angles)?;
-            let mut k = rotary(&heads(&block.k, kvh, &block.k_norm)?, angles)?;
-            let mut v = heads(&block.v, kvh, &None)?;
-            if let Some(cache) = cache.as_deref_mut() {
-                (k, v) = cache.append(li, &k, &v)?;
-            }
-            // Grouped-query attention without copying keys and values per query head: the
-            // `rep` query heads of a group are stacked along time, (b, kvh, rep * t, hd).
-            let rep = h / kvh;
-            let n_keys = k.dim(2)?;
-            let q = q.reshape((b, kvh, rep * t, hd))?;
-            let out = if cache.is_some() {
-                // Decoding never needs gradients: one fused pass over the cache.
-                crate::fused::decode_attention(&q, &k, &v, mask, t, scale)?
-            } else {
-                let scores = (q.matmul(&k.t()?)? * scale)?
-                    .reshape((b, h, t, n_keys))?
-                    .broadcast_add(mask)?;
-                let attn = softmax_last(&scores)?.reshape((b, kvh, rep * t, n_keys))?;
-                attn.matmul(&v)?
-            };
-            let out = out.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
-            let mut out = block.o.forward(&out, decoding)?;
-            if let Some(w) = &block.post_attn_norm {
-                out = rms_norm(&out, w, eps)?;
-            }
-            x = (x + out)?;
-            let normed = rms_norm(&x, &block.pre_mlp_norm, eps)?;
-            let gate = block.gate.forward(&normed, decoding)?;
-            let up = block.up.forward(&normed, decoding)?;
-            let gated = match cfg.activation {
-                Activation::Silu => swiglu(&gate, &up)?,
-                Activation::GeluPytorchTanh => (gate.gelu()? * up)?,
-            };
-            let mut out = block.down.forward(&gated, decoding)?;
-            if let Some(w) = &block.post_mlp_norm {
-                out = rms_norm(&out, w, eps)?;
-            }
-            x = (x + out)?;
         }
         let (x, t) = if last_only { (x.narrow(1, t - 1, 1)?, 1) } else { (x, t) };
-        Ok(rms_norm(&x, &self.final_norm, eps)?.reshape((b * t, cfg.d_model))?)
+        Ok(rms_norm(&x, &self.final_norm, cfg.rms_norm_eps)?.reshape((b * t, cfg.d_model))?)
     }
 
     /// `log p(targets[r][t] | ids[r][..=t])` under the temperature-scaled model for right-padded

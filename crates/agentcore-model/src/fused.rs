@@ -467,6 +467,78 @@ pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, TargetLogProbs)?)
 }
 
+// ---------------------------------------------------------------- frozen matmul
+
+/// `x @ weight^T` for a weight that is not trained (a LoRA base, a frozen head): candle's matmul
+/// backward also computes the weight's gradient (one more matmul per layer, kept until the
+/// backward pass ends, for a tensor nothing reads); this one's backward is `grad @ weight` only.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+/// Copies a candle tensor's contiguous values out as CPU storage.
+fn to_cpu_storage(t: &Tensor) -> candle_core::Result<CpuStorage> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => match cpu {
+            CpuStorage::F32(_) => {
+                Ok(CpuStorage::F32(contiguous_slice::<f32>(cpu, layout)?.to_vec()))
+            }
+            CpuStorage::F64(_) => {
+                Ok(CpuStorage::F64(contiguous_slice::<f64>(cpu, layout)?.to_vec()))
+            }
+            other => candle_core::bail!("fused op: f32 or f64 only, got {:?}", other.dtype()),
+        },
+        _ => candle_core::bail!("fused ops run on the CPU"),
+    }
+}
+
+/// The storage of values computed before their graph node was made: the forward of nodes
+/// that only carry a result and a backward pass.
+pub(crate) fn carry_values(values: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+    Ok((to_cpu_storage(values)?, values.shape().clone()))
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "agentcore-frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = match s {
+            CpuStorage::F32(_) => Tensor::from_slice(
+                contiguous_slice::<f32>(s, l)?,
+                l.shape(),
+                &candle_core::Device::Cpu,
+            )?,
+            CpuStorage::F64(_) => Tensor::from_slice(
+                contiguous_slice::<f64>(s, l)?,
+                l.shape(),
+                &candle_core::Device::Cpu,
+            )?,
+            other => candle_core::bail!("frozen_matmul: f32 or f64 only, got {:?}", other.dtype()),
+        };
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok((to_cpu_storage(&y)?, y.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// `x @ weight^T` for x (rows, in) and a weight (out, in) that is not trained: differentiable
+/// in x only (see [`FrozenMatmul`]).
+pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    Ok(x.apply_op1(FrozenMatmul { weight: weight.detach() })?)
+}
+
 // ------------------------------------------------ output projection + log-probs, in chunks
 
 /// `log_softmax(hidden @ weight^T / temperature)[row, target]` without the (rows x vocabulary)
@@ -510,22 +582,7 @@ impl CustomOp2 for HeadLogProbs {
         _s2: &CpuStorage,
         _l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.values.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(cpu) => {
-                let out = match cpu {
-                    CpuStorage::F32(_) => {
-                        CpuStorage::F32(contiguous_slice::<f32>(cpu, layout)?.to_vec())
-                    }
-                    CpuStorage::F64(_) => {
-                        CpuStorage::F64(contiguous_slice::<f64>(cpu, layout)?.to_vec())
-                    }
-                    other => candle_core::bail!("head_logprobs: f32 or f64 only, got {:?}", other.dtype()),
-                };
-                Ok((out, layout.shape().clone()))
-            }
-            _ => candle_core::bail!("fused ops run on the CPU"),
-        }
+        carry_values(&self.values)
     }
 
     fn bwd(

@@ -385,10 +385,11 @@ pub fn token_logprobs(
     temperature: f64,
     pad_token: u32,
 ) -> Result<Tensor> {
-    token_logprobs_chunked(model, sequences, temperature, pad_token, LOGIT_CHUNK_BYTES)
+    token_logprobs_chunked(model, sequences, temperature, pad_token, model.logit_chunk_bytes())
 }
 
-/// Bytes of logits made at once by the training and scoring forward pass: above this, the
+/// Bytes of logits made at once by the training and scoring forward pass (the default of
+/// [`Decoder::logit_chunk_bytes`]): above this, the
 /// output projection and log-softmax run in chunks of positions (see
 /// [`Decoder::target_logprobs`]). 64 MiB is 64 positions of Gemma 3's 262,144-token vocabulary
 /// in f32, and the whole batch of the tiny models.

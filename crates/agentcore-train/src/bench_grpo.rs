@@ -250,6 +250,123 @@ pub fn run_grpo_bench(
     })
 }
 
+/// `agentcore bench update`: one LoRA update of a pretrained model (Gemma 3 270M) on
+/// conversations of the real-model path's size, for its time and peak memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateBenchSettings {
+    /// Conversations in the update (the real-model run's 4 trajectories).
+    pub rows: usize,
+    /// Tokens per conversation (the real-model cap, 1,024).
+    pub tokens: usize,
+    /// Trained (model-written) tokens at the end of each conversation.
+    pub completion: usize,
+    /// Bytes of logits made at once ([`agentcore_model::generate::LOGIT_CHUNK_BYTES`]; `None`:
+    /// the whole logits, as before chunking).
+    pub logit_chunk_bytes: Option<usize>,
+    /// Activation checkpointing (the trainer's default for pretrained models).
+    pub activation_checkpointing: bool,
+    /// Seed of the LoRA initialisation and the token ids.
+    pub seed: u64,
+}
+
+impl Default for UpdateBenchSettings {
+    fn default() -> Self {
+        Self {
+            rows: 4,
+            tokens: crate::defaults::CHAT_MAX_CONVERSATION_TOKENS as usize,
+            completion: 192,
+            logit_chunk_bytes: Some(agentcore_model::generate::LOGIT_CHUNK_BYTES),
+            activation_checkpointing: crate::defaults::PRETRAINED_ACTIVATION_CHECKPOINTING,
+            seed: 0,
+        }
+    }
+}
+
+/// What one update cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateBenchReport {
+    /// `lora_update`.
+    pub bench: String,
+    /// The model file.
+    pub model: String,
+    /// The workload.
+    pub settings: UpdateBenchSettings,
+    /// Padded tokens per micro-batch (the trainer's budget for this vocabulary).
+    pub token_budget: usize,
+    /// The update's loss and gradient norm (equal with and without chunking).
+    pub loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Seconds of the update (forward, backward, AdamW).
+    pub update_s: f64,
+    /// Seconds of its forward passes.
+    pub forward_s: f64,
+    /// Resident memory after loading the model, bytes (Linux `VmRSS`).
+    pub rss_loaded_bytes: Option<u64>,
+    /// Peak resident memory of the process after the update, bytes (Linux `VmHWM`).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// `VmRSS` / `VmHWM` of this process from `/proc/self/status`, bytes.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs one LoRA update (r 8 on q/k/v/o, the trainer's defaults) of the model at `path` on
+/// `rows` random conversations.
+///
+/// # Errors
+/// A model that does not load, model errors.
+pub fn run_update_bench(
+    path: &std::path::Path,
+    s: &UpdateBenchSettings,
+) -> Result<UpdateBenchReport, TrainError> {
+    use agentcore_model::decoder::LoraConfig;
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+    let mut loaded = agentcore_model::hub::load_model(path, false, &Device::Cpu)?;
+    loaded.model.enable_lora(&LoraConfig::default(), &mut rng)?;
+    loaded.model.set_logit_chunk_bytes(s.logit_chunk_bytes.unwrap_or(usize::MAX));
+    loaded.model.set_activation_checkpointing(s.activation_checkpointing);
+    let model = &loaded.model;
+    let vocab = model.config().vocab_size as u32;
+    let completion = s.completion.min(s.tokens.saturating_sub(1));
+    let rows: Vec<UpdateRow> = (0..s.rows)
+        .map(|r| {
+            let ids: Vec<u32> = (0..s.tokens).map(|_| rng.random_range(3..vocab)).collect();
+            let mask: Vec<bool> = (0..s.tokens).map(|t| t >= s.tokens - completion).collect();
+            // Old log-probs of a policy a little off the current one: the ratio is not 1.
+            let old_logp = (0..s.tokens).map(|_| -12.0 + rng.random_range(-0.1..0.1f32)).collect();
+            let advantage = if r % 2 == 0 { 1.0 } else { -1.0 };
+            UpdateRow { ids, old_logp, mask, advantage, ref_logp: None }
+        })
+        .collect();
+    let rss_loaded_bytes = proc_status_bytes("VmRSS:");
+    let mut opt = AdamW::new(
+        model.params(),
+        AdamWConfig { learning_rate: 1e-5, max_grad_norm: Some(1.0), ..AdamWConfig::default() },
+    )?;
+    let loss = LossSettings::from(&GRPOConfig::default());
+    let token_budget = crate::defaults::update_token_budget(vocab as usize);
+    let start = Instant::now();
+    let stats = policy_update(model, &mut opt, &rows, &loss, 1.0, 0, token_budget)?;
+    let update_s = start.elapsed().as_secs_f64();
+    Ok(UpdateBenchReport {
+        bench: "lora_update".into(),
+        model: path.display().to_string(),
+        settings: s.clone(),
+        token_budget,
+        loss: stats.loss,
+        grad_norm: stats.grad_norm,
+        update_s,
+        forward_s: stats.forward_seconds,
+        rss_loaded_bytes,
+        peak_rss_bytes: proc_status_bytes("VmHWM:"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

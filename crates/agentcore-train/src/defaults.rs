@@ -54,6 +54,17 @@ pub const UPDATE_TOKEN_BUDGET: usize = 4096;
 pub const UPDATE_TOKEN_BUDGET_VOCAB: usize = 512;
 /// The smallest micro-batch of the update, tokens.
 pub const MIN_UPDATE_TOKEN_BUDGET: usize = 256;
+
+/// Activation checkpointing in the update of a pretrained (LoRA) model: its blocks keep only
+/// their input for the backward pass and run again there. Gemma 3 270M's update of 4
+/// conversations of 1,024 tokens peaks at 8.8 GB without it (BENCHMARKS.md, "Memory of the
+/// real-model update"); the tiny built-in model has activations too small to matter.
+pub const PRETRAINED_ACTIVATION_CHECKPOINTING: bool = true;
+
+/// Padded tokens of one micro-batch of the update for a model of `vocab` tokens.
+pub fn update_token_budget(vocab: usize) -> usize {
+    (UPDATE_TOKEN_BUDGET * UPDATE_TOKEN_BUDGET_VOCAB / vocab.max(1)).max(MIN_UPDATE_TOKEN_BUDGET)
+}
 /// Queries evaluated in one batch (bounds the memory of an evaluation of many queries).
 pub const EVAL_BATCH_QUERIES: usize = 128;
 /// Seconds one iteration of 128 trajectories took in the embedded default on a 2-core CPU

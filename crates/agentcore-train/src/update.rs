@@ -173,7 +173,7 @@ pub fn policy_update(
         units += chunk_units;
         // Backward per micro-batch (its graph, with the logits, is freed before the next one:
         // that bounds memory for large vocabularies) and gradients summed.
-        let grads = (chunk_loss * weight)?.backward()?;
+        let grads = model.backward(&(chunk_loss * weight)?)?;
         total = Some(match total {
             None => grads,
             Some(mut acc) => {

@@ -368,7 +368,7 @@ pub fn warm_start(
         let mask = Tensor::from_vec(mask, (batch.len(), width), &Device::Cpu)?;
         let loss = masked_nll(&model, &batch, &mask, pad)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
-        opt.step(&loss.backward()?)?;
+        opt.step(&model.backward(&loss)?)?;
         let report = WarmStartProgress { step: step + 1, steps: settings.steps, loss: value };
         match progress(report) {
             std::ops::ControlFlow::Continue(()) => {}

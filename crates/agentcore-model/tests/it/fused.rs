@@ -194,10 +194,32 @@ fn a_gemma_shaped_head_is_chunked_with_the_same_values_and_hidden_gradient() {
     assert!(diff < 1e-5, "values differ by {diff}");
     let ga = (chunked * &probe).and_then(|x| x.sum_all()).and_then(|x| x.backward()).expect("b");
     let gb = (full * &probe).and_then(|x| x.sum_all()).and_then(|x| x.backward()).expect("b");
-    let (x, y) = (ga.get(hidden.as_tensor()).expect("grad"), gb.get(hidden.as_tensor()).expect("g"));
+    let (x, y) =
+        (ga.get(hidden.as_tensor()).expect("grad"), gb.get(hidden.as_tensor()).expect("g"));
     let diff = max_abs_diff(&flat(x), &flat(y));
     let scale = flat(y).iter().fold(1f32, |m, v| m.max(v.abs()));
     assert!(diff < 1e-5 * scale, "hidden gradients differ by {diff} (scale {scale})");
     // The frozen head gets no (vocabulary x d_model) gradient.
     assert!(ga.get(&weight).is_none());
+}
+
+#[test]
+fn frozen_matmul_equals_matmul_and_leaves_the_weight_without_gradient() {
+    let x = randn(&[7, 12], 31);
+    let weight = randn(&[5, 12], 32).as_tensor().detach();
+    let probe = randn(&[7, 5], 33).as_tensor().clone();
+    let ours = fused::frozen_matmul(x.as_tensor(), &weight).expect("frozen");
+    let reference = x.as_tensor().matmul(&weight.t().expect("t")).expect("mm");
+    assert!(max_abs_diff(&flat(&ours), &flat(&reference)) < 1e-5);
+    let ga = (ours * &probe).and_then(|v| v.sum_all()).and_then(|v| v.backward()).expect("b");
+    let gb = (reference * &probe).and_then(|v| v.sum_all()).and_then(|v| v.backward()).expect("b");
+    let (a, b) = (ga.get(x.as_tensor()).expect("grad"), gb.get(x.as_tensor()).expect("grad"));
+    assert!(max_abs_diff(&flat(a), &flat(b)) < 1e-5);
+    // candle's matmul also makes a (5 x 12) gradient for the constant weight's transpose,
+    // kept in the store; the frozen one makes only x's (and the probe product's).
+    let weight_sized = |g: &candle_core::backprop::GradStore| {
+        g.get_ids().filter(|&&id| g.get_id(id).is_some_and(|t| t.dims() == [12, 5])).count()
+    };
+    assert_eq!(weight_sized(&gb), 1);
+    assert_eq!(weight_sized(&ga), 0);
 }

@@ -107,3 +107,50 @@ fn chunked_logits_give_the_same_log_probs_loss_and_every_gradient() {
         }
     }
 }
+
+#[test]
+fn activation_checkpointing_gives_the_same_log_probs_and_every_gradient() {
+    // Every architecture trained whole, and one with LoRA adapters (a frozen base, the first
+    // block's input untracked): checkpointed blocks against the plain graph.
+    use agentcore_model::decoder::LoraConfig;
+    let mut models = small_models(5);
+    let mut lora = small_model(6);
+    let all = agentcore_model::decoder::LORA_MODULES.map(String::from).to_vec();
+    let config = LoraConfig { target_modules: all, ..LoraConfig::default() };
+    lora.enable_lora(&config, &mut crate::common::rng(7)).expect("lora");
+    models.push(("llama+lora", lora));
+    let flat = |t: &Tensor| {
+        t.to_dtype(DType::F32).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).expect("v")
+    };
+    for (arch, mut model) in models {
+        let sequences = random_sequences(&[11, 5, 8], 40, 8);
+        let mut runs = Vec::new();
+        for on in [false, true] {
+            model.set_activation_checkpointing(on);
+            let logp = token_logprobs(&model, &sequences, 1.0, 0).expect("scores");
+            // A loss whose gradient is not all-equal per position.
+            let probe = Tensor::arange(0f32, logp.elem_count() as f32, logp.device())
+                .and_then(|p| p.reshape(logp.shape()))
+                .and_then(|p| p.sin())
+                .expect("probe");
+            let loss = (&logp * probe).and_then(|l| l.sum_all()).expect("loss");
+            let grads = model.backward(&loss).expect("backward");
+            runs.push((flat(&logp), grads));
+        }
+        let diff = crate::common::max_abs_diff(&runs[0].0, &runs[1].0);
+        assert!(diff < 1e-5, "{arch}: log-probs differ by {diff}");
+        let mut compared = 0;
+        for (name, var) in model.params().iter() {
+            let plain = runs[0].1.get(var.as_tensor()).unwrap_or_else(|| panic!("{arch} {name}"));
+            let ckpt =
+                runs[1].1.get(var.as_tensor()).unwrap_or_else(|| panic!("{arch} {name}: none"));
+            let (a, b) = (flat(ckpt), flat(plain));
+            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = crate::common::max_abs_diff(&a, &b);
+            assert!(diff < 1e-5 * scale, "{arch} {name}: gradients differ by {diff}");
+            compared += 1;
+        }
+        assert_eq!(compared, model.params().len(), "{arch}");
+        assert!(compared > 0);
+    }
+}

@@ -70,6 +70,7 @@ fn lora_model(settings: &JobSettings, m: &ExternalModel) -> Result<LoadedModel, 
     let mut model = load_model(&m.path, false, &Device::Cpu)?;
     let mut rng = ChaCha8Rng::seed_from_u64(settings.config.seed ^ defaults::LORA_INIT_SEED_SALT);
     model.model.enable_lora(&m.lora, &mut rng)?;
+    model.model.set_activation_checkpointing(defaults::PRETRAINED_ACTIVATION_CHECKPOINTING);
     Ok(model)
 }
 
@@ -80,10 +81,7 @@ impl WeightsPolicy {
         } else {
             ByteTokenizer::new().special(SpecialToken::Pad)
         };
-        let vocab = model.model.config().vocab_size.max(1);
-        let token_budget = (defaults::UPDATE_TOKEN_BUDGET * defaults::UPDATE_TOKEN_BUDGET_VOCAB
-            / vocab)
-            .max(defaults::MIN_UPDATE_TOKEN_BUDGET);
+        let token_budget = defaults::update_token_budget(model.model.config().vocab_size);
         Self {
             model,
             optimizer,
