@@ -7,7 +7,8 @@
 //! - `GET /training/ws/{job_id}`: live `progress`, `checkpoint`, `status` and `budget` messages
 //!   ([`ws`]).
 //! - Webhooks with Standard Webhooks signatures and retries ([`webhooks`]).
-//! - `GET /metrics` (Prometheus text, [`metrics`]) and `GET /healthz`.
+//! - `GET /metrics` (Prometheus text, [`metrics`]), `GET /healthz` (liveness) and `GET /readyz`
+//!   (readiness: the database answers).
 //! - Bearer JWTs ([`auth`]), per-caller rate limits ([`limits`]) and a body size limit.
 #![deny(missing_docs)]
 
@@ -182,8 +183,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Readiness: 200 `ready` when the store answers a query, else 503 naming the database (a
+/// Kubernetes readiness probe takes the pod out of its Service while the database is away).
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> (axum::http::StatusCode, String) {
+    match state.store.job_counts().await {
+        Ok(_) => (axum::http::StatusCode::OK, "ready".into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the database did not answer");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the database did not answer".into(),
+            )
+        }
+    }
 }
 
 /// A running server.

@@ -174,6 +174,14 @@ async fn render_metrics(
         "Jobs waiting for a worker.",
         &[(String::new(), count(JobStatus::Queued))],
     );
+    // The autoscaling signal of the worker Deployment (k8s/worker-hpa.yaml): the same count
+    // under the name the manifests use.
+    out += &family(
+        "training_queue_depth",
+        "gauge",
+        "Jobs queued for a worker (the workers' autoscaling signal).",
+        &[(String::new(), count(JobStatus::Queued))],
+    );
     let running = match org {
         None => Vec::new(),
         Some(org) => {

@@ -202,6 +202,7 @@ fn metric_names() -> Vec<&'static str> {
         "training_jobs_failed_total",
         "training_jobs_cancelled_total",
         "training_jobs_active",
+        "training_queue_depth",
         "training_trajectory_generation_duration_seconds",
         "training_policy_update_duration_seconds",
         "training_iteration_duration_seconds",
@@ -255,6 +256,7 @@ fn auth_matrix_refuses_each_bad_caller() {
     // No token: refused; /healthz needs none.
     assert_eq!(s.post(None, &status).0, 401);
     assert_eq!(s.get("/healthz"), (200, "ok".to_string()));
+    assert_eq!(s.get("/readyz"), (200, "ready".to_string()));
     // alg: none.
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -892,8 +894,6 @@ fn tenants_identity_batches_and_sizes_are_bounded() {
         .start_training("seed-agent", json!({"n_iterations": 1}), &tasks(100, 1), None)
         .unwrap();
     let store = s.server.as_ref().unwrap().state.store.clone();
-    let claimed = s.rt.block_on(store.claim_job("test-worker", Duration::from_secs(600))).unwrap();
-    assert_eq!(claimed.map(|j| j.id), Some(job.job_id.clone()));
     let metrics = |token: Option<&str>| {
         let agent: ureq::Agent =
             ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -903,6 +903,11 @@ fn tenants_identity_batches_and_sizes_are_bounded() {
         }
         req.call().unwrap().body_mut().read_to_string().unwrap()
     };
+    // The workers' autoscaling signal: queued jobs, 1 until a worker claims it.
+    assert!(metrics(None).contains("\ntraining_queue_depth 1\n"), "{}", metrics(None));
+    let claimed = s.rt.block_on(store.claim_job("test-worker", Duration::from_secs(600))).unwrap();
+    assert_eq!(claimed.map(|j| j.id), Some(job.job_id.clone()));
+    assert!(metrics(None).contains("\ntraining_queue_depth 0\n"), "{}", metrics(None));
     let label = format!("job_id=\"{}\"", job.job_id);
     assert!(metrics(Some(&admin("acme"))).contains(&label));
     let anonymous = metrics(None);
@@ -953,4 +958,16 @@ fn slow_and_excess_connections_are_closed() {
     // The held ones are served.
     write!(held[0], "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     assert!(read_all(&mut held[0]).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn readiness_follows_the_database_and_liveness_does_not() {
+    let s = TestServer::start(0);
+    assert_eq!(s.get("/readyz"), (200, "ready".to_string()));
+    // The database goes away (its pool closed): the pod is alive but not ready.
+    s.rt.block_on(s.server.as_ref().unwrap().state.store.close());
+    let (code, body) = s.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("database"), "{body}");
+    assert_eq!(s.get("/healthz"), (200, "ok".to_string()));
 }
