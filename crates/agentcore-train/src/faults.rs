@@ -4,7 +4,9 @@
 //! to the result of an uninterrupted run.
 //!
 //! In-process tests register faults on the job's [`Faults`] (`JobContext::faults`); a test that
-//! runs the CLI as a subprocess sets `AGENTCORE_CRASH_AT=<point>:<iteration>` (abort).
+//! runs the CLI as a subprocess sets `AGENTCORE_CRASH_AT=<point>:<iteration>` (abort), or
+//! `AGENTCORE_SIGTERM_AT=<point>:<iteration>` (the process sends itself SIGTERM there and goes
+//! on: a graceful stop at a known moment).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -43,6 +45,20 @@ impl FaultPoint {
     }
 }
 
+/// With `AGENTCORE_SIGTERM_AT` naming a point of `iteration`: waits (at most 30 s) until the
+/// process has turned the signal it sent itself into `stop`, so the graceful stop lands on that
+/// iteration however late the signal handler runs (a test's determinism; nothing otherwise).
+pub fn await_own_sigterm(iteration: u32, stop: &std::sync::atomic::AtomicBool) {
+    let Ok(spec) = std::env::var("AGENTCORE_SIGTERM_AT") else { return };
+    if spec.rsplit_once(':').and_then(|(_, i)| i.parse::<u32>().ok()) != Some(iteration) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// What happens at the point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultAction {
@@ -77,6 +93,16 @@ impl Faults {
             && spec == format!("{}:{iteration}", point.name())
         {
             std::process::abort();
+        }
+        if let Ok(spec) = std::env::var("AGENTCORE_SIGTERM_AT")
+            && spec == format!("{}:{iteration}", point.name())
+        {
+            // What Kubernetes sends a pod it stops, at a known point of the iteration: the
+            // process's own signal handling takes it from here (the iteration goes on).
+            let pid = std::process::id().to_string();
+            if let Err(e) = std::process::Command::new("kill").args(["-TERM", &pid]).status() {
+                tracing::warn!(error = %e, "AGENTCORE_SIGTERM_AT: could not run kill");
+            }
         }
         let action = {
             let mut armed = self.0.lock().unwrap_or_else(PoisonError::into_inner);

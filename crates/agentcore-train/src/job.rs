@@ -135,6 +135,7 @@ pub fn run(
         state.api_cost_usd += out.api_cost_usd;
         on_event(&Event::Rollouts { iteration, records: out.records });
         state.iteration = iteration;
+        crate::faults::await_own_sigterm(iteration, &ctx.stop);
         if ctx.stop.load(Ordering::SeqCst) {
             state.stop_reason = Some(StopReason::Cancelled);
         }
