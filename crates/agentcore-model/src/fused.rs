@@ -534,7 +534,7 @@ impl CustomOp1 for FrozenMatmul {
 }
 
 /// `x @ weight^T` for x (rows, in) and a weight (out, in) that is not trained: differentiable
-/// in x only (see [`FrozenMatmul`]).
+/// in x only (its backward is `grad @ weight`, no gradient for the weight).
 pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     Ok(x.apply_op1(FrozenMatmul { weight: weight.detach() })?)
 }
@@ -621,8 +621,8 @@ impl CustomOp2 for HeadLogProbs {
 }
 
 /// `log_softmax(hidden @ weight^T / temperature)[r, targets[r]]` for hidden (rows, d), weight
-/// (vocabulary, d), targets (rows) u32, computed `chunk_rows` rows at a time (see
-/// [`HeadLogProbs`]): the same values and gradients as [`target_logprobs`] of the full logits,
+/// (vocabulary, d), targets (rows) u32, computed `chunk_rows` rows at a time, forward and
+/// again in the backward pass: the same values and gradients as [`target_logprobs`] of the full logits,
 /// with at most `chunk_rows` x vocabulary logits alive at once. Differentiable in `hidden` and,
 /// where it is trained, in `weight`.
 pub fn head_target_logprobs(
