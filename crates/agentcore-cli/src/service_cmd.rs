@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// The MLflow tracking server of jobs started with `report_to: ["mlflow"]`.
     #[arg(long, env = "MLFLOW_TRACKING_URI", value_name = "URL")]
     mlflow_tracking_uri: Option<String>,
+    /// The artifact store for checkpoints and reports shared with workers on other machines: `s3://BUCKET/PREFIX`
+    /// (S3 or an S3-compatible server through AWS_ENDPOINT; credentials from AWS_* variables),
+    /// `gs://…`, `az://…`, `file:///DIR` [default: none; the data directory holds everything].
+    #[arg(long, env = "AGENTCORE_ARTIFACTS", value_name = "URL")]
+    artifacts: Option<String>,
 }
 
 /// `agentcore serve`.
@@ -127,6 +132,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auth = AuthConfig { key, issuer: args.jwt_issuer, audience: args.jwt_audience };
     let mut config = ServerConfig::new(data_dir.clone(), auth.clone());
     config.workers = args.workers;
+    config.worker.artifacts = crate::train_cmd::open_artifacts(args.artifacts.as_deref())?;
     config.webhooks.allow_private = args.allow_private_webhooks;
     config.allow_private_endpoints = args.allow_private_endpoints;
     config.body_limit = args.body_limit_mib << 20;
@@ -194,6 +200,11 @@ pub struct WorkerArgs {
     /// taken over after it runs out.
     #[arg(long, default_value_t = 30)]
     lease_seconds: u64,
+    /// The artifact store for checkpoints and reports shared with the server and the other workers: `s3://BUCKET/PREFIX`
+    /// (S3 or an S3-compatible server through AWS_ENDPOINT; credentials from AWS_* variables),
+    /// `gs://…`, `az://…`, `file:///DIR` [default: none; the data directory holds everything].
+    #[arg(long, env = "AGENTCORE_ARTIFACTS", value_name = "URL")]
+    artifacts: Option<String>,
 }
 
 /// `agentcore worker`.
@@ -203,6 +214,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let mut signals = StopSignals::new()?;
         let store = agentcore_store::Store::connect(&args.database_url).await?;
         let mut config = WorkerConfig::new(data_dir);
+        config.artifacts = crate::train_cmd::open_artifacts(args.artifacts.as_deref())?;
         config.lease = std::time::Duration::from_secs(args.lease_seconds.max(1));
         let workers = Workers::new(store.clone(), config, None);
         let (tx, rx) = tokio::sync::watch::channel(false);

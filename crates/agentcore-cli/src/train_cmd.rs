@@ -103,6 +103,21 @@ pub struct TrainArgs {
     /// The MLflow experiment [default: the agent's id].
     #[arg(long, value_name = "NAME")]
     mlflow_experiment: Option<String>,
+    /// The artifact store for checkpoints and reports beyond this machine: `s3://BUCKET/PREFIX`
+    /// (S3 or an S3-compatible server through AWS_ENDPOINT; credentials from AWS_* variables),
+    /// `gs://…`, `az://…`, `file:///DIR` [default: none; the data directory holds everything].
+    #[arg(long, env = "AGENTCORE_ARTIFACTS", value_name = "URL")]
+    artifacts: Option<String>,
+}
+
+/// The artifact store a `--artifacts` flag (or `$AGENTCORE_ARTIFACTS`) names; a bad one is the
+/// caller's mistake.
+pub fn open_artifacts(url: Option<&str>) -> anyhow::Result<Arc<agentcore_artifacts::Artifacts>> {
+    let store = match url {
+        Some(u) => agentcore_artifacts::Artifacts::open(u),
+        None => Ok(agentcore_artifacts::Artifacts::local()),
+    };
+    Ok(Arc::new(store.map_err(|e| InputError(format!("--artifacts: {e}")))?))
 }
 
 /// The data directory: the flag, `$AGENTCORE_HOME`, or `~/.agentcore`.
@@ -495,6 +510,7 @@ fn train_error(e: agentcore_train::TrainError) -> anyhow::Error {
 /// `agentcore train`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data_dir = data_dir(args.data_dir.clone());
+    let artifacts = open_artifacts(args.artifacts.as_deref())?;
     let (settings, agent_definition, job_id) = match &args.resume {
         Some(job) => {
             if changes_settings(&args) {
@@ -504,6 +520,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 ))
                 .into());
             }
+            agentcore_train::sync::restore_run(&artifacts, &data_dir, job).map_err(train_error)?;
             let settings = read_job_settings(&data_dir, job).map_err(train_error)?;
             let agent = spec::agent_of(&settings);
             (settings, agent, job.clone())
@@ -530,6 +547,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         job_id: job_id.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         faults: agentcore_train::faults::Faults::default(),
+        artifacts,
     };
     let new_job = NewJob {
         id: job_id.clone(),
@@ -611,11 +629,18 @@ pub struct EvalArgs {
     /// One JSON object.
     #[arg(long)]
     json: bool,
+    /// The artifact store the job's checkpoints are in (see `train --artifacts`): a job trained
+    /// on another machine is evaluated here after its settings and checkpoints come down,
+    /// each verified against its manifest.
+    #[arg(long, env = "AGENTCORE_ARTIFACTS", value_name = "URL")]
+    artifacts: Option<String>,
 }
 
 /// `agentcore eval`.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let data_dir = data_dir(args.data_dir);
+    let artifacts = open_artifacts(args.artifacts.as_deref())?;
+    agentcore_train::sync::restore_run(&artifacts, &data_dir, &args.job).map_err(train_error)?;
     let tasks = match &args.data {
         Some(path) => {
             Some(agentcore_tasks::data::load_file(path).map_err(|e| InputError(e.to_string()))?)

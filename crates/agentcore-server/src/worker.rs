@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentcore_agent::sandbox::PythonSandbox;
+use agentcore_artifacts::Artifacts;
 use agentcore_store::{BlockingStore, EventKind, JobRow, JobStatus, Store};
 use agentcore_train::checkpoints::resume_point;
 use agentcore_train::events::Event;
@@ -32,13 +33,21 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// Wait between polls of an empty queue.
     pub poll: Duration,
+    /// Where checkpoints and reports go beyond this machine (local: the data directory is
+    /// shared instead).
+    pub artifacts: Arc<Artifacts>,
 }
 
 impl WorkerConfig {
     /// Defaults: 30 s leases, polls every 500 ms.
     #[must_use]
     pub fn new(data_dir: PathBuf) -> Self {
-        Self { data_dir, lease: Duration::from_secs(30), poll: Duration::from_millis(500) }
+        Self {
+            data_dir,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(500),
+            artifacts: Arc::new(Artifacts::local()),
+        }
     }
 }
 
@@ -182,7 +191,17 @@ impl Workers {
             job_id: job.id.clone(),
             stop: Arc::clone(&stop),
             faults: agentcore_train::faults::Faults::default(),
+            artifacts: Arc::clone(&self.config.artifacts),
         };
+        // On a machine that shares only the store and the artifact store, the job's last
+        // checkpoint comes down first.
+        if let Err(e) = agentcore_train::sync::restore_run(
+            &self.config.artifacts,
+            &self.config.data_dir,
+            &job.id,
+        ) {
+            return fail(e.to_string());
+        }
         // A job taken over from a dead worker continues from its last checkpoint: what was
         // recorded after it is run again.
         let forget_from = match resume_point(&self.config.data_dir, &job.id) {

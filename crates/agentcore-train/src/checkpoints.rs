@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use agentcore_artifacts::Artifacts;
 use agentcore_fs::{write_atomic, write_dir_atomic};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
@@ -114,14 +115,26 @@ pub fn save(
     state: &mut JobState,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<(), TrainError> {
-    save_with(run_dir, job_id, policy, rng, state, on_event, &Faults::default())
+    save_with(
+        run_dir,
+        job_id,
+        policy,
+        rng,
+        state,
+        on_event,
+        &Faults::default(),
+        &Artifacts::local(),
+    )
 }
 
 /// [`save`] with the job's fault-injection seam ([`FaultPoint::Checkpoint`] fires half-way
-/// through writing the files).
+/// through writing the files) and its artifact store: with object storage the checkpoint is
+/// uploaded (manifest last) before it is announced, and the ones retention drops are removed
+/// there too. `run_dir` must then be `<data_dir>/runs/<job_id>`.
 ///
 /// # Errors
-/// File errors, an injected fault.
+/// File errors, an injected fault, the artifact store failed.
+#[allow(clippy::too_many_arguments)]
 pub fn save_with(
     run_dir: &Path,
     job_id: &str,
@@ -130,7 +143,20 @@ pub fn save_with(
     state: &mut JobState,
     on_event: &mut dyn FnMut(&Event),
     faults: &Faults,
+    artifacts: &Artifacts,
 ) -> Result<(), TrainError> {
+    let data_dir = match crate::sync::data_dir_of(run_dir, job_id) {
+        Some(d) => Some(d.to_path_buf()),
+        None if artifacts.is_remote() => {
+            return Err(TrainError::Io {
+                path: run_dir.to_path_buf(),
+                message: format!(
+                    "a run directory with an artifact store must be <data_dir>/runs/{job_id}"
+                ),
+            });
+        }
+        None => None,
+    };
     let iteration = state.iteration;
     let path = run_dir.join("checkpoints").join(format!("ckpt-{iteration:05}"));
     let info = CheckpointInfo {
@@ -163,12 +189,26 @@ pub fn save_with(
         write_atomic(&tmp.join(MANIFEST_FILE), &manifest)?;
         Ok(())
     })?;
+    if let Some(data_dir) = &data_dir {
+        artifacts.put_dir(
+            data_dir,
+            &crate::sync::checkpoint_key(job_id, iteration),
+            MANIFEST_FILE,
+        )?;
+    }
     on_event(&Event::Checkpoint(CheckpointInfo {
         save_seconds: save_started.elapsed().as_secs_f64(),
         ..info
     }));
     // Only after the new checkpoint is complete may the old ones go.
     for d in dropped {
+        if data_dir.is_some()
+            && let Err(e) = artifacts
+                .remove_dir(&crate::sync::checkpoint_key(job_id, d.iteration), MANIFEST_FILE)
+        {
+            tracing::warn!(job_id, checkpoint = %d.checkpoint_id, error = %e,
+                "could not delete a dropped checkpoint from the artifact store");
+        }
         if let Err(e) = std::fs::remove_dir_all(&d.path) {
             tracing::warn!(job_id, checkpoint = %d.path.display(), error = %e,
                 "could not delete a checkpoint the retention rule dropped");

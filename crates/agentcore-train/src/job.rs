@@ -14,12 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use agentcore_agent::sandbox::PythonSandbox;
+use agentcore_artifacts::Artifacts;
 use agentcore_grpo::budget::Budget;
 use rust_decimal::Decimal;
 
 use crate::TrainError;
 use crate::checkpoints::{self, JobState};
 use crate::cost::{next_iteration_seconds, usd};
+use crate::defaults::JOB_FILE;
 use crate::evaluate::{EvalOutcome, Evaluator, passed, rate};
 use crate::events::{Event, StopReason, Summary};
 use crate::faults::FaultPoint;
@@ -39,6 +41,8 @@ pub struct JobContext {
     pub stop: Arc<AtomicBool>,
     /// Faults a test injects (none in production).
     pub faults: crate::faults::Faults,
+    /// Where checkpoints and reports go beyond this machine ([`Artifacts::local`]: nowhere).
+    pub artifacts: Arc<Artifacts>,
 }
 
 impl JobContext {
@@ -82,7 +86,10 @@ pub fn run(
     }
     let config = &settings.config;
     let (train, eval) = settings.tasks()?;
+    // A job taken over on another machine continues from the store's checkpoints.
+    crate::sync::restore_run(&ctx.artifacts, &ctx.data_dir, &ctx.job_id)?;
     let run_dir = prepare_run_dir(settings, &ctx.data_dir, &ctx.job_id)?;
+    crate::sync::publish_run_files(&ctx.artifacts, &ctx.data_dir, &ctx.job_id, &[JOB_FILE])?;
     let evaluator = Evaluator::new(settings, &sandbox)?;
     let mut trackers = crate::tracking::Trackers::open(settings, &run_dir, &ctx.job_id)?;
     let on_event = &mut |e: &Event| {
@@ -177,13 +184,23 @@ pub fn run(
                 &mut state,
                 on_event,
                 &ctx.faults,
+                &ctx.artifacts,
             )?;
         }
     }
     if state.stop_reason == Some(StopReason::BudgetExhausted) {
         // Stopped before an iteration: the last iteration's state may not be saved yet.
         state.wall_seconds = wall(&started);
-        checkpoints::save(&run_dir, &ctx.job_id, policy.as_ref(), &rng, &mut state, on_event)?;
+        checkpoints::save_with(
+            &run_dir,
+            &ctx.job_id,
+            policy.as_ref(),
+            &rng,
+            &mut state,
+            on_event,
+            &ctx.faults,
+            &ctx.artifacts,
+        )?;
     }
     let final_outcomes = match last_eval {
         Some((i, outcomes)) if i == state.iteration => outcomes,
@@ -206,6 +223,12 @@ pub fn run(
         &passed(&final_outcomes),
     )?;
     crate::report::write(&run_dir, settings, &summary, &state.history, &state.evals)?;
+    crate::sync::publish_run_files(
+        &ctx.artifacts,
+        &ctx.data_dir,
+        &ctx.job_id,
+        crate::report::FILES,
+    )?;
     tracing::info!(job_id = %ctx.job_id, stop_reason = summary.stop_reason.as_str(),
         baseline = summary.baseline_success_rate, final_success = summary.final_success_rate,
         p_value = summary.p_value, "job finished");

@@ -42,6 +42,7 @@ pub mod serve;
 pub mod settings;
 pub mod spec;
 pub mod summary;
+pub mod sync;
 pub mod tasks;
 pub mod tracking;
 pub mod update;
@@ -53,6 +54,9 @@ use std::path::PathBuf;
 /// JSON-RPC invalid params) from failures while running (exit code 1, internal error).
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The artifact store (object storage) failed: an upload, a download, a checksum.
+    #[error(transparent)]
+    Artifacts(#[from] agentcore_artifacts::ArtifactError),
     /// A tracker of `report_to` could not be opened (the event file, the MLflow run).
     #[error("report_to: {0}")]
     Tracking(String),

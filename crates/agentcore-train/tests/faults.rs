@@ -47,6 +47,7 @@ fn ctx(data: &Path, job: &str, faults: Faults) -> JobContext {
         job_id: job.to_owned(),
         stop: Arc::new(AtomicBool::new(false)),
         faults,
+        artifacts: Arc::new(agentcore_artifacts::Artifacts::local()),
     }
 }
 

@@ -93,7 +93,10 @@ async fn agent_checkpoint(
     }
     let (data_dir, job_id, id) =
         (state.config.data_dir.clone(), job.id.clone(), checkpoint_id.to_owned());
+    let artifacts = std::sync::Arc::clone(&state.config.worker.artifacts);
     let dir = tokio::task::spawn_blocking(move || {
+        // A job trained on another machine: its checkpoints come from the artifact store.
+        agentcore_train::sync::restore_run(&artifacts, &data_dir, &job_id)?;
         agentcore_train::checkpoints::list(&data_dir, &job_id)
             .map(|l| l.into_iter().find(|c| c.checkpoint_id == id).map(|c| c.path))
     })

@@ -37,7 +37,10 @@ pub(super) async fn evaluate(
         Some(v) => Some(tasks("evaluation_queries", &Value::Array(v))?),
     };
     let data_dir = state.config.data_dir.clone();
+    let artifacts = Arc::clone(&state.config.worker.artifacts);
     let report = tokio::task::spawn_blocking(move || {
+        agentcore_train::sync::restore_run(&artifacts, &data_dir, &id)
+            .map_err(|e| e.to_string())?;
         let sandbox =
             Arc::new(agentcore_agent::sandbox::PythonSandbox::detect().map_err(|e| e.to_string())?);
         agentcore_train::eval::compare(&data_dir, &id, checkpoint.as_deref(), queries, &sandbox)

@@ -1,0 +1,125 @@
+//! A job's artifacts beyond the machine that runs it: its run directory mirrored to the
+//! [`Artifacts`] store (a no-op for the local store, the embedded default).
+//!
+//! Keys mirror the data directory: `runs/<job>/job.json`, `runs/<job>/checkpoints/ckpt-NNNNN/…`
+//! (uploaded file by file, the manifest last), `runs/<job>/report.md` and the curves. A worker
+//! that takes over a job on another machine, `agentcore eval` on a third, and the server's
+//! deploy and invoke calls first [`restore_run`]: the job's settings and every complete
+//! checkpoint the store has come down, each verified against its manifest before it is put in
+//! place; local checkpoints the store no longer has (retention dropped them elsewhere) go.
+
+use std::path::Path;
+
+use agentcore_artifacts::Artifacts;
+
+use crate::TrainError;
+use crate::checkpoints;
+use crate::defaults::{JOB_FILE, MANIFEST_FILE};
+use crate::settings::run_dir;
+
+/// The key (and path under the data directory) of `sub` in the run of `job_id`.
+#[must_use]
+pub fn run_key(job_id: &str, sub: &str) -> String {
+    format!("runs/{job_id}/{sub}")
+}
+
+/// The key of a checkpoint directory of a job.
+#[must_use]
+pub fn checkpoint_key(job_id: &str, iteration: u32) -> String {
+    run_key(job_id, &format!("checkpoints/ckpt-{iteration:05}"))
+}
+
+/// What [`restore_run`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Whether `job.json` came down.
+    pub job_file: bool,
+    /// Checkpoints downloaded (directory names).
+    pub downloaded: Vec<String>,
+    /// Local checkpoints removed because the store no longer has them.
+    pub removed: Vec<String>,
+}
+
+/// Brings the run directory of `job_id` under `data_dir` up to date from the store (see the
+/// module). The local store: nothing to do.
+///
+/// # Errors
+/// The store failed; a checkpoint that does not verify is skipped with a warning, not an error
+/// (an earlier one is used, as for local checkpoints).
+pub fn restore_run(
+    artifacts: &Artifacts,
+    data_dir: &Path,
+    job_id: &str,
+) -> Result<Restored, TrainError> {
+    let mut done = Restored::default();
+    if !artifacts.is_remote() {
+        return Ok(done);
+    }
+    let run = run_dir(data_dir, job_id);
+    if !run.join(JOB_FILE).is_file() {
+        done.job_file = artifacts.get_file(data_dir, &run_key(job_id, JOB_FILE))?;
+    }
+    let remote = artifacts.list_dirs(&run_key(job_id, "checkpoints"))?;
+    for name in &remote {
+        let local = run.join("checkpoints").join(name);
+        if local.is_dir() && checkpoints::verify(&local).is_ok() {
+            continue;
+        }
+        let key = run_key(job_id, &format!("checkpoints/{name}"));
+        match artifacts.get_dir(data_dir, &key, MANIFEST_FILE, |tmp| checkpoints::verify(tmp)) {
+            Ok(true) => done.downloaded.push(name.clone()),
+            // Being written (no manifest yet) or removed meanwhile.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job_id, checkpoint = %name, error = %e,
+                "a checkpoint in the artifact store does not verify; an earlier one is used"),
+        }
+    }
+    if !remote.is_empty()
+        && let Ok(entries) = std::fs::read_dir(run.join("checkpoints"))
+    {
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("ckpt-") && !remote.contains(&name) {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => done.removed.push(name),
+                    Err(e) => tracing::warn!(job_id, checkpoint = %name, error = %e,
+                        "could not remove a checkpoint the artifact store no longer has"),
+                }
+            }
+        }
+    }
+    if !done.downloaded.is_empty() || done.job_file {
+        tracing::info!(job_id, store = %artifacts.describe(), downloaded = ?done.downloaded,
+            removed = ?done.removed, "run restored from the artifact store");
+    }
+    Ok(done)
+}
+
+/// Uploads the files of the run that exist among `names` (`job.json`, `report.md`, ...).
+///
+/// # Errors
+/// An upload failed.
+pub fn publish_run_files(
+    artifacts: &Artifacts,
+    data_dir: &Path,
+    job_id: &str,
+    names: &[&str],
+) -> Result<(), TrainError> {
+    if !artifacts.is_remote() {
+        return Ok(());
+    }
+    let run = run_dir(data_dir, job_id);
+    for name in names {
+        if run.join(name).is_file() {
+            artifacts.put_file(data_dir, &run_key(job_id, name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The data directory a run directory lies in (`<data_dir>/runs/<job_id>`), when it does.
+#[must_use]
+pub fn data_dir_of<'a>(run: &'a Path, job_id: &str) -> Option<&'a Path> {
+    let data = run.parent()?.parent()?;
+    (run_dir(data, job_id) == run).then_some(data)
+}
