@@ -45,7 +45,8 @@ fn server_binary() -> PathBuf {
 }
 
 impl S3Server {
-    /// Starts the server on a free loopback port and creates `bucket`.
+    /// Starts the server on a free loopback port and creates `bucket`; `Ok(None)` (with a note on
+    /// stderr) when it is not installed.
     ///
     /// # Errors
     /// The server is missing while [`REQUIRE_S3_ENV`] is set, it did not start, the bucket
@@ -59,6 +60,10 @@ impl S3Server {
             );
             if std::env::var_os(REQUIRE_S3_ENV).is_some() {
                 return Err(format!("{why}; {REQUIRE_S3_ENV} is set"));
+            }
+            #[expect(clippy::print_stderr, reason = "a skipped test says why")]
+            {
+                eprintln!("SKIPPED: {why}");
             }
             return Ok(None);
         }

@@ -9,14 +9,7 @@ use agentcore_artifacts::Artifacts;
 use agentcore_artifacts::testing::S3Server;
 
 fn server(bucket: &str) -> Option<S3Server> {
-    match S3Server::start(bucket) {
-        Ok(Some(s)) => Some(s),
-        Ok(None) => {
-            eprintln!("SKIPPED: no S3 server installed (scripts/setup_s3.sh)");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
+    S3Server::start(bucket).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {

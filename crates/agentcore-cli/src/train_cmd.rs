@@ -548,6 +548,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         stop: Arc::new(AtomicBool::new(false)),
         faults: agentcore_train::faults::Faults::default(),
         artifacts,
+        recorded_checkpoints: None,
     };
     let new_job = NewJob {
         id: job_id.clone(),

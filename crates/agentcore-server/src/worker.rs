@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use agentcore_agent::sandbox::PythonSandbox;
 use agentcore_artifacts::Artifacts;
 use agentcore_store::{BlockingStore, EventKind, JobRow, JobStatus, Store};
-use agentcore_train::checkpoints::resume_point;
+use agentcore_train::checkpoints::resume_point_among;
 use agentcore_train::events::Event;
 use agentcore_train::job::JobContext;
 use agentcore_train::record::Recorder;
@@ -158,10 +158,14 @@ impl Workers {
         shutting_down: Arc<AtomicBool>,
     ) {
         let db = BlockingStore::with_handle(self.store.clone(), handle.clone());
+        // Every write about the job goes through the lease fence: once another worker has
+        // taken the job over, nothing this one still does reaches the store.
+        let fenced = BlockingStore::with_handle(self.store.fenced(&job.id, worker), handle.clone());
         let fail = |message: String| {
             tracing::error!(job_id = %job.id, error = %message, "job failed");
             let payload = json!({"error": message});
-            if let Err(e) = db.call(|s| s.record_event(&job.id, EventKind::JobFailed, &payload)) {
+            if let Err(e) = fenced.call(|s| s.record_event(&job.id, EventKind::JobFailed, &payload))
+            {
                 tracing::error!(job_id = %job.id, error = %e, "could not record the failure event");
             }
             if let Err(e) = db.call(|s| {
@@ -186,33 +190,38 @@ impl Workers {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
+        // Only checkpoints the store records (written by a lease holder) count; on a machine
+        // that shares only the store and the artifact store they come down first.
+        let recorded: Vec<u32> = match db.call(|s| s.checkpoints(&job.id)) {
+            Ok(rows) => rows.iter().filter(|c| !c.deleted).map(|c| c.iteration).collect(),
+            Err(e) => return fail(format!("reading the job's checkpoints: {e}")),
+        };
         let ctx = JobContext {
             data_dir: self.config.data_dir.clone(),
             job_id: job.id.clone(),
             stop: Arc::clone(&stop),
             faults: agentcore_train::faults::Faults::default(),
             artifacts: Arc::clone(&self.config.artifacts),
+            recorded_checkpoints: Some(recorded.clone()),
         };
-        // On a machine that shares only the store and the artifact store, the job's last
-        // checkpoint comes down first.
-        if let Err(e) = agentcore_train::sync::restore_run(
+        if let Err(e) = agentcore_train::sync::restore_recorded(
             &self.config.artifacts,
             &self.config.data_dir,
             &job.id,
+            Some(&recorded),
         ) {
             return fail(e.to_string());
         }
         // A job taken over from a dead worker continues from its last checkpoint: what was
         // recorded after it is run again.
-        let forget_from = match resume_point(&self.config.data_dir, &job.id) {
-            Ok(Some(point)) => Some(point),
-            Ok(None) => (job.attempts > 1).then_some(0),
-            Err(e) => return fail(e.to_string()),
+        let forget_from = match resume_point_among(&self.config.data_dir, &job.id, &recorded) {
+            Some(point) => Some(point),
+            None => (job.attempts > 1).then_some(0),
         };
         if let Some(point) = forget_from {
             tracing::info!(job_id = %job.id, point, attempts = job.attempts,
                 "continuing a job from its last checkpoint");
-            if let Err(e) = db.call(|s| s.forget_after(&job.id, point)) {
+            if let Err(e) = fenced.call(|s| s.forget_after(&job.id, point)) {
                 return fail(format!("forgetting what was recorded after iteration {point}: {e}"));
             }
         }
@@ -239,8 +248,9 @@ impl Workers {
                 }
             })
         };
-        let mut recorder =
-            Recorder::new(&db, &job.id).leased(worker).hold_finish_when(Arc::clone(&shutting_down));
+        let mut recorder = Recorder::new(&fenced, &job.id)
+            .leased(worker)
+            .hold_finish_when(Arc::clone(&shutting_down));
         let mut last_iteration = Instant::now();
         let metrics = self.metrics.clone();
         let result = agentcore_train::job::run(&settings, &ctx, sandbox, &mut |event| {
@@ -303,8 +313,8 @@ impl Workers {
                     )
                 }) {
                     Ok(true) => {
-                        if let Err(e) =
-                            db.call(|s| s.record_event(&job.id, EventKind::JobCancelled, &payload))
+                        if let Err(e) = fenced
+                            .call(|s| s.record_event(&job.id, EventKind::JobCancelled, &payload))
                         {
                             tracing::warn!(job_id = %job.id, error = %e,
                                 "could not record the cancellation event");

@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -83,6 +84,16 @@ pub enum StoreError {
         /// What failed.
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+    /// A write of a worker that no longer holds the job's lease (another worker took the job
+    /// over while this one was stopped or cut off): refused, so a stale worker never records
+    /// anything.
+    #[error("job {job_id}: worker {worker} no longer holds the lease; its write was refused")]
+    LeaseLost {
+        /// The job.
+        job_id: String,
+        /// The stale worker.
+        worker: String,
     },
     /// A stored JSON column does not parse.
     #[error("stored {what} is not valid JSON: {message}")]
@@ -282,6 +293,16 @@ pub struct Store {
     pool: AnyPool,
     path: String,
     backend: Backend,
+    /// Set on a worker's handle of a leased job ([`Store::fenced`]): its writes about the job
+    /// happen only while it holds the lease.
+    fence: Option<Arc<Fence>>,
+}
+
+/// The lease a fenced store's writes depend on.
+#[derive(Debug)]
+struct Fence {
+    job_id: String,
+    worker: String,
 }
 
 /// `url` without its password, for messages and logs.
@@ -336,7 +357,7 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate { path: name.clone(), source: e })?;
-        Ok(Self { pool, path: name, backend: Backend::Sqlite })
+        Ok(Self { pool, path: name, backend: Backend::Sqlite, fence: None })
     }
 
     /// Opens the store a URL names: `postgres://` / `postgresql://` (the database must exist;
@@ -379,7 +400,7 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Migrate { path: name.clone(), source: e })?;
-        Ok(Self { pool, path: name, backend: Backend::Postgres })
+        Ok(Self { pool, path: name, backend: Backend::Postgres, fence: None })
     }
 
     /// Which database this is.
@@ -419,15 +440,67 @@ impl Store {
         lock: Lock,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         let mut tx = self.begin_write().await?;
+        self.take_lock(&mut tx, lock).await?;
+        Ok(tx)
+    }
+
+    /// Takes `lock` for the rest of `tx` (PostgreSQL; SQLite's write lock already serializes).
+    async fn take_lock(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        lock: Lock,
+    ) -> Result<()> {
         if self.backend == Backend::Postgres {
             // (Counted: the Any driver cannot decode the function's `void`.)
             sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock($1)) AS l")
                 .bind(lock as i64)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(self.db())?;
         }
-        Ok(tx)
+        Ok(())
+    }
+
+    /// This store as the worker `worker` holding the lease of `job_id`: every write about a
+    /// job (trajectories, iterations, checkpoints, events, forgetting) first checks, in its own
+    /// transaction, that the lease is still `worker`'s, and is refused with
+    /// [`StoreError::LeaseLost`] otherwise. On PostgreSQL the check locks the job's row until
+    /// the write commits, so a takeover cannot slip in between; SQLite's write lock does the
+    /// same.
+    #[must_use]
+    pub fn fenced(&self, job_id: &str, worker: &str) -> Self {
+        Self {
+            fence: Some(Arc::new(Fence { job_id: job_id.to_owned(), worker: worker.to_owned() })),
+            ..self.clone()
+        }
+    }
+
+    /// The fence check of a write transaction (nothing for an unfenced store).
+    async fn check_fence(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+        let Some(f) = &self.fence else { return Ok(()) };
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT id FROM jobs WHERE id = $1 AND lease_owner = $2 AND status = 'running' \
+                 FOR UPDATE"
+            }
+            Backend::Sqlite => {
+                "SELECT id FROM jobs WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
+            }
+        };
+        let held = sqlx::query(sql)
+            .bind(&f.job_id)
+            .bind(&f.worker)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(self.db())?
+            .is_some();
+        if held {
+            Ok(())
+        } else {
+            tracing::warn!(job_id = %f.job_id, worker = %f.worker,
+                "a write of a worker that lost the job's lease was refused");
+            Err(StoreError::LeaseLost { job_id: f.job_id.clone(), worker: f.worker.clone() })
+        }
     }
 
     /// Registers (or replaces) an agent definition.
@@ -511,6 +584,7 @@ impl Store {
     /// Database errors.
     pub async fn forget_after(&self, job_id: &str, iteration: u32) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        self.check_fence(&mut tx).await?;
         for statement in [
             "DELETE FROM iterations WHERE job_id = $1 AND iteration > $2",
             "DELETE FROM trajectories WHERE job_id = $1 AND iteration > $2",
@@ -544,6 +618,7 @@ impl Store {
         cost_usd: &str,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        self.check_fence(&mut tx).await?;
         sqlx::query(
             "INSERT INTO iterations (job_id, iteration, metrics, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (job_id, iteration) DO UPDATE SET metrics = excluded.metrics",
@@ -575,6 +650,7 @@ impl Store {
     /// Database errors.
     pub async fn insert_trajectories(&self, rows: &[TrajectoryRow]) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        self.check_fence(&mut tx).await?;
         let t = now();
         for r in rows {
             sqlx::query(
@@ -610,6 +686,8 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn record_checkpoint(&self, c: &CheckpointRow) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        self.check_fence(&mut tx).await?;
         sqlx::query(
             "INSERT INTO checkpoints (id, job_id, iteration, path, eval_success_rate, deleted, \
              created_at) VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (id) DO UPDATE SET \
@@ -624,9 +702,10 @@ impl Store {
         // Not a cached statement: sqlx 0.9's `Any` declares a null `f64` as `float4`, and a
         // statement PostgreSQL prepared with it refuses the next non-null `f64`.
         .persistent(false)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.db())?;
+        tx.commit().await.map_err(self.db())?;
         Ok(())
     }
 
@@ -635,11 +714,14 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn mark_checkpoint_deleted(&self, id: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        self.check_fence(&mut tx).await?;
         sqlx::query("UPDATE checkpoints SET deleted = 1 WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(self.db())?;
+        tx.commit().await.map_err(self.db())?;
         Ok(())
     }
 
@@ -656,7 +738,10 @@ impl Store {
     /// payload's `iteration`) and the baseline are recorded once per job: a resumed job that runs
     /// an iteration again does not record it again.
     pub async fn record_event(&self, job_id: &str, kind: EventKind, payload: &Value) -> Result<()> {
-        let mut tx = self.begin_serialized(Lock::Events).await?;
+        // The fence's row lock before the events lock: the order every writer takes them in.
+        let mut tx = self.begin_write().await?;
+        self.check_fence(&mut tx).await?;
+        self.take_lock(&mut tx, Lock::Events).await?;
         sqlx::query(
             "INSERT INTO events (job_id, kind, payload, created_at, dedupe_key) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, dedupe_key) DO NOTHING",

@@ -414,3 +414,106 @@ fn a_job_whose_worker_keeps_dying_fails_at_the_attempt_cap() {
         }
     });
 }
+
+/// A stale lease holder (a worker stopped by SIGSTOP, or cut off, past its lease) comes back
+/// after another worker took the job over: every write it tries about the job is refused and
+/// leaves nothing behind, while the new holder's writes go through; once the job is finished
+/// even its last holder writes nothing more.
+#[test]
+fn a_stale_workers_writes_are_refused_once_the_job_is_taken_over() {
+    use agentcore_store::{CheckpointRow, StoreError, TrajectoryFilter, TrajectoryRow};
+    let row = |iteration: u32, q: u32| TrajectoryRow {
+        id: 0,
+        job_id: "f".into(),
+        iteration,
+        query_index: q,
+        sample_index: 0,
+        query: format!("q{q}"),
+        expected_outcome: json!(q),
+        success: true,
+        reward: 1.0,
+        advantage: 0.5,
+        trajectory: json!({"steps": []}),
+        created_at: String::new(),
+    };
+    let ckpt = |iteration: u32| CheckpointRow {
+        id: format!("f-ckpt-{iteration}"),
+        job_id: "f".into(),
+        iteration,
+        path: format!("checkpoints/ckpt-{iteration:05}"),
+        eval_success_rate: Some(0.5),
+        deleted: false,
+        created_at: String::new(),
+    };
+    let refused = |r: agentcore_store::Result<()>, what: &str| match r {
+        Err(StoreError::LeaseLost { job_id, worker }) => {
+            assert_eq!((job_id.as_str(), worker.as_str()), ("f", "w1"), "{what}");
+        }
+        other => panic!("{what}: expected LeaseLost, got {other:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            s.enqueue_job(&job("f"), "o", "u", None).await.unwrap();
+            // w1 claims it on a lease that has run out by the time anyone looks again.
+            assert_eq!(s.claim_job("w1", Duration::ZERO).await.unwrap().unwrap().id, "f");
+            let w1 = s.fenced("f", "w1");
+            w1.insert_trajectories(&[row(1, 0)]).await.unwrap();
+            w1.record_iteration("f", 1, &json!({"iteration": 1}), "0.1").await.unwrap();
+            w1.record_checkpoint(&ckpt(1)).await.unwrap();
+            w1.record_event("f", EventKind::Iteration, &json!({"iteration": 1})).await.unwrap();
+
+            // w2 takes the job over (the lease is expired: the claim succeeds at once).
+            let taken = s.claim_job("w2", LONG).await.unwrap().expect("takeover");
+            assert_eq!((taken.id.as_str(), taken.attempts), ("f", 2));
+            let events_before = s.events("f").await.unwrap().len();
+
+            // w1 wakes up mid-iteration 2 and tries everything a worker writes.
+            refused(w1.insert_trajectories(&[row(2, 0), row(2, 1)]).await, "trajectories");
+            refused(
+                w1.record_iteration("f", 2, &json!({"iteration": 2}), "0.2").await,
+                "iteration",
+            );
+            refused(w1.record_checkpoint(&ckpt(2)).await, "checkpoint");
+            refused(w1.mark_checkpoint_deleted("f-ckpt-1").await, "retention");
+            refused(
+                w1.record_event("f", EventKind::Iteration, &json!({"iteration": 2})).await,
+                "event",
+            );
+            refused(w1.forget_after("f", 0).await, "forget");
+            // Nothing of it landed.
+            let all = TrajectoryFilter::default();
+            let rows = s.trajectories("f", &all).await.unwrap();
+            assert_eq!(rows.iter().map(|r| r.iteration).collect::<Vec<_>>(), vec![1], "{url}");
+            assert_eq!(s.iterations("f").await.unwrap().len(), 1, "{url}");
+            let kept = s.checkpoints("f").await.unwrap();
+            assert_eq!(kept.len(), 1, "{url}");
+            assert!(!kept[0].deleted, "{url}");
+            assert_eq!(s.events("f").await.unwrap().len(), events_before, "{url}");
+            assert_eq!(s.job("f").await.unwrap().unwrap().iterations_completed, 1, "{url}");
+
+            // The holder's writes go through.
+            let w2 = s.fenced("f", "w2");
+            w2.forget_after("f", 1).await.unwrap();
+            w2.insert_trajectories(&[row(2, 0)]).await.unwrap();
+            w2.record_iteration("f", 2, &json!({"iteration": 2}), "0.2").await.unwrap();
+            w2.record_checkpoint(&ckpt(2)).await.unwrap();
+            w2.record_event("f", EventKind::Iteration, &json!({"iteration": 2})).await.unwrap();
+            assert_eq!(s.iterations("f").await.unwrap().len(), 2, "{url}");
+            assert_eq!(s.checkpoints("f").await.unwrap().len(), 2, "{url}");
+            // Finished: no more writes, even from the worker that finished it.
+            assert!(
+                s.finish_leased_job("f", "w2", JobStatus::Completed, None, None, None, None)
+                    .await
+                    .unwrap()
+            );
+            match w2.record_event("f", EventKind::Iteration, &json!({"iteration": 3})).await {
+                Err(StoreError::LeaseLost { .. }) => {}
+                other => panic!("a finished job took a write: {other:?}"),
+            }
+            // The unfenced store (the server, the CLI) is not affected.
+            s.record_event("f", EventKind::JobCompleted, &json!({})).await.unwrap();
+        }
+    });
+}

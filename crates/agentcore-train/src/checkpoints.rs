@@ -134,7 +134,7 @@ pub fn save(
 ///
 /// # Errors
 /// File errors, an injected fault, the artifact store failed.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments, reason = "the save seams: faults and the artifact store")]
 pub fn save_with(
     run_dir: &Path,
     job_id: &str,
@@ -378,6 +378,16 @@ pub fn latest(run_dir: &Path) -> Result<Option<(PathBuf, JobState)>, TrainError>
 /// An unreadable job state.
 pub fn resume_point(data_dir: &Path, job_id: &str) -> Result<Option<u32>, TrainError> {
     Ok(latest(&run_dir(data_dir, job_id))?.map(|(_, s)| s.iteration))
+}
+
+/// [`resume_point`] among the iterations `recorded` (a queue worker's takeover: the
+/// checkpoints the job store records; see `JobContext::recorded_checkpoints`).
+#[must_use]
+pub fn resume_point_among(data_dir: &Path, job_id: &str, recorded: &[u32]) -> Option<u32> {
+    verified(&run_dir(data_dir, job_id))
+        .into_iter()
+        .map(|(_, s)| s.iteration)
+        .find(|i| recorded.contains(i))
 }
 
 /// The checkpoints of a finished or running job, oldest first.

@@ -42,7 +42,13 @@ pub struct JobContext {
     /// Faults a test injects (none in production).
     pub faults: crate::faults::Faults,
     /// Where checkpoints and reports go beyond this machine ([`Artifacts::local`]: nowhere).
+    /// The caller brings the run directory up to date from it before [`run`]
+    /// ([`crate::sync::restore_run`]).
     pub artifacts: Arc<Artifacts>,
+    /// When set, the only checkpoints (by iteration) the job may continue from: those the job
+    /// store records (a queue worker's takeover; a checkpoint a stale worker wrote after losing
+    /// its lease is not among them). `None`: any complete checkpoint (the CLI).
+    pub recorded_checkpoints: Option<Vec<u32>>,
 }
 
 impl JobContext {
@@ -86,8 +92,6 @@ pub fn run(
     }
     let config = &settings.config;
     let (train, eval) = settings.tasks()?;
-    // A job taken over on another machine continues from the store's checkpoints.
-    crate::sync::restore_run(&ctx.artifacts, &ctx.data_dir, &ctx.job_id)?;
     let run_dir = prepare_run_dir(settings, &ctx.data_dir, &ctx.job_id)?;
     crate::sync::publish_run_files(&ctx.artifacts, &ctx.data_dir, &ctx.job_id, &[JOB_FILE])?;
     let evaluator = Evaluator::new(settings, &sandbox)?;
@@ -97,7 +101,7 @@ pub fn run(
         on_event(e);
     };
     let Start { mut policy, mut rng, mut state, resumed_from } =
-        start(settings, &ctx.data_dir, &run_dir, &sandbox, &ctx.stop, on_event)?;
+        start(settings, ctx, &run_dir, &sandbox, on_event)?;
     tracing::info!(job_id = %ctx.job_id, resumed_from, policy = %policy.describe(), "job started");
     on_event(&Event::Started {
         job_id: ctx.job_id.clone(),

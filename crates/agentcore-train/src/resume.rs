@@ -66,15 +66,19 @@ pub fn prepare_run_dir(
 /// Model or file errors, a corrupt job state.
 pub fn start(
     settings: &JobSettings,
-    data_dir: &Path,
+    ctx: &crate::job::JobContext,
     run_dir: &Path,
     sandbox: &Arc<PythonSandbox>,
-    stop: &std::sync::atomic::AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Start, TrainError> {
+    let (data_dir, stop) = (ctx.data_dir.as_path(), ctx.stop.as_ref());
     // The newest checkpoint that verifies and loads (finite weights); a broken one is skipped
-    // with a warning and an earlier one used.
-    let candidates = checkpoints::verified(run_dir);
+    // with a warning and an earlier one used. A queue worker only continues from checkpoints
+    // the job store records.
+    let mut candidates = checkpoints::verified(run_dir);
+    if let Some(recorded) = &ctx.recorded_checkpoints {
+        candidates.retain(|(_, state)| recorded.contains(&state.iteration));
+    }
     let mut refused = Vec::new();
     for (dir, mut state) in candidates {
         match policy::from_checkpoint(settings, &dir) {

@@ -51,22 +51,51 @@ pub fn restore_run(
     data_dir: &Path,
     job_id: &str,
 ) -> Result<Restored, TrainError> {
+    restore_recorded(artifacts, data_dir, job_id, None)
+}
+
+/// [`restore_run`] for a worker taking a job over: only the checkpoints of `recorded` (the
+/// iterations the job store records as kept, written by a lease holder) count. Any other
+/// checkpoint, here or in the object store, was written by a worker that lost its lease (or
+/// died before recording it): it is not downloaded, and a local copy is removed, so the job
+/// continues exactly where its recorded history ends. With the local store (a shared data
+/// directory) only that pruning happens.
+///
+/// # Errors
+/// As [`restore_run`].
+pub fn restore_recorded(
+    artifacts: &Artifacts,
+    data_dir: &Path,
+    job_id: &str,
+    recorded: Option<&[u32]>,
+) -> Result<Restored, TrainError> {
     let mut done = Restored::default();
+    let run = run_dir(data_dir, job_id);
+    let counts = |name: &str| {
+        recorded.is_none_or(|r| {
+            name.strip_prefix("ckpt-")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|i| r.contains(&i))
+        })
+    };
     if !artifacts.is_remote() {
+        if recorded.is_some() {
+            done.removed = prune(&run, job_id, |name| counts(name));
+        }
         return Ok(done);
     }
-    let run = run_dir(data_dir, job_id);
     if !run.join(JOB_FILE).is_file() {
         done.job_file = artifacts.get_file(data_dir, &run_key(job_id, JOB_FILE))?;
     }
-    let remote = artifacts.list_dirs(&run_key(job_id, "checkpoints"))?;
+    let mut remote = artifacts.list_dirs(&run_key(job_id, "checkpoints"))?;
+    remote.retain(|name| counts(name));
     for name in &remote {
         let local = run.join("checkpoints").join(name);
         if local.is_dir() && checkpoints::verify(&local).is_ok() {
             continue;
         }
         let key = run_key(job_id, &format!("checkpoints/{name}"));
-        match artifacts.get_dir(data_dir, &key, MANIFEST_FILE, |tmp| checkpoints::verify(tmp)) {
+        match artifacts.get_dir(data_dir, &key, MANIFEST_FILE, checkpoints::verify) {
             Ok(true) => done.downloaded.push(name.clone()),
             // Being written (no manifest yet) or removed meanwhile.
             Ok(false) => {}
@@ -74,25 +103,32 @@ pub fn restore_run(
                 "a checkpoint in the artifact store does not verify; an earlier one is used"),
         }
     }
-    if !remote.is_empty()
-        && let Ok(entries) = std::fs::read_dir(run.join("checkpoints"))
-    {
-        for entry in entries.filter_map(Result::ok) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("ckpt-") && !remote.contains(&name) {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => done.removed.push(name),
-                    Err(e) => tracing::warn!(job_id, checkpoint = %name, error = %e,
-                        "could not remove a checkpoint the artifact store no longer has"),
-                }
-            }
-        }
+    if !remote.is_empty() || recorded.is_some() {
+        done.removed = prune(&run, job_id, |name| remote.iter().any(|r| r == name));
     }
     if !done.downloaded.is_empty() || done.job_file {
         tracing::info!(job_id, store = %artifacts.describe(), downloaded = ?done.downloaded,
             removed = ?done.removed, "run restored from the artifact store");
     }
     Ok(done)
+}
+
+/// Removes the local checkpoints of a run that `keep` refuses; their names.
+fn prune(run: &Path, job_id: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(run.join("checkpoints")) else { return removed };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ckpt-") && !keep(&name) {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed.push(name),
+                Err(e) => tracing::warn!(job_id, checkpoint = %name, error = %e,
+                    "could not remove a checkpoint that does not count"),
+            }
+        }
+    }
+    removed.sort();
+    removed
 }
 
 /// Uploads the files of the run that exist among `names` (`job.json`, `report.md`, ...).

@@ -48,6 +48,7 @@ fn ctx(data: &Path, job: &str, faults: Faults) -> JobContext {
         stop: Arc::new(AtomicBool::new(false)),
         faults,
         artifacts: Arc::new(agentcore_artifacts::Artifacts::local()),
+        recorded_checkpoints: None,
     }
 }
 

@@ -35,13 +35,11 @@ pub fn ok(out: &Output) -> String {
 /// `agentcore serve --port 0 ARGS` with a development token: the process, its URL, the token
 /// and its banner line. Its stderr is read to the end in the background, so it never blocks
 /// on a full pipe.
-#[allow(dead_code)]
 pub fn serve(args: &[&str]) -> (Killed, String, String, String) {
     serve_with_env(args, &[])
 }
 
 /// [`serve`] with extra environment variables.
-#[allow(dead_code)]
 pub fn serve_with_env(args: &[&str], env: &[(String, String)]) -> (Killed, String, String, String) {
     let mut server = Command::new(BIN)
         .args(["serve", "--port", "0"])
