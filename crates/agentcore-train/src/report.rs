@@ -324,7 +324,7 @@ pub fn markdown(
     out
 }
 
-/// The files [`write`] makes in the run directory.
+/// The files [`write()`] makes in the run directory.
 pub const FILES: &[&str] = &["report.md", "curves.png", "curves.svg"];
 
 /// Writes `report.md`, `curves.png` and `curves.svg` into the run directory.
