@@ -32,7 +32,7 @@ pub struct InvokeBench {
     pub json: bool,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     // Nearest rank: the smallest value with at least q of the sample at or below it.
     let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1]

@@ -13,6 +13,7 @@ use agentcore_model::bench::{BenchSettings, ModelBenchReport, run_model_bench};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench_chaos;
 mod bench_invoke;
 mod deploy_cmd;
 mod service_cmd;
@@ -208,6 +209,38 @@ enum BenchCommand {
         /// Warm-start steps of the built-in model (the size is the default one).
         #[arg(long, default_value_t = 100)]
         warm_start_steps: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The job queue under chaos, on loopback: PostgreSQL, an S3-compatible store (moto,
+    /// scripts/setup_s3.sh), one server and worker processes on their own disks; holders killed
+    /// with SIGKILL at random moments, one stopped (SIGSTOP) past its lease and continued, one
+    /// sent SIGTERM. Checks that every job completes with no iteration lost or doubled, every
+    /// write of the stale holder is refused, and the final weights equal an uninterrupted run.
+    Chaos {
+        /// The PostgreSQL server (a fresh schema is made on it)
+        /// [env: AGENTCORE_TEST_POSTGRES_URL, as scripts/setup_postgres.sh prints it].
+        #[arg(long, env = "AGENTCORE_TEST_POSTGRES_URL")]
+        database_url: String,
+        /// Jobs queued.
+        #[arg(long, default_value_t = 6)]
+        jobs: usize,
+        /// Worker processes.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// SIGKILLs of workers holding a job.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Iterations per job (enough that the jobs outlast the kills).
+        #[arg(long, default_value_t = 200)]
+        iterations: u32,
+        /// The workers' lease, seconds.
+        #[arg(long, default_value_t = 2)]
+        lease_seconds: u64,
+        /// Seed of the moments and victims.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -409,6 +442,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             invocations,
             warmup,
             warm_start_steps,
+            json,
+        })?,
+        Command::Bench(BenchCommand::Chaos {
+            database_url,
+            jobs,
+            workers,
+            kills,
+            iterations,
+            lease_seconds,
+            seed,
+            json,
+        }) => bench_chaos::run(&bench_chaos::ChaosBench {
+            database_url,
+            jobs,
+            workers,
+            kills,
+            iterations,
+            lease_seconds,
+            seed,
             json,
         })?,
         Command::Bench(BenchCommand::Grpo { json, warmup, steps }) => {

@@ -287,6 +287,11 @@ pub struct EventRow {
     pub created_at: String,
 }
 
+/// How long a PostgreSQL session may sit idle inside a transaction before the server ends it
+/// (`idle_in_transaction_session_timeout`). The store's transactions run their statements back
+/// to back, so only a stopped or stalled client ever reaches it; its locks then go with it.
+pub const PG_IDLE_IN_TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The async store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -393,6 +398,18 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(30))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // A process stopped mid-transaction (SIGSTOP, a stall) must not hold its
+                    // row and advisory locks for ever: the server ends such a session, and the
+                    // stopped process's writes fail when it continues.
+                    let set = format!(
+                        "SET idle_in_transaction_session_timeout = {}",
+                        PG_IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+                    );
+                    sqlx::Executor::execute(conn, sqlx::AssertSqlSafe(set)).await.map(drop)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database { path: name.clone(), source: e })?;
@@ -702,6 +719,14 @@ impl Store {
         // Not a cached statement: sqlx 0.9's `Any` declares a null `f64` as `float4`, and a
         // statement PostgreSQL prepared with it refuses the next non-null `f64`.
         .persistent(false)
+        .execute(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        // Progress: the crash-loop count starts again (this claim is the one since).
+        sqlx::query(
+            "UPDATE jobs SET claims_since_progress = 1 WHERE id = $1 AND claims_since_progress > 1",
+        )
+        .bind(&c.job_id)
         .execute(&mut *tx)
         .await
         .map_err(self.db())?;

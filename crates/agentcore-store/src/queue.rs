@@ -38,8 +38,10 @@ pub struct JobFilter {
     pub offset: u32,
 }
 
-/// Claims of a job whose worker then stopped without finishing it (died, lost its lease) after
-/// which the job fails rather than being claimed again.
+/// Claims of a job since it last made progress (recorded a checkpoint) whose worker then
+/// stopped without finishing it (died, lost its lease), after which the job fails rather than
+/// being claimed again: a crash loop. Preemptions of a job that moves on between them do not
+/// add up.
 pub const MAX_JOB_ATTEMPTS: u32 = 3;
 
 /// What a heartbeat found.
@@ -147,15 +149,23 @@ impl Store {
         // many times (a crash loop, such as a job that exhausts the machine): it fails instead of
         // being claimed again. (A worker that stops cleanly hands its claim back: see
         // `release_lease`.)
-        sqlx::query(
+        // (On PostgreSQL rows another transaction holds, such as a worker's fenced write, are
+        // skipped rather than waited for: a stalled holder must not stall every claim.)
+        let skip = match self.backend {
+            crate::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            crate::Backend::Sqlite => "",
+        };
+        let capped = format!(
             "UPDATE jobs SET status = 'failed', stop_reason = 'failed', error = $1, \
              finished_at = $2, updated_at = $2, lease_owner = NULL, lease_expires_ms = NULL \
-             WHERE status = 'running' AND lease_expires_ms IS NOT NULL AND lease_expires_ms < $3 \
-             AND attempts >= $4",
-        )
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_ms IS \
+             NOT NULL AND lease_expires_ms < $3 AND claims_since_progress >= $4{skip})"
+        );
+        // Built from constant fragments only; values are bound.
+        sqlx::query(sqlx::AssertSqlSafe(capped))
         .bind(format!(
-            "the job's worker stopped without finishing it {MAX_JOB_ATTEMPTS} times (the attempt \
-             cap): it is not retried; see the worker logs for why (out of memory, a crash)"
+            "the job's worker stopped without finishing it {MAX_JOB_ATTEMPTS} times without a new \
+             checkpoint in between (the attempt cap): it is not retried; see the worker logs for why (out of memory, a crash)"
         ))
         .bind(&t)
         .bind(now)
@@ -173,7 +183,8 @@ impl Store {
         };
         let sql = format!(
             "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_ms = $2, \
-             attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3 \
+             attempts = attempts + 1, claims_since_progress = claims_since_progress + 1, \
+             started_at = COALESCE(started_at, $3), updated_at = $3 \
              WHERE id = (SELECT id FROM jobs WHERE {claimable} ORDER BY created_at, id LIMIT 1\
              {lock}) AND {claimable} RETURNING *"
         );
@@ -219,7 +230,8 @@ impl Store {
     pub async fn release_lease(&self, job_id: &str, worker: &str) -> Result<()> {
         // A clean hand-over is not a failed attempt: the claim is given back.
         sqlx::query(
-            "UPDATE jobs SET lease_expires_ms = 0, attempts = attempts - 1 WHERE id = $1 AND \
+            "UPDATE jobs SET lease_expires_ms = 0, attempts = attempts - 1, \
+             claims_since_progress = claims_since_progress - 1 WHERE id = $1 AND \
              lease_owner = $2 AND status = 'running'",
         )
         .bind(job_id)

@@ -517,3 +517,63 @@ fn a_stale_workers_writes_are_refused_once_the_job_is_taken_over() {
         }
     });
 }
+
+/// Preemption is not a crash loop: a job whose worker dies again and again but records a
+/// checkpoint in between each time is claimed again every time; the cap counts claims since
+/// the last checkpoint.
+#[test]
+fn a_job_that_makes_progress_between_deaths_is_never_capped() {
+    use agentcore_store::{CheckpointRow, MAX_JOB_ATTEMPTS};
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        for url in urls(dir.path()).await {
+            let s = Store::connect(&url).await.unwrap();
+            s.enqueue_job(&job("preempted"), "org1", "alice", None).await.unwrap();
+            for k in 1..=MAX_JOB_ATTEMPTS * 3 {
+                // Claimed on a lease that runs out at once: the worker "dies" after its
+                // checkpoint of iteration k.
+                let claimed = claim_once_expired(&s, k, &url).await;
+                assert_eq!(claimed.attempts, k, "{url}");
+                s.fenced("preempted", "w")
+                    .record_checkpoint(&CheckpointRow {
+                        id: format!("preempted-ckpt-{k}"),
+                        job_id: "preempted".into(),
+                        iteration: k,
+                        path: format!("checkpoints/ckpt-{k:05}"),
+                        eval_success_rate: None,
+                        deleted: false,
+                        created_at: String::new(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(s.job("preempted").await.unwrap().unwrap().status, "running", "{url}");
+            // Without progress, it fails at the cap as before.
+            for k in 1..MAX_JOB_ATTEMPTS {
+                claim_once_expired(&s, k, &url).await;
+            }
+            // The last claim's lease has expired once a claim at a later millisecond sees it.
+            let t = std::time::Instant::now();
+            while s.job("preempted").await.unwrap().unwrap().status == "running" {
+                assert!(s.claim_job("w", LONG).await.unwrap().is_none(), "claimed past the cap");
+                assert!(t.elapsed() < Duration::from_secs(5), "never failed ({url})");
+            }
+            let row = s.job("preempted").await.unwrap().unwrap();
+            assert_eq!(row.status, "failed", "{url}");
+        }
+    });
+}
+
+/// Claims the job on a lease that has run out as soon as the clock moves on: the claim is
+/// retried until the previous lease (of the same length) has expired, i.e. until the next
+/// millisecond, never longer than 5 s.
+async fn claim_once_expired(s: &Store, k: u32, url: &str) -> agentcore_store::JobRow {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(job) = s.claim_job("w", Duration::ZERO).await.unwrap() {
+            return job;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "claim {k} refused ({url})");
+        tokio::task::yield_now().await;
+    }
+}
