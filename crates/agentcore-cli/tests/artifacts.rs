@@ -205,6 +205,44 @@ fn a_worker_sharing_only_the_store_and_object_storage_runs_and_hands_over_a_job(
     assert_eq!(answer["checkpoint_id"], best.as_str(), "{answer}");
     assert!(Path::new(&server_dir).join("runs").join(&job).join(JOB).is_file());
 
+    // The warm-start cache machine 1 built went to the store: a job of the same agent on a
+    // fourth fresh machine skips its warm start.
+    assert_eq!(store.list_dirs("warmstart").expect("list").len(), 1, "one cache");
+    std::fs::write(
+        &config_file,
+        std::fs::read_to_string(&config_file).unwrap().replace("\"seed\": 5", "\"seed\": 6"),
+    )
+    .expect("write");
+    let second = json_of(&run(
+        &[
+            "jobs",
+            "start",
+            "--agent-id",
+            "tiny",
+            "--data",
+            tasks_file.to_str().expect("utf-8"),
+            "--config",
+            config_file.to_str().expect("utf-8"),
+        ],
+        &env,
+    ));
+    let job2 = second["job_id"].as_str().expect("job id").to_string();
+    let _w3 = Killed(worker(&dir("worker-3"), None));
+    let t = Instant::now();
+    while !matches!(status(&job2)["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+        assert!(t.elapsed() < Duration::from_secs(240), "worker 3 did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let summaries = rt.block_on(async {
+        let store = agentcore_store::Store::connect(&db).await.expect("store");
+        let a = store.job(&job).await.expect("job").expect("row").summary;
+        let b = store.job(&job2).await.expect("job").expect("row").summary;
+        (a, b)
+    });
+    let cached = |s: &Option<Value>| s.as_ref().map(|s| s["warm_start_cached"].clone());
+    assert_eq!(cached(&summaries.0), Some(json!(false)), "machine 1 warmed up");
+    assert_eq!(cached(&summaries.1), Some(json!(true)), "machine 4 took the cache from the store");
+
     // A bad store URL is the caller's mistake, named.
     let out = run(&["eval", "--job", &job, "--artifacts", "ftp://nowhere/x"], &[]);
     assert_eq!(out.status.code(), Some(2));

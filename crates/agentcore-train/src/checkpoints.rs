@@ -258,6 +258,30 @@ impl Manifest {
     }
 }
 
+/// Writes the manifest of a directory that has none (a warm-start cache published to the
+/// artifact store): every plain file with its size and SHA-256.
+///
+/// # Errors
+/// A file cannot be read or the manifest written.
+pub fn write_manifest(dir: &Path) -> Result<(), TrainError> {
+    let io = |e: std::io::Error| TrainError::Io { path: dir.to_path_buf(), message: e.to_string() };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != MANIFEST_FILE && !n.starts_with(".tmp-"))
+        .collect();
+    names.sort();
+    let files = names
+        .into_iter()
+        .map(|n| std::fs::read(dir.join(&n)).map(|b| (n, b)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)?;
+    write_atomic(&dir.join(MANIFEST_FILE), &Manifest::of(&files))?;
+    Ok(())
+}
+
 /// Checks a checkpoint directory against its manifest: every listed file present, of its size and
 /// checksum. A checkpoint written before manifests existed passes with a warning.
 ///

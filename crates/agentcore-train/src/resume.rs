@@ -103,6 +103,8 @@ pub fn start(
             message: format!("no checkpoint of the job loads: {}", refused.join("; ")),
         });
     }
+    // A warm-start cache another machine built comes down from the artifact store.
+    crate::sync::restore_warm_start(&ctx.artifacts, data_dir, settings)?;
     let ws_start = Instant::now();
     // The warm start stops (nothing cached) at the next step once `stop` is set, or once its
     // compute has used up the job's budget.
@@ -119,6 +121,9 @@ pub fn start(
         }
     })?;
     let warm = if cached { 0.0 } else { ws_start.elapsed().as_secs_f64() };
+    if !cached {
+        crate::sync::publish_warm_start(&ctx.artifacts, data_dir, settings)?;
+    }
     Ok(Start {
         policy,
         rng: ChaCha8Rng::seed_from_u64(settings.config.seed),

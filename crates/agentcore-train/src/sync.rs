@@ -15,7 +15,8 @@ use agentcore_artifacts::Artifacts;
 use crate::TrainError;
 use crate::checkpoints;
 use crate::defaults::{JOB_FILE, MANIFEST_FILE};
-use crate::settings::run_dir;
+use crate::settings::{JobSettings, run_dir};
+use agentcore_model::checkpoint::STATE_FILE;
 
 /// The key (and path under the data directory) of `sub` in the run of `job_id`.
 #[must_use]
@@ -129,6 +130,59 @@ fn prune(run: &Path, job_id: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
     }
     removed.sort();
     removed
+}
+
+/// The key of the warm-start cache a job's policy uses (the built-in model's), if any.
+fn warm_start_key(settings: &JobSettings) -> Option<String> {
+    (settings.api.is_none() && settings.model.is_none())
+        .then(|| format!("warmstart/{}", settings.warm_start.cache_key()))
+}
+
+/// Brings the job's warm-start cache from the store when this machine lacks it (a fresh pod
+/// then skips the warm start), verified against the manifest it was published with. One that
+/// does not verify is ignored (the warm start runs again). `Ok(true)` when it came down.
+///
+/// # Errors
+/// Listing the store failed.
+pub fn restore_warm_start(
+    artifacts: &Artifacts,
+    data_dir: &Path,
+    settings: &JobSettings,
+) -> Result<bool, TrainError> {
+    let Some(key) = warm_start_key(settings) else { return Ok(false) };
+    if !artifacts.is_remote() || data_dir.join(&key).join(STATE_FILE).is_file() {
+        return Ok(false);
+    }
+    match artifacts.get_dir(data_dir, &key, MANIFEST_FILE, checkpoints::verify) {
+        Ok(got) => Ok(got),
+        Err(e) => {
+            tracing::warn!(cache = %key, error = %e,
+                "the warm-start cache in the artifact store does not verify; warming up again");
+            Ok(false)
+        }
+    }
+}
+
+/// Publishes the job's warm-start cache (after it was built here) with a manifest, unless the
+/// store has it already.
+///
+/// # Errors
+/// The manifest or the upload failed.
+pub fn publish_warm_start(
+    artifacts: &Artifacts,
+    data_dir: &Path,
+    settings: &JobSettings,
+) -> Result<(), TrainError> {
+    let Some(key) = warm_start_key(settings) else { return Ok(()) };
+    let dir = data_dir.join(&key);
+    if !artifacts.is_remote() || !dir.join(STATE_FILE).is_file() {
+        return Ok(());
+    }
+    if !dir.join(MANIFEST_FILE).is_file() {
+        checkpoints::write_manifest(&dir)?;
+    }
+    artifacts.put_dir(data_dir, &key, MANIFEST_FILE)?;
+    Ok(())
 }
 
 /// Uploads the files of the run that exist among `names` (`job.json`, `report.md`, ...).

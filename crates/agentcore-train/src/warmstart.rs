@@ -303,7 +303,7 @@ pub fn warm_start(
     progress: &mut dyn FnMut(WarmStartProgress) -> std::ops::ControlFlow<WarmStop>,
 ) -> Result<(Decoder, PathBuf, bool), TrainError> {
     let dir = data_dir.join("warmstart").join(settings.cache_key());
-    if dir.join("trainer_state.json").is_file() {
+    if dir.join(agentcore_model::checkpoint::STATE_FILE).is_file() {
         let ck = load_checkpoint(&dir, &Device::Cpu)?;
         return Ok((ck.model, dir, true));
     }
