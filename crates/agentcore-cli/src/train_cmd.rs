@@ -695,7 +695,9 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
     format: ExportFormat,
-    /// Output file (jsonl) or folder (hf).
+    /// Output file (jsonl) or folder (hf); or an object-store URL (`s3://BUCKET/KEY.jsonl`,
+    /// `s3://BUCKET/PREFIX` for hf; gs://, az:// likewise; credentials as for `--artifacts`),
+    /// written there whole (the dataset card last).
     #[arg(long)]
     out: Option<PathBuf>,
     /// See `train --data-dir`.
@@ -731,7 +733,18 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         lines += &serde_json::to_string(&record)?;
         lines.push('\n');
     }
-    match (args.format, &args.out) {
+    // An object-store URL: written locally first, then uploaded.
+    let remote =
+        args.out.as_ref().map(|o| o.to_string_lossy().into_owned()).filter(|o| o.contains("://"));
+    let staging = tempfile::tempdir()?;
+    let out = match &remote {
+        Some(_) => Some(match args.format {
+            ExportFormat::Jsonl => staging.path().join("export.jsonl"),
+            ExportFormat::Hf => staging.path().join("dataset"),
+        }),
+        None => args.out.clone(),
+    };
+    match (args.format, &out) {
         (ExportFormat::Jsonl, None) => {
             std::io::stdout().lock().write_all(lines.as_bytes())?;
         }
@@ -750,12 +763,50 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
                 rows.len(),
                 args.success_only,
                 args.min_reward,
-                dir.display()
+                remote.clone().unwrap_or_else(|| dir.display().to_string())
             );
             agentcore_fs::write_atomic(&dir.join("README.md"), card.as_bytes())?;
         }
     }
+    if let (Some(url), Some(local)) = (&remote, &out) {
+        upload_export(url, local, args.format)?;
+    }
     let _ = writeln!(std::io::stderr(), "exported {} trajectories of job {}", rows.len(), args.job);
+    Ok(())
+}
+
+/// Uploads an export written to `local` to the object-store URL `url`: the JSONL file as the
+/// object `url` names, or the dataset folder's files under the prefix `url` (the card last,
+/// so a complete dataset is one whose card exists).
+fn upload_export(url: &str, local: &Path, format: ExportFormat) -> anyhow::Result<()> {
+    let (store_url, files): (String, Vec<(PathBuf, String)>) = match format {
+        ExportFormat::Jsonl => {
+            let (prefix, name) = url
+                .rsplit_once('/')
+                .filter(|(p, n)| !n.is_empty() && !p.ends_with('/'))
+                .ok_or_else(|| {
+                    InputError(format!(
+                        "--out {url}: an object-store export needs a key (s3://BUCKET/KEY.jsonl)"
+                    ))
+                })?;
+            let dir = local.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let staged = dir.join(name);
+            std::fs::rename(local, &staged)?;
+            (prefix.to_owned(), vec![(dir, name.to_owned())])
+        }
+        ExportFormat::Hf => (
+            url.trim_end_matches('/').to_owned(),
+            vec![
+                (local.to_path_buf(), "data/train.jsonl".to_owned()),
+                (local.to_path_buf(), "README.md".to_owned()),
+            ],
+        ),
+    };
+    let store = agentcore_artifacts::Artifacts::open(&store_url)
+        .map_err(|e| InputError(format!("--out: {e}")))?;
+    for (base, rel) in files {
+        store.put_file(&base, &rel)?;
+    }
     Ok(())
 }
 

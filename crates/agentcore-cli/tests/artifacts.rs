@@ -275,3 +275,101 @@ fn the_chaos_benchmark_passes_at_a_small_scale() {
     assert!(report["takeovers"].as_u64().unwrap() >= 3, "{report}");
     assert!(report["sigterm_exit_s"].as_f64().unwrap() < 60.0, "{report}");
 }
+
+/// The CLI on one machine with an artifact store: `agentcore train --artifacts` puts its
+/// checkpoints and report in the bucket, `agentcore eval` on an empty data directory reads
+/// them back, and `agentcore export --out s3://…` writes the trajectories (JSONL, and a
+/// Hugging Face dataset folder) there.
+#[test]
+fn the_cli_trains_evaluates_and_exports_through_object_storage() {
+    let Some(s3) = S3Server::start("laptop").unwrap_or_else(|e| panic!("{e}")) else {
+        return;
+    };
+    let url = s3.url("runs-of-ann");
+    let env = s3.env();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job_file = dir.path().join("job.json");
+    std::fs::write(
+        &job_file,
+        r#"{"grpo": {"n_iterations": 2, "batch_size": 3, "n_trajectories_per_query": 3,
+             "learning_rate": 0.002, "max_completion_length": 24, "max_steps_per_trajectory": 2,
+             "eval_interval": 2, "checkpoint_interval": 2, "seed": 5},
+            "warm_start": {"steps": 6, "n_demos": 30, "batch_size": 4,
+             "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 256}},
+            "n_tasks": 48, "eval_fraction": 0.25}"#,
+    )
+    .expect("write");
+    let home = dir.path().join("home");
+    let home = home.to_str().expect("utf-8");
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .expect("agentcore")
+    };
+    let out = cli(&[
+        "train",
+        "--json",
+        "--config",
+        job_file.to_str().expect("utf-8"),
+        "--data-dir",
+        home,
+        "--artifacts",
+        &url,
+    ]);
+    let text = common::ok(&out);
+    let done: Value =
+        serde_json::from_str(text.lines().last().expect("summary")).expect("summary line");
+    let job = done["job_id"].as_str().expect("job id").to_owned();
+    let store = s3.artifacts("runs-of-ann").expect("open");
+    assert_eq!(
+        store.list_dirs(&format!("runs/{job}/checkpoints")).expect("list"),
+        vec!["ckpt-00002".to_owned()]
+    );
+    let fetched = tempfile::tempdir().expect("tempdir");
+    for name in ["report.md", "curves.png", "job.json"] {
+        assert!(
+            store.get_file(fetched.path(), &format!("runs/{job}/{name}")).expect("get"),
+            "{name}"
+        );
+    }
+    // Another data directory evaluates it from the bucket alone.
+    let elsewhere = dir.path().join("elsewhere");
+    let report = json_of(&cli(&[
+        "eval",
+        "--job",
+        &job,
+        "--json",
+        "--data-dir",
+        elsewhere.to_str().expect("utf-8"),
+        "--artifacts",
+        &url,
+    ]));
+    assert_eq!(report["iteration"], 2, "{report}");
+
+    // Exports to the bucket.
+    let jsonl = s3.url("exports/first.jsonl");
+    let out = cli(&["export", "--job", &job, "--data-dir", home, "--out", &jsonl]);
+    common::ok(&out);
+    let exports = s3.artifacts("exports").expect("open");
+    assert!(exports.get_file(fetched.path(), "first.jsonl").expect("get"));
+    let lines = std::fs::read_to_string(fetched.path().join("first.jsonl")).expect("read");
+    assert_eq!(lines.lines().count(), 18, "2 iterations x 3 queries x 3");
+    let hf = s3.url("exports/dataset");
+    let out = cli(&["export", "--job", &job, "--data-dir", home, "--format", "hf", "--out", &hf]);
+    common::ok(&out);
+    for name in ["data/train.jsonl", "README.md"] {
+        assert!(
+            exports.get_file(fetched.path(), &format!("dataset/{name}")).expect("get"),
+            "{name}"
+        );
+    }
+    let card = std::fs::read_to_string(fetched.path().join("dataset/README.md")).expect("card");
+    assert!(card.contains(&hf), "{card}");
+    // A bucket without a key is refused by name.
+    let out = cli(&["export", "--job", &job, "--data-dir", home, "--out", "s3://laptop"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a key"));
+}
