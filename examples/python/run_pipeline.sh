@@ -39,6 +39,12 @@ export AGENTCORE_JOB
 PYTHONPATH=python python3 examples/python/follow_job.py
 # The guide's other snippets as written: configuration, troubleshooting, Phase 3 and 4.
 PYTHONPATH=python python3 examples/python/guide_snippets.py
+# The Quick Start (steps 1-5) and the Real-Time Monitoring snippet as written: the monitor uses
+# the `websockets` package (PyPI), installed into a venv under target/ (reused between runs).
+guide=target/python-guide
+"$guide/bin/python" -c "import websockets" 2>/dev/null \
+  || { python3 -m venv "$guide" && "$guide/bin/pip" install -q "websockets>=13,<17"; }
+PYTHONPATH=python "$guide/bin/python" examples/python/quick_start.py
 PYTHONPATH=python python3 examples/python/deploy_ab.py
 # The same from the CLI (AGENTCORE_URL and AGENTCORE_API_KEY are exported above).
 "$BIN" deploy list code-generator-v2 --environment production > "$work/deployments.json"
