@@ -96,12 +96,16 @@ fn a_job_runs_through_the_service_with_live_progress_webhooks_and_metrics() {
 
     // Webhooks: started, progress (every 2 here), checkpoints, completed; signed; the first
     // delivery failed and was retried with the same id.
+    // Wait for both the last event and the first one's retry: deliveries run side by side,
+    // so the retry (after its backoff) may come after `completed`.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let got = received.lock().unwrap();
-        if got.iter().any(|(_, b)| b.contains("training.job.completed"))
-            || std::time::Instant::now() > deadline
-        {
+        let completed = got.iter().any(|(_, b)| b.contains("training.job.completed"));
+        let retried = got.first().is_some_and(|(first, _)| {
+            got[1..].iter().any(|(h, _)| h.get("webhook-id") == first.get("webhook-id"))
+        });
+        if (completed && retried) || std::time::Instant::now() > deadline {
             break;
         }
         drop(got);

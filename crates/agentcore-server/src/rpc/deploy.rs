@@ -95,10 +95,19 @@ async fn agent_checkpoint(
         (state.config.data_dir.clone(), job.id.clone(), checkpoint_id.to_owned());
     let artifacts = std::sync::Arc::clone(&state.config.worker.artifacts);
     let dir = tokio::task::spawn_blocking(move || {
-        // A job trained on another machine: its checkpoints come from the artifact store.
-        agentcore_train::sync::restore_run(&artifacts, &data_dir, &job_id)?;
-        agentcore_train::checkpoints::list(&data_dir, &job_id)
-            .map(|l| l.into_iter().find(|c| c.checkpoint_id == id).map(|c| c.path))
+        let find = || {
+            agentcore_train::checkpoints::list(&data_dir, &job_id)
+                .map(|l| l.into_iter().find(|c| c.checkpoint_id == id).map(|c| c.path))
+        };
+        // A job trained on another machine: its checkpoints come from the artifact store, once
+        // (an invocation of a checkpoint already here asks the store nothing).
+        match find()? {
+            Some(found) => Ok(Some(found)),
+            None => {
+                agentcore_train::sync::restore_run(&artifacts, &data_dir, &job_id)?;
+                find()
+            }
+        }
     })
     .await?
     .map_err(|e| ApiError::internal("listing checkpoints", e))?
