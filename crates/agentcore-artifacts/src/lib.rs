@@ -32,7 +32,9 @@ pub mod testing;
 
 use futures_util::StreamExt;
 use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, WriteMultipart};
+use object_store::{
+    ListResult, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, WriteMultipart,
+};
 
 /// The environment variable naming the artifact store when no flag does.
 pub const ARTIFACTS_ENV: &str = "AGENTCORE_ARTIFACTS";
@@ -279,7 +281,7 @@ impl Artifacts {
     ) -> Result<bool, ArtifactError> {
         let Some(r) = &self.remote else { return Ok(false) };
         let dir_key = r.key(rel)?;
-        let objects = r.block(r.list_names(dir_key.clone()))?;
+        let objects = r.object_names(dir_key.clone())?;
         if !objects.iter().any(|n| n == last) {
             return Ok(false);
         }
@@ -311,7 +313,7 @@ impl Artifacts {
         let dir_key = r.key(rel)?;
         let manifest = r.key(&format!("{rel}/{first}"))?;
         r.block(r.delete(manifest))?;
-        for name in r.block(r.list_names(dir_key))? {
+        for name in r.object_names(dir_key)? {
             let key = r.key(&format!("{rel}/{name}"))?;
             r.block(r.delete(key))?;
         }
@@ -324,22 +326,31 @@ impl Artifacts {
     /// The listing failed.
     pub fn list_dirs(&self, rel: &str) -> Result<Vec<String>, ArtifactError> {
         let Some(r) = &self.remote else { return Ok(Vec::new()) };
-        let key = r.key(rel)?;
-        let store = Arc::clone(&r.store);
-        let (url, shown) = (r.url.clone(), rel.to_owned());
-        r.block(async move {
-            let listed = store.list_with_delimiter(Some(&key)).await.map_err(|e| {
-                ArtifactError { store: url, action: "listing", key: shown, message: e.to_string() }
-            })?;
-            let mut names: Vec<String> = listed
-                .common_prefixes
-                .iter()
-                .filter_map(|p| p.filename().map(str::to_owned))
-                .collect();
-            names.sort();
-            Ok(names)
-        })
+        let listed = r.block(r.listing(r.key(rel)?))?;
+        Ok(sorted(listed.common_prefixes.iter().filter_map(|p| p.filename())))
     }
+}
+
+/// An error of the store `url` about `key`.
+fn failure(
+    url: &str,
+    action: &'static str,
+    key: &Key,
+    message: impl std::fmt::Display,
+) -> ArtifactError {
+    ArtifactError {
+        store: url.to_owned(),
+        action,
+        key: key.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Names, sorted.
+fn sorted<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut v: Vec<String> = names.map(str::to_owned).collect();
+    v.sort();
+    v
 }
 
 /// A URL without userinfo, query or fragment.
@@ -403,12 +414,7 @@ impl Remote {
     ) -> impl Future<Output = Result<(), ArtifactError>> + Send + 'static {
         let (store, url) = (Arc::clone(&self.store), self.url.clone());
         async move {
-            let fail = |action, message: String| ArtifactError {
-                store: url.clone(),
-                action,
-                key: key.to_string(),
-                message,
-            };
+            let fail = |action, message: String| failure(&url, action, &key, message);
             let shown = local.display().to_string();
             let size = tokio::fs::metadata(&local)
                 .await
@@ -456,12 +462,7 @@ impl Remote {
     ) -> impl Future<Output = Result<bool, ArtifactError>> + Send + 'static {
         let (store, url) = (Arc::clone(&self.store), self.url.clone());
         async move {
-            let fail = |action, message: String| ArtifactError {
-                store: url.clone(),
-                action,
-                key: key.to_string(),
-                message,
-            };
+            let fail = |action, message: String| failure(&url, action, &key, message);
             let got = match store.get(&key).await {
                 Ok(g) => g,
                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
@@ -493,28 +494,24 @@ impl Remote {
         }
     }
 
-    /// The names of the objects directly under `dir` (not in deeper directories), sorted.
-    fn list_names(
+    /// The store's listing of `dir`: the objects directly under it and its subdirectories.
+    fn listing(
         &self,
         dir: Key,
-    ) -> impl Future<Output = Result<Vec<String>, ArtifactError>> + Send + 'static {
+    ) -> impl Future<Output = Result<ListResult, ArtifactError>> + Send + 'static {
         let (store, url) = (Arc::clone(&self.store), self.url.clone());
         async move {
-            let listed =
-                store.list_with_delimiter(Some(&dir)).await.map_err(|e| ArtifactError {
-                    store: url,
-                    action: "listing",
-                    key: dir.to_string(),
-                    message: e.to_string(),
-                })?;
-            let mut names: Vec<String> = listed
-                .objects
-                .iter()
-                .filter_map(|o| o.location.filename().map(str::to_owned))
-                .collect();
-            names.sort();
-            Ok(names)
+            store
+                .list_with_delimiter(Some(&dir))
+                .await
+                .map_err(|e| failure(&url, "listing", &dir, e))
         }
+    }
+
+    /// The names of the objects directly under `dir` (not in deeper directories), sorted.
+    fn object_names(&self, dir: Key) -> Result<Vec<String>, ArtifactError> {
+        let listed = self.block(self.listing(dir))?;
+        Ok(sorted(listed.objects.iter().filter_map(|o| o.location.filename())))
     }
 
     fn delete(&self, key: Key) -> impl Future<Output = Result<(), ArtifactError>> + Send + 'static {
@@ -522,12 +519,7 @@ impl Remote {
         async move {
             match store.delete(&key).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(ArtifactError {
-                    store: url,
-                    action: "deleting",
-                    key: key.to_string(),
-                    message: e.to_string(),
-                }),
+                Err(e) => Err(failure(&url, "deleting", &key, e)),
             }
         }
     }

@@ -33,23 +33,32 @@ use crate::bench_invoke::percentile;
 use crate::write_stdout;
 
 /// What `bench chaos` does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ChaosBench {
-    /// The PostgreSQL server (a fresh schema is made on it).
+    /// The PostgreSQL server (a fresh schema is made on it)
+    /// [env: AGENTCORE_TEST_POSTGRES_URL, as scripts/setup_postgres.sh prints it].
+    #[arg(long, env = "AGENTCORE_TEST_POSTGRES_URL")]
     pub database_url: String,
     /// Jobs queued.
+    #[arg(long, default_value_t = 6)]
     pub jobs: usize,
-    /// Worker processes alive at any time.
+    /// Worker processes.
+    #[arg(long, default_value_t = 3)]
     pub workers: usize,
-    /// SIGKILLs of job holders.
+    /// SIGKILLs of workers holding a job.
+    #[arg(long, default_value_t = 10)]
     pub kills: usize,
-    /// Iterations per job.
+    /// Iterations per job (enough that the jobs outlast the kills).
+    #[arg(long, default_value_t = 200)]
     pub iterations: u32,
-    /// Lease of the workers, seconds.
+    /// The workers' lease, seconds.
+    #[arg(long, default_value_t = 2)]
     pub lease_seconds: u64,
     /// Seed of the moments and victims.
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// JSON instead of text.
+    /// One JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -72,6 +81,9 @@ impl Drop for Worker {
         let _ = self.child.wait();
     }
 }
+
+/// How long the continued stale holder may take to try its first (refused) write.
+const STALE_WRITE_WAIT: Duration = Duration::from_secs(60);
 
 /// A worker sent SIGTERM must exit within this (a pod's grace period is longer).
 const SIGTERM_GRACE: Duration = Duration::from_secs(60);
@@ -394,10 +406,25 @@ pub fn run(b: &ChaosBench) -> anyhow::Result<()> {
             })
             .count();
     }
-    let refused = stale_log
-        .as_ref()
-        .map(|p| std::fs::read_to_string(p).unwrap_or_default().matches(REFUSED).count())
-        .unwrap_or(0);
+    // A stale holder whose job finished before it was continued is continued now; either way
+    // its next write (which it tries once it runs again) must be refused: wait for that.
+    if let Some((name, _, _, cont)) = &stopped
+        && !*cont
+        && let Some(w) = workers.iter().find(|w| &w.name == name)
+    {
+        signal(w.child.id(), "CONT")?;
+    }
+    let refusals = || {
+        stale_log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default().matches(REFUSED).count())
+            .unwrap_or(0)
+    };
+    let waited = Instant::now();
+    while refusals() == 0 && waited.elapsed() < STALE_WRITE_WAIT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = refusals();
 
     // The same jobs again, uninterrupted, on fresh workers: the weights must be the same.
     drop(workers);

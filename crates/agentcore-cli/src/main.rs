@@ -218,33 +218,7 @@ enum BenchCommand {
     /// with SIGKILL at random moments, one stopped (SIGSTOP) past its lease and continued, one
     /// sent SIGTERM. Checks that every job completes with no iteration lost or doubled, every
     /// write of the stale holder is refused, and the final weights equal an uninterrupted run.
-    Chaos {
-        /// The PostgreSQL server (a fresh schema is made on it)
-        /// [env: AGENTCORE_TEST_POSTGRES_URL, as scripts/setup_postgres.sh prints it].
-        #[arg(long, env = "AGENTCORE_TEST_POSTGRES_URL")]
-        database_url: String,
-        /// Jobs queued.
-        #[arg(long, default_value_t = 6)]
-        jobs: usize,
-        /// Worker processes.
-        #[arg(long, default_value_t = 3)]
-        workers: usize,
-        /// SIGKILLs of workers holding a job.
-        #[arg(long, default_value_t = 10)]
-        kills: usize,
-        /// Iterations per job (enough that the jobs outlast the kills).
-        #[arg(long, default_value_t = 200)]
-        iterations: u32,
-        /// The workers' lease, seconds.
-        #[arg(long, default_value_t = 2)]
-        lease_seconds: u64,
-        /// Seed of the moments and victims.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// One JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Chaos(bench_chaos::ChaosBench),
 }
 
 #[derive(Debug, Subcommand)]
@@ -444,25 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             warm_start_steps,
             json,
         })?,
-        Command::Bench(BenchCommand::Chaos {
-            database_url,
-            jobs,
-            workers,
-            kills,
-            iterations,
-            lease_seconds,
-            seed,
-            json,
-        }) => bench_chaos::run(&bench_chaos::ChaosBench {
-            database_url,
-            jobs,
-            workers,
-            kills,
-            iterations,
-            lease_seconds,
-            seed,
-            json,
-        })?,
+        Command::Bench(BenchCommand::Chaos(b)) => bench_chaos::run(&b)?,
         Command::Bench(BenchCommand::Grpo { json, warmup, steps }) => {
             use agentcore_train::bench_grpo::{GrpoBenchSettings, run_grpo_bench};
             if steps == 0 {

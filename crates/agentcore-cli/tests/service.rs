@@ -4,17 +4,14 @@
 //! with the queue in a SQLite file, and in PostgreSQL.
 
 mod common;
+#[path = "common/queue.rs"]
+mod queue;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{BIN, Killed, run};
-use serde_json::Value;
 
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_str(&common::ok(out))
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
+use queue::json;
 
 /// How the first worker ends.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -68,37 +65,9 @@ fn worker_killed_and_replaced(database: Option<String>, stop: Stop) {
 
     // A tiny agent (registered through the SDK's method), tasks, a config; queue the job.
     let client = agentcore_client::TrainingClient::new(&url, Some(token.clone()));
-    client
-        .call(
-            "agents.register",
-            serde_json::json!({"agent_id": "tiny", "model": {"built_in": {"steps": 6, "n_demos": 30, "batch_size": 4,
-                "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64, "max_seq_len": 256}}}}),
-        )
-        .expect("register");
-    let tasks = run(&["tasks", "generate", "--n", "120", "--seed", "3", "--difficulty", "1"], &[]);
-    let tasks_file = dir.path().join("tasks.jsonl");
-    std::fs::write(&tasks_file, &tasks.stdout).expect("write");
-    let config_file = dir.path().join("grpo.json");
-    std::fs::write(
-        &config_file,
-        r#"{"n_iterations": 8, "batch_size": 3, "n_trajectories_per_query": 3, "learning_rate": 0.002,
-            "max_completion_length": 24, "max_steps_per_trajectory": 2, "eval_interval": 2,
-            "checkpoint_interval": 2, "seed": 5}"#,
-    )
-    .expect("write");
-    let started = json(&run(
-        &[
-            "jobs",
-            "start",
-            "--agent-id",
-            "tiny",
-            "--data",
-            tasks_file.to_str().expect("utf-8"),
-            "--config",
-            config_file.to_str().expect("utf-8"),
-        ],
-        &env,
-    ));
+    queue::register_tiny(&client);
+    let (tasks_file, config_file) = queue::tiny_job_files(dir.path(), 8, 5);
+    let started = queue::start_job(&env, &tasks_file, &config_file);
     let job = started["job_id"].as_str().expect("job id").to_string();
     assert_eq!(started["status"], "queued");
 
@@ -138,15 +107,7 @@ fn worker_killed_and_replaced(database: Option<String>, stop: Stop) {
     // Worker 2 takes over (after the lease runs out, or at once when it was given back) and
     // finishes the job.
     let _w2 = Killed(worker(lease, None));
-    let t = Instant::now();
-    let done = loop {
-        let s = status(&job);
-        if matches!(s["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(240), "worker 2 did not finish: {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let done = queue::wait_finished(&env, &job, "worker 2");
     assert_eq!(
         (done["status"].as_str(), done["current_iteration"].as_u64()),
         (Some("completed"), Some(8)),

@@ -57,6 +57,27 @@ impl JobContext {
     pub fn run_dir(&self) -> PathBuf {
         run_dir(&self.data_dir, &self.job_id)
     }
+
+    /// Saves the checkpoint of `state.iteration` with this job's faults and artifact store.
+    fn checkpoint(
+        &self,
+        run_dir: &std::path::Path,
+        policy: &dyn crate::policy::Policy,
+        rng: &rand_chacha::ChaCha8Rng,
+        state: &mut JobState,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<(), TrainError> {
+        checkpoints::save_with(
+            run_dir,
+            &self.job_id,
+            policy,
+            rng,
+            state,
+            on_event,
+            &self.faults,
+            &self.artifacts,
+        )
+    }
 }
 
 /// Records a held-out evaluation in the state: the best so far, early stopping.
@@ -180,31 +201,13 @@ pub fn run(
         on_event(&Event::Iteration(metrics));
         if state.stop_reason.is_some() || last || iteration % config.checkpoint_interval == 0 {
             state.wall_seconds = wall(&started);
-            checkpoints::save_with(
-                &run_dir,
-                &ctx.job_id,
-                policy.as_ref(),
-                &rng,
-                &mut state,
-                on_event,
-                &ctx.faults,
-                &ctx.artifacts,
-            )?;
+            ctx.checkpoint(&run_dir, policy.as_ref(), &rng, &mut state, on_event)?;
         }
     }
     if state.stop_reason == Some(StopReason::BudgetExhausted) {
         // Stopped before an iteration: the last iteration's state may not be saved yet.
         state.wall_seconds = wall(&started);
-        checkpoints::save_with(
-            &run_dir,
-            &ctx.job_id,
-            policy.as_ref(),
-            &rng,
-            &mut state,
-            on_event,
-            &ctx.faults,
-            &ctx.artifacts,
-        )?;
+        ctx.checkpoint(&run_dir, policy.as_ref(), &rng, &mut state, on_event)?;
     }
     let final_outcomes = match last_eval {
         Some((i, outcomes)) if i == state.iteration => outcomes,
