@@ -404,3 +404,98 @@ fn a_service_job_reports_to_tensorboard_and_mlflow_needs_the_servers_tracking_ur
     assert_eq!((records, at), (5, bytes.len()));
     assert!(bytes.windows(b"train/loss".len()).any(|w| w == b"train/loss"), "no train/loss scalar");
 }
+
+/// `n` seed-suite tasks of the `max` family (difficulty 1), from the generator's stream `seed`.
+fn max_tasks(n: usize, seed: u64) -> Vec<Value> {
+    let all = agentcore_tasks::seed::generate(n * 12, seed, Some(1)).unwrap();
+    let max: Vec<Value> = all
+        .into_iter()
+        .filter(|t| t.metadata.as_ref().is_some_and(|m| m.family == "max"))
+        .map(|t| serde_json::to_value(t).unwrap())
+        .collect();
+    assert_eq!(max.len(), n, "the generator cycles through the 12 families");
+    max
+}
+
+/// The gate's accept path on evidence: a job that really learns (a built-in model whose warm
+/// start mostly demonstrates a wrong expression for `max`, which GRPO corrects) goes to
+/// production without `force`, its stored held-out evaluation significant; a checkpoint of the
+/// same agent that did not move is refused, and production keeps the better one. Invocations of
+/// the deployed checkpoint on the held-out queries succeed exactly where its evaluation did.
+#[test]
+fn production_takes_a_significantly_better_checkpoint_without_force() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    // The test polls the job's status ten times a second for minutes.
+    let s = TestServer::start_with(1, |c| c.rate_limit_scale = 100);
+    let c = s.client(&admin("acme"));
+    c.call(
+        "agents.register",
+        json!({
+            "agent_id": "learner", "agent_type": "seed",
+            "model": {"built_in": {
+                "steps": 800, "n_demos": 1500, "weak_families": ["max"],
+                "model": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 192, "max_seq_len": 256}
+            }}
+        }),
+    )
+    .unwrap();
+    let config = |n_iterations: u32, learning_rate: f64| {
+        json!({
+            "n_iterations": n_iterations, "batch_size": 16, "n_trajectories_per_query": 8,
+            "learning_rate": learning_rate, "max_completion_length": 64,
+            "max_steps_per_trajectory": 4, "eval_interval": 4, "checkpoint_interval": 4,
+            "seed": 3, "max_budget_usd": "5.00"
+        })
+    };
+    let (train, held_out) = (max_tasks(200, 11), max_tasks(60, 98));
+    let job = c.start_training("learner", config(8, 5e-4), &train, Some(&held_out)).unwrap();
+    let done = wait_for(&c, &job.job_id, finished, Duration::from_secs(900));
+    assert_eq!(done.status, "completed", "{done:?}");
+    let best = done.best_checkpoint_id.clone().expect("a best checkpoint");
+
+    let d = c.deploy_checkpoint("learner", &best, "production", false).unwrap();
+    let eval = d.evaluation.clone().expect("the evaluation the gate read");
+    assert!(!d.forced && d.status == "active", "{d:?}");
+    assert_eq!(eval.queries_evaluated, 60, "{eval:?}");
+    assert!(eval.p_value < 0.05 && eval.success_rate_improvement >= 0.25, "{eval:?}");
+    assert!(
+        (eval.success_rate - eval.baseline_success_rate - eval.success_rate_improvement).abs()
+            < 1e-9,
+        "{eval:?}"
+    );
+
+    // The deployed checkpoint answers the held-out queries as its evaluation scored them.
+    let verified = held_out
+        .iter()
+        .filter(|t| {
+            let r = c
+                .invoke(&InvokeParams {
+                    agent_id: "learner".into(),
+                    query: t["query"].as_str().unwrap().into(),
+                    environment: "production".into(),
+                    user_key: None,
+                    expected_outcome: Some(t["expected_outcome"].as_object().unwrap().clone()),
+                })
+                .unwrap();
+            assert_eq!(r.checkpoint_id, best);
+            r.success.expect("verified")
+        })
+        .count();
+    assert_eq!(verified as f64 / 60.0, eval.success_rate, "{eval:?}");
+
+    // A job of the same agent that barely moves (learning rate 1e-9): refused, quoting its
+    // evaluation; production keeps the significant checkpoint.
+    let still = c.start_training("learner", config(4, 1e-9), &train, Some(&held_out)).unwrap();
+    let done = wait_for(&c, &still.job_id, finished, Duration::from_secs(300));
+    assert_eq!(done.status, "completed", "{done:?}");
+    let flat = done.best_checkpoint_id.expect("a best checkpoint");
+    let e = c.deploy_checkpoint("learner", &flat, "production", false).unwrap_err();
+    assert_eq!(e.code(), Some(codes::DEPLOYMENT_GATE), "{e}");
+    assert!(e.to_string().contains("p = ") && e.to_string().contains("improvement"), "{e}");
+    let list = c.list_deployments("learner", Some("production")).unwrap();
+    assert_eq!(list.total_count, 1);
+    assert_eq!(
+        (list.deployments[0].checkpoint_id.as_str(), list.deployments[0].status.as_str()),
+        (best.as_str(), "active")
+    );
+}
