@@ -184,8 +184,8 @@ pub mod prompt_defaults {
     pub const MAX_PROMPT_TOKENS: usize = 800;
     /// Temperature of the item choice in training rollouts (evaluation picks the best items).
     pub const SELECTION_TEMPERATURE: f64 = 1.0;
-    /// Weight of the query's similarity to an item (BM25, scaled to 0..1 per query) against the
-    /// item's credit.
+    /// Weight of the query's similarity to an item (0..1: BM25 scaled per query, or the
+    /// embeddings' cosine) against the item's credit.
     pub const RELEVANCE_WEIGHT: f64 = 2.0;
     /// Least similarity of a shown item to the query (an exemplar of another kind of task
     /// misleads a small model more than none).
@@ -218,11 +218,42 @@ pub struct PromptPolicySettings {
     pub selection_temperature: f64,
     /// Weight of query similarity against credit (>= 0).
     pub relevance_weight: f64,
-    /// Least similarity (0..=1: the share of the query's weighted words an item shares) of an
-    /// item shown for a query.
+    /// Least similarity (0..=1; with BM25 the share of the query's weighted words an item
+    /// shares, with embeddings the cosine) of an item shown for a query.
     pub min_similarity: f64,
+    /// How an item's similarity to the query is measured.
+    pub retrieval: RetrievalSettings,
     /// Reflection on groups with a reward spread.
     pub reflection: ReflectionSettings,
+}
+
+/// How the prompt policy measures an item's similarity to a query.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrievalKind {
+    /// BM25 over the items' texts and the query, divided by the query's score against itself
+    /// (0..1: the share of the query's weighted words an item shares). Needs no endpoint.
+    #[default]
+    Bm25,
+    /// The cosine of the endpoint's `/v1/embeddings` vectors of the query and the item, below 0
+    /// counted as 0 (a server that returns one vector per token is mean-pooled). Each text is
+    /// embedded once per job; its tokens are priced at the embedding endpoint's input price.
+    Embeddings,
+}
+
+/// Retrieval of the items shown for a query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalSettings {
+    /// `bm25` (the default) or `embeddings`.
+    pub kind: RetrievalKind,
+    /// The embeddings endpoint, its model and prices (default: the agent's own endpoint and
+    /// model). A dedicated embedding model (OpenAI's `text-embedding-3-small`, a BGE model on
+    /// vLLM or a llama.cpp server started with `--embedding true`) is what this is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<OpenAiSettings>,
 }
 
 /// The reflector: shown the better and the worse trajectories of a group, it proposes library
@@ -271,6 +302,7 @@ impl Default for PromptPolicySettings {
             selection_temperature: d::SELECTION_TEMPERATURE,
             relevance_weight: d::RELEVANCE_WEIGHT,
             min_similarity: d::MIN_SIMILARITY,
+            retrieval: RetrievalSettings::default(),
             reflection: ReflectionSettings::default(),
         }
     }
@@ -347,13 +379,17 @@ impl PromptPolicySettings {
                 ),
             ));
         }
-        if let Some(m) = &r.model
-            && !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://"))
+        for (name, model) in
+            [("reflection", r.model.as_ref()), ("retrieval", self.retrieval.model.as_ref())]
         {
-            return Err(bad(
-                format!("{f}.reflection.model.base_url"),
-                format!("must start with http:// or https://, got {:?}", m.base_url),
-            ));
+            if let Some(m) = model
+                && !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://"))
+            {
+                return Err(bad(
+                    format!("{f}.{name}.model.base_url"),
+                    format!("must start with http:// or https://, got {:?}", m.base_url),
+                ));
+            }
         }
         Ok(())
     }

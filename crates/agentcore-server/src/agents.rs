@@ -177,7 +177,8 @@ fn check_model_path(models_dir: &std::path::Path, path: &std::path::Path) -> Res
     Ok(())
 }
 
-/// The endpoints an agent's jobs and invocations will call (its model's and its reflector's)
+/// The endpoints an agent's jobs and invocations will call (its model's, its reflector's and
+/// its embeddings endpoint's)
 /// must be public addresses unless the server allows private ones; refused
 /// naming the field, the URL and the address. Workers apply the same rule to every connection
 /// (an address that changes after this check is refused there).
@@ -186,9 +187,12 @@ fn check_model_path(models_dir: &std::path::Path, path: &std::path::Path) -> Res
 /// The first endpoint that breaks the rule.
 pub fn check_endpoints(def: &AgentDefinition, allow_private: bool) -> Result<(), ApiError> {
     let agentcore_agent::definition::ModelSpec::Openai(model) = &def.model else { return Ok(()) };
-    let reflector = def.prompt_policy.as_ref().and_then(|p| p.reflection.model.as_ref());
+    let policy = def.prompt_policy.as_ref();
+    let reflector = policy.and_then(|p| p.reflection.model.as_ref());
+    let embedder = policy.and_then(|p| p.retrieval.model.as_ref());
     let endpoints = std::iter::once(("model.base_url", model))
-        .chain(reflector.map(|r| ("prompt_policy.reflection.model.base_url", r)));
+        .chain(reflector.map(|r| ("prompt_policy.reflection.model.base_url", r)))
+        .chain(embedder.map(|r| ("prompt_policy.retrieval.model.base_url", r)));
     for (field, endpoint) in endpoints {
         // The definition already requires http(s).
         let url = &endpoint.base_url;
@@ -280,11 +284,15 @@ mod tests {
 
     #[test]
     fn endpoints_must_be_public_http_urls_unless_the_server_allows_private_ones() {
-        let agent = |base: &str, reflector: &str| {
+        let agent_with = |base: &str, reflector: &str, embedder: &str| {
             typed(json!({"agent_id": "a", "policy": "prompt", "system_prompt": "p",
                 "model": {"kind": "openai", "base_url": base, "model": "m"},
-                "prompt_policy": {"reflection": {"model": {"base_url": reflector, "model": "r"}}}}))
+                "prompt_policy": {
+                    "reflection": {"model": {"base_url": reflector, "model": "r"}},
+                    "retrieval": {"kind": "embeddings",
+                                  "model": {"base_url": embedder, "model": "e"}}}}))
         };
+        let agent = |base: &str, reflector: &str| agent_with(base, reflector, "http://1.0.0.1/v1");
         let message = |d: &AgentDefinition, allow: bool| match check_endpoints(d, allow) {
             Ok(()) => String::new(),
             Err(e) => agentcore_api::RpcError::from(e).message,
@@ -297,6 +305,12 @@ mod tests {
         let m = message(&agent("http://1.1.1.1/v1", "http://10.0.0.7/v1"), false);
         assert!(m.starts_with("prompt_policy.reflection.model.base_url"), "{m}");
         assert!(m.contains("10.0.0.7"), "{m}");
+        let m = message(
+            &agent_with("http://1.1.1.1/v1", "http://1.0.0.1/v1", "http://[::1]:9/v1"),
+            false,
+        );
+        assert!(m.starts_with("prompt_policy.retrieval.model.base_url"), "{m}");
+        assert!(m.contains("::1"), "{m}");
         // Agents on other models call no endpoint.
         assert!(
             check_endpoints(&typed(json!({"agent_id": "a", "model": "built-in"})), false).is_ok()

@@ -118,6 +118,9 @@ pub const API_AGENT_ID: &str = "api-agent";
 /// group-relative policy gradient of the item choice per iteration.
 pub const PROMPT_LEARNING_RATE: f64 = 0.5;
 
+/// Texts per `/v1/embeddings` request of the prompt policy's embedding retrieval.
+pub const EMBEDDING_BATCH_TEXTS: usize = 64;
+
 /// Seconds one API trajectory takes, for the pre-flight time estimate of a prompt job (measured:
 /// Gemma 3 270M on llama.cpp, 2 cores, about 2 s per sampled trajectory).
 pub const MEASURED_SECONDS_PER_API_TRAJECTORY: f64 = 2.0;

@@ -325,6 +325,51 @@ impl OpenAiBackend {
         )))
     }
 
+    /// Embeddings of `texts` from the endpoint's `/embeddings`, in one request, and the tokens
+    /// it counted (counted locally when it sends no usage). A server that returns one vector per
+    /// token (llama.cpp without pooling) gets them mean-pooled.
+    ///
+    /// # Errors
+    /// The request's, or an answer without one vector of one width per text.
+    pub fn embeddings(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), BackendError> {
+        if texts.is_empty() {
+            return Ok((Vec::new(), Usage::default()));
+        }
+        let body = json!({"model": self.settings.model, "input": texts});
+        let resp = self.post("/embeddings", &body)?;
+        let bad = |why: &str| BackendError(format!("/embeddings: {why}"));
+        let data = resp["data"].as_array().ok_or_else(|| bad("the answer has no data array"))?;
+        if data.len() != texts.len() {
+            return Err(bad(&format!("{} vectors for {} texts", data.len(), texts.len())));
+        }
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        for (k, item) in data.iter().enumerate() {
+            let index = item["index"].as_u64().map_or(k, |i| i as usize);
+            let slot =
+                out.get_mut(index).ok_or_else(|| bad(&format!("index {index} out of range")))?;
+            *slot =
+                Some(pooled(&item["embedding"]).ok_or_else(|| {
+                    bad(&format!("data[{k}].embedding is not a vector of numbers"))
+                })?);
+        }
+        let vectors: Vec<Vec<f32>> = out
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| bad(&format!("no vector for text {i}"))))
+            .collect::<Result<_, _>>()?;
+        let width = vectors[0].len();
+        if width == 0 || vectors.iter().any(|v| v.len() != width) {
+            return Err(bad("the vectors are empty or of different widths"));
+        }
+        let usage = Usage {
+            input_tokens: resp["usage"]["prompt_tokens"]
+                .as_u64()
+                .unwrap_or_else(|| texts.iter().map(|t| local_tokens(t)).sum()),
+            output_tokens: 0,
+        };
+        Ok((vectors, usage))
+    }
+
     fn read_turn(
         &self,
         request: &Value,
@@ -381,6 +426,25 @@ impl OpenAiBackend {
             tokens,
         ))
     }
+}
+
+/// One vector from an `embedding` value: a vector of numbers, or one per token (their mean).
+fn pooled(v: &Value) -> Option<Vec<f32>> {
+    let items = v.as_array()?;
+    let numbers = |a: &Vec<Value>| -> Option<Vec<f32>> {
+        a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect()
+    };
+    if items.first().is_some_and(Value::is_array) {
+        let rows: Vec<Vec<f32>> =
+            items.iter().map(|r| r.as_array().and_then(numbers)).collect::<Option<_>>()?;
+        let width = rows.first()?.len();
+        if rows.iter().any(|r| r.len() != width) {
+            return None;
+        }
+        let n = rows.len() as f32;
+        return Some((0..width).map(|i| rows.iter().map(|r| r[i]).sum::<f32>() / n).collect());
+    }
+    numbers(items)
 }
 
 /// Tokens of a text counted locally: about four characters a token.

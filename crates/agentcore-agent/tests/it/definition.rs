@@ -66,6 +66,14 @@ fn errors_name_the_field_the_rule_and_the_value() {
             "agent_id: a\nmodel: {kind: built_in}\ntools: [{type: python, memory_mb: 1}]",
             "tools[0].memory_mb",
         ),
+        (
+            "agent_id: a\npolicy: prompt\nsystem_prompt: p\nmodel: {kind: openai, base_url: 'http://x/v1', model: m}\nprompt_policy: {retrieval: {kind: embeddings, model: {base_url: 'ftp://x', model: e}}}",
+            "prompt_policy.retrieval.model.base_url: must start with http:// or https://, got \"ftp://x\"",
+        ),
+        (
+            "agent_id: a\npolicy: prompt\nsystem_prompt: p\nmodel: {kind: openai, base_url: 'http://x/v1', model: m}\nprompt_policy: {retrieval: {kind: dense}}",
+            "unknown variant `dense`, expected `bm25` or `embeddings`",
+        ),
     ];
     for (yaml, want) in cases {
         let e = AgentDefinition::from_yaml(yaml).expect_err(yaml);

@@ -39,6 +39,11 @@ fn required() -> bool {
 }
 
 fn llama_server() -> Option<LlamaServer> {
+    llama_server_with(&[])
+}
+
+/// The server with extra arguments (e.g. `--embedding true`).
+fn llama_server_with(extra: &[&str]) -> Option<LlamaServer> {
     let python = std::env::var_os("AGENTCORE_LLAMACPP_PYTHON").map(PathBuf::from).or_else(|| {
         let cache = std::env::var_os("AGENTCORE_CACHE").map(PathBuf::from).or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agentcore"))
@@ -65,6 +70,7 @@ fn llama_server() -> Option<LlamaServer> {
         .arg("--model")
         .arg(&model)
         .args(["--n_threads", "2", "--n_ctx", "2048", "--chat_format", "gemma"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -277,4 +283,63 @@ fn under_the_address_rule_a_loopback_endpoint_is_never_connected_to() {
     // The same endpoint with private addresses allowed (the CLI's backend) answers.
     assert_eq!(one_turn(s).unwrap(), "<answer>4</answer>");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// `/v1/embeddings` of llama.cpp's server started with `--embedding true` (it answers one
+/// vector per token; the backend mean-pools them): one vector of the model's width per text,
+/// the same text gives the same vector, and the tokens are the server's, priced.
+#[test]
+fn embeddings_from_llama_cpp() {
+    let Some(server) = llama_server_with(&["--embedding", "true"]) else { return };
+    let mut settings = OpenAiSettings::new(&server.base_url, "gemma-3-270m");
+    settings.input_usd_per_million = Decimal::new(2, 2); // $0.02 / M
+    let backend = OpenAiBackend::new(settings.clone());
+    let texts: Vec<String> = ["Find the maximum value in [3, 17, 4]", "Sort the list [5, 0, 7]"]
+        .map(String::from)
+        .to_vec();
+    let (vectors, usage) = backend.embeddings(&texts).expect("embeddings");
+    assert_eq!(vectors.len(), 2);
+    // Gemma 3 270M's hidden width.
+    assert!(vectors.iter().all(|v| v.len() == 640), "{:?}", vectors.iter().map(Vec::len));
+    assert!(vectors.iter().all(|v| v.iter().all(|x| x.is_finite())));
+    assert_ne!(vectors[0], vectors[1]);
+    assert!(usage.input_tokens >= 10, "{usage:?}");
+    assert_eq!(
+        settings.cost(usage),
+        Decimal::from(usage.input_tokens) * Decimal::new(2, 2) / Decimal::from(1_000_000)
+    );
+    let (again, _) = backend.embeddings(&texts[..1]).expect("embeddings");
+    assert_eq!(again[0], vectors[0]);
+    assert!(backend.embeddings(&[]).expect("nothing to embed").0.is_empty());
+}
+
+/// OpenAI's answer shape (one vector per text, `index` giving the order, usage), and answers
+/// that do not fit the request are errors that say why.
+#[test]
+fn embedding_answers_are_ordered_by_index_and_checked() {
+    let zero = Duration::ZERO;
+    let (url, _) = scripted_server(vec![
+        (
+            200,
+            r#"{"data":[{"index":1,"embedding":[0.0,1.0]},{"index":0,"embedding":[1.0,0.0]}],"usage":{"prompt_tokens":7}}"#,
+            zero,
+        ),
+        (200, r#"{"data":[{"index":0,"embedding":[1.0,0.0]}]}"#, zero),
+        (200, r#"{"data":[{"embedding":[1.0]},{"embedding":[1.0,2.0]}]}"#, zero),
+        (200, r#"{"data":[{"embedding":"no"},{"embedding":[1.0]}]}"#, zero),
+        (200, r#"{"data":[{"embedding":[[1.0,3.0],[3.0,5.0]]},{"embedding":[1.0,1.0]}]}"#, zero),
+    ]);
+    let backend = OpenAiBackend::new(OpenAiSettings::new(&url, "embedder"));
+    let two = ["a".to_owned(), "b".to_owned()];
+    let (v, usage) = backend.embeddings(&two).unwrap();
+    assert_eq!((v, usage.input_tokens), (vec![vec![1.0, 0.0], vec![0.0, 1.0]], 7));
+    let e = backend.embeddings(&two).unwrap_err().0;
+    assert!(e.contains("1 vectors for 2 texts"), "{e}");
+    let e = backend.embeddings(&two).unwrap_err().0;
+    assert!(e.contains("different widths"), "{e}");
+    let e = backend.embeddings(&two).unwrap_err().0;
+    assert!(e.contains("data[0].embedding is not a vector of numbers"), "{e}");
+    // One vector per token: their mean; no usage: counted locally.
+    let (v, usage) = backend.embeddings(&two).unwrap();
+    assert_eq!((v[0].clone(), usage.input_tokens), (vec![2.0, 4.0], 2));
 }

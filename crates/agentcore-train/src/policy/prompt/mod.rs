@@ -5,7 +5,8 @@
 //! trajectories. A rendering shows, after the system prompt, the items chosen for the query:
 //! each item's logit is `(credit + relevance_weight * similarity) / selection_temperature`,
 //! where similarity is the BM25 score of the query against the item divided by the query's
-//! score against itself (0..1); items less similar than `min_similarity` are not shown, and the
+//! score against itself (0..1), or with `retrieval.kind: embeddings` the cosine of the
+//! endpoint's `/v1/embeddings` vectors (each text embedded once per job); items less similar than `min_similarity` are not shown, and the
 //! others are picked one after another ([`select`]) under the token cap. Training rollouts
 //! sample the choice, so the rollouts of a group see different renderings (recorded in each
 //! trajectory); evaluation takes the best items.
@@ -32,11 +33,12 @@ pub mod reflect;
 pub mod select;
 pub mod state;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use agentcore_agent::backend::{Backend, OpenAiBackend};
-use agentcore_agent::definition::PromptPolicySettings;
+use agentcore_agent::definition::{PromptPolicySettings, RetrievalKind};
 use agentcore_agent::trajectory::PromptContext;
 use bm25::{Document, Language, SearchEngineBuilder};
 use rand_chacha::ChaCha8Rng;
@@ -55,10 +57,70 @@ pub struct PromptPolicy {
     settings: PromptPolicySettings,
     backend: OpenAiBackend,
     reflector: Option<OpenAiBackend>,
+    /// The embeddings endpoint (`retrieval.kind: embeddings`), the vectors it gave per text,
+    /// and their cost not yet reported.
+    embedder: Option<Embedder>,
     learning_rate: f64,
     temperature: f64,
     /// The state of the previous checkpoint and the reflections since (for the diff file).
     saved: Mutex<(PromptState, Vec<Value>)>,
+}
+
+/// Embedding retrieval: the endpoint and what it gave so far.
+struct Embedder {
+    backend: OpenAiBackend,
+    vectors: Mutex<HashMap<String, Vec<f32>>>,
+    cost: Mutex<Decimal>,
+}
+
+impl Embedder {
+    /// Cosine (below 0 as 0) of `query`'s vector with each text's, embedding the texts not yet
+    /// seen; `None` when the endpoint fails (the caller falls back to BM25).
+    fn similarity(&self, query: &str, texts: &[String]) -> Option<Vec<f64>> {
+        if texts.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut vectors = self.vectors.lock().ok()?;
+        let mut missing: Vec<String> = Vec::new();
+        for t in std::iter::once(query).chain(texts.iter().map(String::as_str)) {
+            if !vectors.contains_key(t) && !missing.iter().any(|m| m == t) {
+                missing.push(t.to_owned());
+            }
+        }
+        for chunk in missing.chunks(crate::defaults::EMBEDDING_BATCH_TEXTS) {
+            match self.backend.embeddings(chunk) {
+                Ok((got, usage)) => {
+                    if let Ok(mut cost) = self.cost.lock() {
+                        *cost += self.backend.settings().cost(usage);
+                    }
+                    vectors.extend(chunk.iter().cloned().zip(got));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "embedding request failed; BM25 used for this query");
+                    return None;
+                }
+            }
+        }
+        let q = vectors.get(query)?;
+        texts.iter().map(|t| vectors.get(t.as_str()).map(|v| cosine(q, v).max(0.0))).collect()
+    }
+
+    /// The cost since the last call.
+    fn take_cost(&self) -> Decimal {
+        self.cost.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+    }
+}
+
+/// Cosine of two vectors of one width (0 when either is zero).
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 { 0.0 } else { ab / (aa.sqrt() * bb.sqrt()) }
 }
 
 /// Similarity of `query` to each text: its BM25 score over the texts and the query itself,
@@ -101,12 +163,21 @@ impl PromptPolicy {
             let endpoint = p.reflection.model.clone().unwrap_or_else(|| api.endpoint.clone());
             OpenAiBackend::with_address_rule(endpoint, allow)
         });
+        let embedder = (p.retrieval.kind == RetrievalKind::Embeddings).then(|| {
+            let endpoint = p.retrieval.model.clone().unwrap_or_else(|| api.endpoint.clone());
+            Embedder {
+                backend: OpenAiBackend::with_address_rule(endpoint, allow),
+                vectors: Mutex::new(HashMap::new()),
+                cost: Mutex::new(Decimal::ZERO),
+            }
+        });
         Self {
             saved: Mutex::new((state.clone(), Vec::new())),
             state,
             settings: p.clone(),
             backend: OpenAiBackend::with_address_rule(api.endpoint.clone(), allow),
             reflector,
+            embedder,
             learning_rate: settings.config.learning_rate,
             temperature: settings.config.temperature,
         }
@@ -168,7 +239,12 @@ impl PromptPolicy {
         let s = &self.settings;
         let texts: Vec<String> = items.iter().map(|i| i.2.to_owned()).collect();
         let mut pool = Pool { ids: Vec::new(), cands: Vec::new() };
-        for ((id, credit, _, tokens), r) in items.into_iter().zip(similarity(query, &texts)) {
+        let similarities = self
+            .embedder
+            .as_ref()
+            .and_then(|e| e.similarity(query, &texts))
+            .unwrap_or_else(|| similarity(query, &texts));
+        for ((id, credit, _, tokens), r) in items.into_iter().zip(similarities) {
             if r >= s.min_similarity {
                 pool.ids.push(id.to_owned());
                 pool.cands.push(Candidate {
@@ -476,7 +552,10 @@ impl Policy for PromptPolicy {
         let (loss, grad_norm) = self.credit(batch);
         let scored = batch.advantages.iter().filter(|a| **a != 0.0).count();
         self.add_exemplars(batch);
-        let (applied, rejected, cost) = self.reflect(batch);
+        let (applied, rejected, reflection_cost) = self.reflect(batch);
+        // Embeddings of this iteration's rollouts and credit (and of the evaluation before it).
+        let cost =
+            reflection_cost + self.embedder.as_ref().map_or(Decimal::ZERO, Embedder::take_cost);
         self.retire();
         self.state.iteration += 1;
         Ok(UpdateStats {
@@ -731,5 +810,163 @@ mod similarity_tests {
         assert!(s[1] >= least, "{s:?}");
         assert!(s[0] < least && s[2] < least && s[3] < least, "{s:?}");
         assert!(super::similarity("anything", &[]).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod embedding_tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use agentcore_agent::backend::OpenAiSettings;
+    use agentcore_agent::definition::RetrievalKind;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use rust_decimal::Decimal;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// An embeddings server on loopback whose vectors know synonyms BM25 cannot: one axis per
+    /// meaning (largest / maximum / biggest share one), 3 tokens per text. `fail`: every answer
+    /// is a 500. Counts the texts it embedded.
+    fn embedding_server(fail: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let texts = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&texts);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                }
+                let mut buf = vec![0; len];
+                reader.read_exact(&mut buf).unwrap();
+                let input: Vec<String> = serde_json::from_slice::<Value>(&buf).unwrap()["input"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_lowercase())
+                    .collect();
+                counter.fetch_add(input.len(), Ordering::SeqCst);
+                let axes = [&["largest", "maximum", "biggest"][..], &["sum", "total"], &["sort"]];
+                let data: Vec<Value> = input
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let v: Vec<f64> = axes
+                            .iter()
+                            .map(|words| f64::from(u8::from(words.iter().any(|w| t.contains(w)))))
+                            .chain([0.1])
+                            .collect();
+                        json!({"index": i, "embedding": v})
+                    })
+                    .collect();
+                let (status, body) = if fail {
+                    (500, json!({"error": "down"}).to_string())
+                } else {
+                    (
+                        200,
+                        json!({"data": data, "usage": {"prompt_tokens": 3 * input.len()}})
+                            .to_string(),
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, texts)
+    }
+
+    fn policy(url: Option<&str>) -> PromptPolicy {
+        let mut p = PromptPolicySettings::default();
+        p.reflection.enabled = false;
+        if let Some(url) = url {
+            let mut m = OpenAiSettings::new(url, "embedder");
+            m.max_retries = 0;
+            m.input_usd_per_million = Decimal::from(10);
+            p.retrieval = agentcore_agent::definition::RetrievalSettings {
+                kind: RetrievalKind::Embeddings,
+                model: Some(m),
+            };
+        }
+        let api = ApiAgent {
+            endpoint: OpenAiSettings::new("http://127.0.0.1:9/v1", "m"),
+            system_prompt: "Solve the task.".into(),
+            prompt_policy: p,
+            allow_private_endpoints: true,
+        };
+        let s = JobSettings { api: Some(api.clone()), ..JobSettings::default() };
+        let mut policy = PromptPolicy::initial(&s, &api);
+        let exemplar = |id: &str, query: &str| Exemplar {
+            id: id.into(),
+            query: query.into(),
+            messages: vec![agentcore_agent::backend::Message::new(
+                "assistant",
+                "<answer>1</answer>",
+            )],
+            source: "it0-q0-s0".into(),
+            reward: 1.0,
+            advantage: 1.0,
+            added_iteration: 0,
+            shown: 0,
+            credit: 0.0,
+        };
+        policy.state.exemplars = vec![
+            exemplar("E1", "What is the largest number of [3, 4]?"),
+            exemplar("E2", "Give the total of [1, 2]"),
+        ];
+        policy
+    }
+
+    fn shown(policy: &PromptPolicy, query: &str) -> Vec<String> {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        policy.contexts(&[query.to_owned()], false, &mut rng).unwrap().remove(0).shown
+    }
+
+    #[test]
+    fn embedding_retrieval_finds_the_exemplar_of_the_same_meaning_once_per_text() {
+        let (url, texts) = embedding_server(false);
+        let policy = policy(Some(&url));
+        let query = "Find the maximum value in [1, 9]";
+        assert_eq!(shown(&policy, query), ["E1"]);
+        // The query and both exemplars were embedded once; a second rendering asks nothing.
+        assert_eq!(texts.load(Ordering::SeqCst), 3);
+        assert_eq!(shown(&policy, query), ["E1"]);
+        assert_eq!(texts.load(Ordering::SeqCst), 3);
+        assert_eq!(shown(&policy, "Compute the sum of [4, 5]"), ["E2"]);
+        assert_eq!(texts.load(Ordering::SeqCst), 4);
+        // 4 texts x 3 tokens at $10 per million tokens, reported once.
+        let embedder = policy.embedder.as_ref().unwrap();
+        assert_eq!(embedder.take_cost(), Decimal::new(12, 5));
+        assert_eq!(embedder.take_cost(), Decimal::ZERO);
+        // BM25 sees no shared word between "maximum value" and "largest number".
+        assert!(!shown(&self::policy(None), query).contains(&"E1".to_owned()));
+    }
+
+    #[test]
+    fn a_failing_embeddings_endpoint_falls_back_to_bm25() {
+        let (url, texts) = embedding_server(true);
+        let policy = policy(Some(&url));
+        for query in ["Find the maximum value in [1, 9]", "Give the total of [3, 4]"] {
+            assert_eq!(shown(&policy, query), shown(&self::policy(None), query), "{query}");
+        }
+        assert_eq!(texts.load(Ordering::SeqCst), 6, "each query asked again");
+        assert_eq!(policy.embedder.as_ref().unwrap().take_cost(), Decimal::ZERO);
     }
 }
