@@ -30,6 +30,14 @@ pub struct EvalOutcome {
     pub tool_calls: u32,
     /// Tool calls without error.
     pub successful_tool_calls: u32,
+    /// What the trajectory's API turns cost (zero for in-process models).
+    pub cost_usd: rust_decimal::Decimal,
+}
+
+/// What an evaluation's trajectories cost.
+#[must_use]
+pub fn cost(xs: &[EvalOutcome]) -> rust_decimal::Decimal {
+    xs.iter().map(|o| o.cost_usd).sum()
 }
 
 /// What an evaluation needs besides the policy and the tasks, built once per job.
@@ -104,6 +112,7 @@ impl<'a> Evaluator<'a> {
                     steps: tr.steps.len(),
                     tool_calls: tr.tool_calls,
                     successful_tool_calls: tr.successful_tool_calls,
+                    cost_usd: tr.cost_usd,
                 });
             }
         }

@@ -26,6 +26,7 @@ use crate::evaluate::{EvalOutcome, Evaluator, passed, rate};
 use crate::events::{Event, StopReason, Summary};
 use crate::faults::FaultPoint;
 use crate::iteration::run_iteration;
+use crate::policy::Policy;
 use crate::resume::{Start, prepare_run_dir, start};
 use crate::settings::{JobSettings, run_dir};
 use crate::summary::{SummaryInputs, summarize};
@@ -134,8 +135,15 @@ pub fn run(
     let wall_before = state.wall_seconds;
     let wall = |started: &Instant| wall_before + started.elapsed().as_secs_f64();
     let spent = |seconds: f64, api: Decimal| usd(seconds, settings.price_per_hour_usd) + api;
+    // Held-out evaluations spend like rollouts (an API agent's tokens): their cost counts.
+    let evaluate =
+        |policy: &dyn Policy, state: &mut JobState| -> Result<Vec<EvalOutcome>, TrainError> {
+            let outcomes = evaluator.evaluate(policy, &eval)?;
+            state.api_cost_usd += crate::evaluate::cost(&outcomes) + policy.take_api_cost();
+            Ok(outcomes)
+        };
     if state.baseline.is_empty() {
-        state.baseline = passed(&evaluator.evaluate(policy.as_ref(), &eval)?);
+        state.baseline = passed(&evaluate(policy.as_ref(), &mut state)?);
     }
     on_event(&Event::Baseline { success_rate: rate(&state.baseline), eval_queries: eval.len() });
 
@@ -174,7 +182,7 @@ pub fn run(
         let last = iteration == config.n_iterations || state.stop_reason.is_some();
         let mut metrics = out.metrics;
         if iteration % config.eval_interval.max(1) == 0 || last {
-            let outcomes = evaluator.evaluate(policy.as_ref(), &eval)?;
+            let outcomes = evaluate(policy.as_ref(), &mut state)?;
             let e = rate(&passed(&outcomes));
             last_eval = Some((iteration, outcomes));
             record_eval(settings, &mut state, iteration, e);
@@ -211,7 +219,7 @@ pub fn run(
     }
     let final_outcomes = match last_eval {
         Some((i, outcomes)) if i == state.iteration => outcomes,
-        _ => evaluator.evaluate(policy.as_ref(), &eval)?,
+        _ => evaluate(policy.as_ref(), &mut state)?,
     };
     let wall_seconds = wall(&started);
     let summary = summarize(

@@ -8,7 +8,9 @@
 //! (`sampling`, `max_steps_per_trajectory`, `max_tokens_per_trajectory`), then the keys of the
 //! caller's config.
 
-use agentcore_agent::definition::{AgentDefinition, ModelSpec, PolicyKind, ToolSpec};
+use agentcore_agent::definition::{
+    AgentDefinition, ModelSpec, PolicyKind, RetrievalKind, ToolSpec,
+};
 use agentcore_agent::rollout::CallFormat;
 use agentcore_grpo::GRPOConfig;
 use rust_decimal::Decimal;
@@ -255,7 +257,8 @@ pub fn agent_of(settings: &JobSettings) -> AgentDefinition {
 /// ([`defaults::MEASURED_SECONDS_PER_API_TRAJECTORY`]); plus, for an API agent, the tokens of
 /// every turn at the endpoint's prices (each turn at most `max_completion_length` tokens out and
 /// [`defaults::ESTIMATED_PROMPT_TOKENS_PER_TURN`] in, every trajectory taking all its steps, the
-/// held-out set evaluated twice) and the reflector's requests at its prices.
+/// held-out set evaluated twice), the reflector's requests at its prices and, with embedding
+/// retrieval, every query and every lesson reflection could write at the embedding endpoint's.
 #[must_use]
 pub fn estimated_cost_usd(settings: &JobSettings) -> Decimal {
     let c = &settings.config;
@@ -279,11 +282,31 @@ pub fn estimated_cost_usd(settings: &JobSettings) -> Decimal {
         let reflections =
             if r.enabled { u64::from(c.n_iterations) * r.groups_per_iteration as u64 } else { 0 };
         let reflector = r.model.as_ref().unwrap_or(&a.endpoint);
+        let retrieval = &a.prompt_policy.retrieval;
+        let embeddings = if retrieval.kind == RetrievalKind::Embeddings {
+            // Every query once (an exemplar's text is its query), and every lesson reflection
+            // could add, at its longest.
+            let queries: u64 = settings.tasks().map_or(0, |(train, eval)| {
+                train.iter().chain(&eval).map(|t| t.query.chars().count().div_ceil(4) as u64).sum()
+            });
+            let lessons = u64::from(c.n_iterations)
+                * r.max_ops_per_iteration as u64
+                * r.max_lesson_chars.div_ceil(4) as u64;
+            let tokens = if r.enabled { queries + lessons } else { queries };
+            retrieval
+                .model
+                .as_ref()
+                .unwrap_or(&a.endpoint)
+                .cost(agentcore_agent::trajectory::Usage { input_tokens: tokens, output_tokens: 0 })
+        } else {
+            Decimal::ZERO
+        };
         a.endpoint.cost(usage)
             + reflector.cost(agentcore_agent::trajectory::Usage {
                 input_tokens: reflections * 2 * defaults::ESTIMATED_PROMPT_TOKENS_PER_TURN,
                 output_tokens: reflections * r.max_tokens as u64,
             })
+            + embeddings
     });
     (compute + api).round_dp(4)
 }
@@ -455,5 +478,18 @@ mod tests {
         // (2 x 2 x 2 rollouts + 3 held-out x (1 + 2) evaluations) x 3 turns = 51 turns of
         // 1200 tokens in at $1/M and 96 out at $2/M: $0.0612 + $0.009792.
         assert_eq!(estimated_cost_usd(&s), Decimal::new(710, 4));
+        // With embedding retrieval at $1000/M: every query's tokens once more.
+        let (train, eval) = s.tasks().unwrap();
+        let tokens: usize =
+            train.iter().chain(&eval).map(|t| t.query.chars().count().div_ceil(4)).sum();
+        let mut e = s.clone();
+        let p = &mut e.api.as_mut().unwrap().prompt_policy;
+        p.retrieval.kind = RetrievalKind::Embeddings;
+        let mut m = agentcore_agent::backend::OpenAiSettings::new("http://127.0.0.1:2/v1", "e");
+        m.input_usd_per_million = Decimal::from(1000);
+        p.retrieval.model = Some(m);
+        let want = Decimal::new(710, 4) + Decimal::from(tokens) / Decimal::from(1000);
+        assert_eq!(estimated_cost_usd(&e), want.round_dp(4));
+        assert!(estimated_cost_usd(&e) > Decimal::new(710, 4));
     }
 }

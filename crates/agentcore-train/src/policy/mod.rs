@@ -76,6 +76,13 @@ pub trait Policy {
         None
     }
 
+    /// API spending the policy did on its own since the last call, outside [`Policy::update`]'s
+    /// `api_cost_usd` (the prompt policy's embedding requests while rendering an evaluation);
+    /// the job adds it to the evaluation's cost.
+    fn take_api_cost(&self) -> rust_decimal::Decimal {
+        rust_decimal::Decimal::ZERO
+    }
+
     /// Improves the policy from one scored batch.
     ///
     /// # Errors

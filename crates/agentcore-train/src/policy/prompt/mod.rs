@@ -537,6 +537,10 @@ impl Policy for PromptPolicy {
         )
     }
 
+    fn take_api_cost(&self) -> Decimal {
+        self.embedder.as_ref().map_or(Decimal::ZERO, Embedder::take_cost)
+    }
+
     fn update(&mut self, batch: &ScoredBatch<'_>) -> Result<UpdateStats, TrainError> {
         let mut shown_exemplars = 0usize;
         for t in batch.trajectories {
