@@ -16,6 +16,7 @@ pub mod definition;
 pub mod mcp;
 pub mod rollout;
 pub mod sandbox;
+pub mod testing;
 pub mod toolcall;
 pub mod tools;
 pub mod trajectory;

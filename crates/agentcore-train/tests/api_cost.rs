@@ -5,8 +5,6 @@
 //! The endpoint is a loopback OpenAI-compatible server that answers every chat completion with
 //! `<answer>1</answer>` and a fixed usage, so every trajectory is one turn of known cost.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -19,45 +17,14 @@ use serde_json::json;
 
 /// The server's URL and the count of requests it answered.
 fn endpoint() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&hits);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let counter = Arc::clone(&counter);
-            std::thread::spawn(move || {
-                let mut stream = stream.unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" || line.is_empty() {
-                        break;
-                    }
-                }
-                let mut buf = vec![0; len];
-                reader.read_exact(&mut buf).unwrap();
-                counter.fetch_add(1, Ordering::SeqCst);
-                let body = json!({
-                    "choices": [{"message": {"role": "assistant", "content": "<answer>1</answer>"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 10}
-                })
-                .to_string();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    (url, hits)
+    let body = json!({
+        "choices": [{"message": {"role": "assistant", "content": "<answer>1</answer>"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 10}
+    })
+    .to_string();
+    let (url, hits) = agentcore_agent::testing::serve(move |_| (200, body.clone()));
+    (format!("{url}/v1"), hits)
 }
 
 #[test]

@@ -1,7 +1,5 @@
 //! Agent definitions and the calculator / HTTP tools.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,39 +105,15 @@ fn calculator() {
 
 /// A loopback server that echoes `{"got": <request body>}` or returns 500 for `{"fail": true}`.
 fn echo_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/tool", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-            }
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let (status, out) = if v["fail"] == true {
-                (500, "broken".to_owned())
-            } else {
-                (200, json!({"got": v}).to_string())
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
-                out.len()
-            );
+    let (url, _) = agentcore_agent::testing::serve(|body| {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        if v["fail"] == true {
+            (500, "broken".to_owned())
+        } else {
+            (200, json!({"got": v}).to_string())
         }
     });
-    url
+    format!("{url}/tool")
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! (llama-cpp-python, `scripts/setup_llamacpp_server.sh`) serving Gemma 3 270M on loopback, and
 //! the error paths (429/5xx retries, 4xx, timeouts) against a scripted loopback server.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -173,20 +173,7 @@ fn scripted_server(script: Vec<(u16, &'static str, Duration)>) -> (String, Arc<A
     std::thread::spawn(move || {
         for (stream, (status, body, delay)) in listener.incoming().zip(script) {
             let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                if line == "\r\n" || line.is_empty() {
-                    break;
-                }
-            }
-            let mut buf = vec![0; len];
-            reader.read_exact(&mut buf).unwrap();
+            let _ = agentcore_agent::testing::read_request_body(&stream);
             counter.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(delay);
             let extra = if status == 429 { "Retry-After: 0\r\n" } else { "" };

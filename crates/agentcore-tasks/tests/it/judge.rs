@@ -1,6 +1,6 @@
 //! Verdicts on trajectories and the reward registry.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -213,47 +213,17 @@ fn builtin_rewards() {
     assert!(reward(&reg, "task_efficiency", &t, &slow, false).unwrap().abs() < 1e-12);
 }
 
-/// Reads one HTTP request from `stream` and returns its body.
-fn read_request_body(stream: &std::net::TcpStream) -> Vec<u8> {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut len = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap();
-        }
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).unwrap();
-    body
-}
-
 /// A loopback endpoint that scores `success` as 0.7 / 0.2 and records the bodies it got.
 fn score_server() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/score", listener.local_addr().unwrap());
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let body = read_request_body(&stream);
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            let score = if v["success"] == true { 0.7 } else { 0.2 };
-            log.lock().unwrap().push(v);
-            let out = format!("{{\"score\": {score}}}");
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
-                out.len()
-            );
-        }
+    let (url, _) = agentcore_agent::testing::serve(move |body| {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let score = if v["success"] == true { 0.7 } else { 0.2 };
+        log.lock().unwrap().push(v);
+        (200, format!("{{\"score\": {score}}}"))
     });
-    (url, seen)
+    (format!("{url}/score"), seen)
 }
 
 #[test]
@@ -290,7 +260,7 @@ fn remote_rewards_do_not_follow_redirects() {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
-            let _body = read_request_body(&stream);
+            let _body = agentcore_agent::testing::read_request_body(&stream);
             let _ = write!(
                 stream,
                 "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

@@ -658,7 +658,7 @@ mod tests {
         }
     }
 
-    fn exemplar(id: &str, query: &str) -> Exemplar {
+    pub(super) fn exemplar(id: &str, query: &str) -> Exemplar {
         Exemplar {
             id: id.into(),
             query: query.into(),
@@ -819,8 +819,6 @@ mod similarity_tests {
 
 #[cfg(test)]
 mod embedding_tests {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -837,64 +835,35 @@ mod embedding_tests {
     /// meaning (largest / maximum / biggest share one), 3 tokens per text. `fail`: every answer
     /// is a 500. Counts the texts it embedded.
     fn embedding_server(fail: bool) -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
         let texts = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&texts);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = stream.unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" || line.is_empty() {
-                        break;
-                    }
-                }
-                let mut buf = vec![0; len];
-                reader.read_exact(&mut buf).unwrap();
-                let input: Vec<String> = serde_json::from_slice::<Value>(&buf).unwrap()["input"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|t| t.as_str().unwrap().to_lowercase())
-                    .collect();
-                counter.fetch_add(input.len(), Ordering::SeqCst);
-                let axes = [&["largest", "maximum", "biggest"][..], &["sum", "total"], &["sort"]];
-                let data: Vec<Value> = input
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        let v: Vec<f64> = axes
-                            .iter()
-                            .map(|words| f64::from(u8::from(words.iter().any(|w| t.contains(w)))))
-                            .chain([0.1])
-                            .collect();
-                        json!({"index": i, "embedding": v})
-                    })
-                    .collect();
-                let (status, body) = if fail {
-                    (500, json!({"error": "down"}).to_string())
-                } else {
-                    (
-                        200,
-                        json!({"data": data, "usage": {"prompt_tokens": 3 * input.len()}})
-                            .to_string(),
-                    )
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+        let (url, _) = agentcore_agent::testing::serve(move |body| {
+            let input: Vec<String> = serde_json::from_slice::<Value>(body).unwrap()["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_lowercase())
+                .collect();
+            counter.fetch_add(input.len(), Ordering::SeqCst);
+            if fail {
+                return (500, json!({"error": "down"}).to_string());
             }
+            let axes = [&["largest", "maximum", "biggest"][..], &["sum", "total"], &["sort"]];
+            let data: Vec<Value> = input
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let v: Vec<f64> = axes
+                        .iter()
+                        .map(|words| f64::from(u8::from(words.iter().any(|w| t.contains(w)))))
+                        .chain([0.1])
+                        .collect();
+                    json!({"index": i, "embedding": v})
+                })
+                .collect();
+            (200, json!({"data": data, "usage": {"prompt_tokens": 3 * input.len()}}).to_string())
         });
-        (url, texts)
+        (format!("{url}/v1"), texts)
     }
 
     fn policy(url: Option<&str>) -> PromptPolicy {
@@ -917,20 +886,7 @@ mod embedding_tests {
         };
         let s = JobSettings { api: Some(api.clone()), ..JobSettings::default() };
         let mut policy = PromptPolicy::initial(&s, &api);
-        let exemplar = |id: &str, query: &str| Exemplar {
-            id: id.into(),
-            query: query.into(),
-            messages: vec![agentcore_agent::backend::Message::new(
-                "assistant",
-                "<answer>1</answer>",
-            )],
-            source: "it0-q0-s0".into(),
-            reward: 1.0,
-            advantage: 1.0,
-            added_iteration: 0,
-            shown: 0,
-            credit: 0.0,
-        };
+        let exemplar = super::tests::exemplar;
         policy.state.exemplars = vec![
             exemplar("E1", "What is the largest number of [3, 4]?"),
             exemplar("E2", "Give the total of [1, 2]"),
