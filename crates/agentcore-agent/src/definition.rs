@@ -382,12 +382,10 @@ impl PromptPolicySettings {
         for (name, model) in
             [("reflection", r.model.as_ref()), ("retrieval", self.retrieval.model.as_ref())]
         {
-            if let Some(m) = model
-                && !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://"))
-            {
+            if let Some((field, url)) = model.and_then(OpenAiSettings::bad_url) {
                 return Err(bad(
-                    format!("{f}.{name}.model.base_url"),
-                    format!("must start with http:// or https://, got {:?}", m.base_url),
+                    format!("{f}.{name}.model.{field}"),
+                    format!("must start with http:// or https://, got {url:?}"),
                 ));
             }
         }
@@ -518,10 +516,10 @@ impl AgentDefinition {
             ));
         }
         if let ModelSpec::Openai(o) = &self.model {
-            if !(o.base_url.starts_with("http://") || o.base_url.starts_with("https://")) {
+            if let Some((field, url)) = o.bad_url() {
                 return Err(bad(
-                    "model.base_url",
-                    format!("must start with http:// or https://, got {:?}", o.base_url),
+                    format!("model.{field}"),
+                    format!("must start with http:// or https://, got {url:?}"),
                 ));
             }
             if o.input_usd_per_million.is_sign_negative()

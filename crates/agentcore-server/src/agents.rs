@@ -190,20 +190,27 @@ pub fn check_endpoints(def: &AgentDefinition, allow_private: bool) -> Result<(),
     let policy = def.prompt_policy.as_ref();
     let reflector = policy.and_then(|p| p.reflection.model.as_ref());
     let embedder = policy.and_then(|p| p.retrieval.model.as_ref());
-    let endpoints = std::iter::once(("model.base_url", model))
-        .chain(reflector.map(|r| ("prompt_policy.reflection.model.base_url", r)))
-        .chain(embedder.map(|r| ("prompt_policy.retrieval.model.base_url", r)));
-    for (field, endpoint) in endpoints {
+    let endpoints = std::iter::once(("model", model))
+        .chain(reflector.map(|r| ("prompt_policy.reflection.model", r)))
+        .chain(embedder.map(|r| ("prompt_policy.retrieval.model", r)));
+    let urls = endpoints.flat_map(|(prefix, endpoint)| {
+        endpoint.base_urls().enumerate().map(move |(i, url)| {
+            let field = if i == 0 {
+                format!("{prefix}.base_url")
+            } else {
+                format!("{prefix}.replicas[{}]", i - 1)
+            };
+            (field, url)
+        })
+    });
+    for (field, url) in urls {
         // The definition already requires http(s).
-        let url = &endpoint.base_url;
         agentcore_agent::tools::check_target(url, allow_private).map_err(|why| {
-            ApiError::param(
-                field,
-                format!(
-                    "{field} {url:?}: {why} (a server whose inference runs beside it is started \
-                     with agentcore serve --allow-private-endpoints)"
-                ),
-            )
+            let message = format!(
+                "{field} {url:?}: {why} (a server whose inference runs beside it is started \
+                 with agentcore serve --allow-private-endpoints)"
+            );
+            ApiError::param(field, message)
         })?;
     }
     Ok(())
@@ -311,6 +318,13 @@ mod tests {
         );
         assert!(m.starts_with("prompt_policy.retrieval.model.base_url"), "{m}");
         assert!(m.contains("::1"), "{m}");
+        // Every replica is checked like the base URL.
+        let mut d = agent("http://1.1.1.1/v1", "http://1.0.0.1/v1");
+        if let agentcore_agent::definition::ModelSpec::Openai(o) = &mut d.model {
+            o.replicas = vec!["http://8.8.8.8/v1".into(), "http://192.168.1.5:8000/v1".into()];
+        }
+        let m = message(&d, false);
+        assert!(m.starts_with("model.replicas[1]") && m.contains("192.168.1.5"), "{m}");
         // Agents on other models call no endpoint.
         assert!(
             check_endpoints(&typed(json!({"agent_id": "a", "model": "built-in"})), false).is_ok()

@@ -6,6 +6,7 @@
 //! returns them. The API key is read from the named environment variable at request time and never
 //! appears in errors or logs.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::RngCore;
@@ -69,6 +70,12 @@ pub struct OpenAiSettings {
     /// `"<start_of_turn>user\n{system}\n\nTask: {user}<end_of_turn>\n<start_of_turn>model\n"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_prompt: Option<String>,
+    /// More base URLs serving the same model (replicas without a load balancer in front, e.g.
+    /// several llama.cpp or vLLM processes): each request goes to whichever of `base_url` and
+    /// these has the fewest requests in flight, and each retry chooses again, so a failing
+    /// replica is passed over while another is free.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 fn default_timeout_s() -> f64 {
@@ -106,7 +113,26 @@ impl OpenAiSettings {
             stop: Vec::new(),
             system_in_user: false,
             completion_prompt: None,
+            replicas: Vec::new(),
         }
+    }
+
+    /// `base_url`, then the replicas.
+    pub fn base_urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.base_url.as_str()).chain(self.replicas.iter().map(String::as_str))
+    }
+
+    /// The first base URL that is not `http://` or `https://`: its field (`base_url`,
+    /// `replicas[i]`) and the URL.
+    #[must_use]
+    pub fn bad_url(&self) -> Option<(String, &str)> {
+        self.base_urls().enumerate().find_map(|(i, url)| {
+            (!(url.starts_with("http://") || url.starts_with("https://"))).then(|| {
+                let field =
+                    if i == 0 { "base_url".to_owned() } else { format!("replicas[{}]", i - 1) };
+                (field, url)
+            })
+        })
     }
 
     /// The cost of a turn.
@@ -124,6 +150,22 @@ impl OpenAiSettings {
 pub struct OpenAiBackend {
     settings: OpenAiSettings,
     agent: ureq::Agent,
+    /// Requests in flight per base URL (`base_url`, then the replicas), shared by clones.
+    in_flight: Arc<Mutex<Vec<usize>>>,
+}
+
+/// One request in flight to a base URL, counted out when dropped.
+struct InFlight {
+    counts: Arc<Mutex<Vec<usize>>>,
+    index: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.counts.lock() {
+            c[self.index] = c[self.index].saturating_sub(1);
+        }
+    }
 }
 
 /// Sampled tokens of one API turn, when the server returned log-probs.
@@ -151,7 +193,22 @@ impl OpenAiBackend {
     pub fn with_address_rule(settings: OpenAiSettings, allow_private: bool) -> Self {
         let timeout = Duration::from_secs_f64(settings.timeout_s.max(0.001));
         let agent = crate::tools::outbound_agent(allow_private, timeout);
-        Self { settings, agent }
+        let in_flight = Arc::new(Mutex::new(vec![0; settings.replicas.len() + 1]));
+        Self { settings, agent, in_flight }
+    }
+
+    /// The base URL with the fewest requests in flight (the first on ties), other than `avoid`
+    /// (the one the previous attempt failed on) when there is another; counted in until the
+    /// guard is dropped.
+    fn choose(&self, avoid: Option<usize>) -> (usize, &str, InFlight) {
+        let mut counts = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = (0..counts.len())
+            .filter(|&i| counts.len() == 1 || Some(i) != avoid)
+            .min_by_key(|&i| counts[i])
+            .unwrap_or(0);
+        counts[index] += 1;
+        let url = self.settings.base_urls().nth(index).unwrap_or(&self.settings.base_url);
+        (index, url, InFlight { counts: Arc::clone(&self.in_flight), index })
     }
 
     /// The settings.
@@ -272,14 +329,17 @@ impl OpenAiBackend {
     /// After the last retry, or at once for other 4xx answers.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, BackendError> {
         use std::io::Read;
-        let url = format!("{}{path}", self.settings.base_url);
         let mut backoff = self.settings.initial_backoff_s;
         let mut last_error = String::new();
+        let mut failed_on = None;
         for attempt in 0..=self.settings.max_retries {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_secs_f64(backoff.min(30.0)));
                 backoff *= 2.0;
             }
+            let (index, base, _in_flight) = self.choose(failed_on);
+            failed_on = Some(index);
+            let url = format!("{base}{path}");
             let mut req = self.agent.post(&url).header("Content-Type", "application/json");
             if let Some(var) = &self.settings.api_key_env {
                 match std::env::var(var) {
@@ -513,5 +573,37 @@ impl Backend for OpenAiBackend {
 
     fn tool_role(&self) -> &'static str {
         "user"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_to_the_replica_with_the_fewest_in_flight_and_retries_move_on() {
+        let mut s = OpenAiSettings::new("http://a/v1", "m");
+        s.replicas = vec!["http://b/v1".into(), "http://c/v1".into()];
+        let backend = OpenAiBackend::new(s);
+        let (i0, url0, g0) = backend.choose(None);
+        let (i1, url1, g1) = backend.choose(None);
+        let (i2, _, g2) = backend.choose(None);
+        assert_eq!((i0, url0, i1, url1, i2), (0, "http://a/v1", 1, "http://b/v1", 2));
+        drop(g1);
+        // b is free again; a and c still have one each.
+        let (i3, _, g3) = backend.choose(None);
+        assert_eq!(i3, 1);
+        drop((g0, g2, g3));
+        // All idle: the first, unless the previous attempt failed there.
+        assert_eq!(backend.choose(None).0, 0);
+        assert_eq!(backend.choose(Some(0)).0, 1);
+        // Clones share the counts.
+        let clone = backend.clone();
+        let (_, _, held) = backend.choose(None);
+        assert_eq!(clone.choose(None).0, 1);
+        drop(held);
+        // One URL: a retry goes where it must.
+        let single = OpenAiBackend::new(OpenAiSettings::new("http://a/v1", "m"));
+        assert_eq!(single.choose(Some(0)).0, 0);
     }
 }

@@ -69,6 +69,10 @@ fn errors_name_the_field_the_rule_and_the_value() {
             "prompt_policy.retrieval.model.base_url: must start with http:// or https://, got \"ftp://x\"",
         ),
         (
+            "agent_id: a\npolicy: prompt\nsystem_prompt: p\nmodel: {kind: openai, base_url: 'http://x/v1', model: m, replicas: ['http://y/v1', 'y:8000']}",
+            "model.replicas[1]: must start with http:// or https://, got \"y:8000\"",
+        ),
+        (
             "agent_id: a\npolicy: prompt\nsystem_prompt: p\nmodel: {kind: openai, base_url: 'http://x/v1', model: m}\nprompt_policy: {retrieval: {kind: dense}}",
             "unknown variant `dense`, expected `bm25` or `embeddings`",
         ),

@@ -330,3 +330,18 @@ fn embedding_answers_are_ordered_by_index_and_checked() {
     let (v, usage) = backend.embeddings(&two).unwrap();
     assert_eq!((v[0].clone(), usage.input_tokens), (vec![2.0, 4.0], 2));
 }
+
+/// `replicas`: a replica that answers 5xx is passed over on the retry, and the turn is
+/// answered by another.
+#[test]
+fn a_retry_moves_to_another_replica() {
+    let (down, down_hits) =
+        agentcore_agent::testing::serve(|_| (503, r#"{"error":"busy"}"#.to_owned()));
+    let (up, up_hits) = agentcore_agent::testing::serve(|_| (200, OK_BODY.to_owned()));
+    let mut s = OpenAiSettings::new(&format!("{down}/v1"), "m");
+    s.replicas = vec![format!("{up}/v1")];
+    s.initial_backoff_s = 0.01;
+    s.max_retries = 1;
+    assert_eq!(one_turn(s).unwrap(), "<answer>4</answer>");
+    assert_eq!((down_hits.load(Ordering::SeqCst), up_hits.load(Ordering::SeqCst)), (1, 1));
+}
