@@ -6,7 +6,8 @@
 # run in $OUT_DIR/seed-N.jsonl.
 #   scripts/bench_prompt_policy.sh                  # seeds 1 2 3
 #   SEEDS=1 N_ITERATIONS=30 scripts/bench_prompt_policy.sh
-# Env: BIN (default: a release build), PORT (8765), N_ITERATIONS (30), EVAL_N (120).
+# Env: BIN (default: a release build), PORT (8765), N_ITERATIONS (30), EVAL_N (120), REPLICAS
+# (1: llama.cpp servers on PORT, PORT+1, ..., the agent's `replicas`), THREADS (2, shared out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-target/bench-prompt-policy}
@@ -16,11 +17,23 @@ if [[ -z ${BIN:-} ]]; then
   cargo build --release -q -p agentcore-cli
   BIN=./target/release/agentcore
 fi
-scripts/serve_llamacpp.sh "$PORT" > "$OUT_DIR/llama.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-until curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null; do sleep 0.5; done
+REPLICAS=${REPLICAS:-1}
+THREADS=${THREADS:-2}
+PER=$(( THREADS / REPLICAS > 0 ? THREADS / REPLICAS : 1 ))
+SERVERS=()
+trap 'kill "${SERVERS[@]}" 2>/dev/null || true' EXIT
+for ((r = 0; r < REPLICAS; r++)); do
+  scripts/serve_llamacpp.sh "$((PORT + r))" "$PER" > "$OUT_DIR/llama-$r.log" 2>&1 &
+  SERVERS+=($!)
+done
+for ((r = 0; r < REPLICAS; r++)); do
+  until curl -sf "http://127.0.0.1:$((PORT + r))/v1/models" > /dev/null; do sleep 0.5; done
+done
 sed "s/8765/$PORT/" examples/agents/gemma-api.yaml > "$OUT_DIR/agent.yaml"
+if (( REPLICAS > 1 )); then
+  urls=$(for ((r = 1; r < REPLICAS; r++)); do printf '"http://127.0.0.1:%d/v1", ' "$((PORT + r))"; done)
+  sed -i "s|^  base_url: .*|&\n  replicas: [${urls%, }]|" "$OUT_DIR/agent.yaml"
+fi
 for seed in ${SEEDS:-1 2 3}; do
   "$BIN" tasks generate --n 400 --difficulty 1 --seed "$seed" > "$OUT_DIR/train-$seed.jsonl"
   "$BIN" tasks generate --n "${EVAL_N:-120}" --difficulty 1 --seed "$((seed + 1000))" \
