@@ -90,19 +90,20 @@ impl Serving {
         Ok(Arc::clone(self.sandbox.get_or_init(|| s)))
     }
 
-    /// Answers `request` with checkpoint `checkpoint_id` (in directory `dir`) of job `job_id`,
-    /// loading it first if it is not loaded.
+    /// Answers `request` with checkpoint `checkpoint_id` of job `job_id`, loading it first if
+    /// it is not loaded, from the directory `locate` finds (awaited only then: an invocation of
+    /// a checkpoint being served reads and hashes no checkpoint files).
     ///
     /// # Errors
-    /// The checkpoint cannot be loaded, the model failed.
+    /// The checkpoint cannot be found or loaded, the model failed.
     pub async fn answer(
         &self,
         job_id: &str,
         checkpoint_id: &str,
-        dir: PathBuf,
+        locate: impl Future<Output = Result<PathBuf, ApiError>>,
         request: ServeRequest,
     ) -> Result<ServeOutcome, ApiError> {
-        let tx = self.sender(job_id, checkpoint_id, dir).await?;
+        let tx = self.sender(job_id, checkpoint_id, locate).await?;
         let (reply, answer) = oneshot::channel();
         if tx.send((request, reply)).is_err() {
             // Its thread ended (a panic): load it again next time.
@@ -123,7 +124,7 @@ impl Serving {
         &self,
         job_id: &str,
         checkpoint_id: &str,
-        dir: PathBuf,
+        locate: impl Future<Output = Result<PathBuf, ApiError>>,
     ) -> Result<mpsc::Sender<(ServeRequest, Reply)>, ApiError> {
         // Loads run under the lock: a checkpoint is never loaded twice at once.
         let mut guard = self.loaded.lock().await;
@@ -133,6 +134,7 @@ impl Serving {
             l.last_used = *clock;
             return Ok(l.tx.clone());
         }
+        let dir = locate.await?;
         let sandbox = self.sandbox()?;
         let (tx, rx) = mpsc::channel::<(ServeRequest, Reply)>();
         let (ready_tx, ready) = oneshot::channel::<Result<String, String>>();

@@ -482,6 +482,24 @@ fn production_takes_a_significantly_better_checkpoint_without_force() {
         })
         .count();
     assert_eq!(verified, (eval.success_rate * 60.0).round() as usize, "{eval:?}");
+    // It is served from memory: with its directory moved away, invocations still answer (they
+    // no longer list and hash the job's checkpoints on every call).
+    let state = &s.server.as_ref().unwrap().state;
+    let iteration = best.rsplit("-ckpt-").next().unwrap();
+    let dir = state.config.data_dir.join("runs").join(&job.job_id).join("checkpoints");
+    let (here, away) = (dir.join(format!("ckpt-{iteration}")), dir.join("moved-away"));
+    std::fs::rename(&here, &away).unwrap();
+    let r = c
+        .invoke(&InvokeParams {
+            agent_id: "learner".into(),
+            query: held_out[0]["query"].as_str().unwrap().into(),
+            environment: "production".into(),
+            user_key: None,
+            expected_outcome: None,
+        })
+        .unwrap();
+    assert_eq!(r.checkpoint_id, best);
+    std::fs::rename(&away, &here).unwrap();
 
     // A job of the same agent that barely moves (learning rate 1e-9): refused, quoting its
     // evaluation; production keeps the significant checkpoint.

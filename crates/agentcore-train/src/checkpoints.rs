@@ -355,19 +355,27 @@ fn rebase(run_dir: &Path, path: &Path) -> PathBuf {
 /// with a logged warning, so an earlier one is used.
 #[must_use]
 pub fn verified(run_dir: &Path) -> Vec<(PathBuf, JobState)> {
+    verified_newest_first(run_dir).collect()
+}
+
+/// [`verified`], lazily: each checkpoint is read and checked only when the caller asks for the
+/// next one (the newest that verifies is usually the first, and a check hashes every file).
+fn verified_newest_first(run_dir: &Path) -> impl Iterator<Item = (PathBuf, JobState)> + '_ {
     let dir = run_dir.join("checkpoints");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut found: Vec<(u32, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let n: u32 = name.strip_prefix("ckpt-")?.parse().ok()?;
-            Some((n, e.path()))
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let n: u32 = name.strip_prefix("ckpt-")?.parse().ok()?;
+                    Some((n, e.path()))
+                })
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     found.sort();
-    let mut out = Vec::new();
-    for (_, path) in found.into_iter().rev() {
+    found.into_iter().rev().filter_map(move |(_, path)| {
         let checked = verify(&path).and_then(|()| {
             let file = path.join(JOB_STATE_FILE);
             let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -379,13 +387,15 @@ pub fn verified(run_dir: &Path) -> Vec<(PathBuf, JobState)> {
                 for c in &mut state.checkpoints {
                     c.path = rebase(run_dir, &c.path);
                 }
-                out.push((path, state));
+                Some((path, state))
             }
-            Err(reason) => tracing::warn!(checkpoint = %path.display(), %reason,
-                "skipping a checkpoint that does not verify; an earlier one is used"),
+            Err(reason) => {
+                tracing::warn!(checkpoint = %path.display(), %reason,
+                    "skipping a checkpoint that does not verify; an earlier one is used");
+                None
+            }
         }
-    }
-    out
+    })
 }
 
 /// The last complete, verified checkpoint of a run directory, with its job state.
@@ -393,7 +403,7 @@ pub fn verified(run_dir: &Path) -> Vec<(PathBuf, JobState)> {
 /// # Errors
 /// None today (kept for callers that propagate).
 pub fn latest(run_dir: &Path) -> Result<Option<(PathBuf, JobState)>, TrainError> {
-    Ok(verified(run_dir).into_iter().next())
+    Ok(verified_newest_first(run_dir).next())
 }
 
 /// The iteration of the last complete checkpoint of a job (where `--resume` continues).
@@ -408,8 +418,7 @@ pub fn resume_point(data_dir: &Path, job_id: &str) -> Result<Option<u32>, TrainE
 /// checkpoints the job store records; see `JobContext::recorded_checkpoints`).
 #[must_use]
 pub fn resume_point_among(data_dir: &Path, job_id: &str, recorded: &[u32]) -> Option<u32> {
-    verified(&run_dir(data_dir, job_id))
-        .into_iter()
+    verified_newest_first(&run_dir(data_dir, job_id))
         .map(|(_, s)| s.iteration)
         .find(|i| recorded.contains(i))
 }

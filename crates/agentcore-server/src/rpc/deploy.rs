@@ -75,6 +75,20 @@ async fn agent_checkpoint(
     checkpoint_id: &str,
     field: &str,
 ) -> Result<(JobRow, std::path::PathBuf), ApiError> {
+    let job = usable_checkpoint(state, caller, agent_id, checkpoint_id, field).await?;
+    let dir = checkpoint_dir(state, &job.id, checkpoint_id).await?;
+    Ok((job, dir))
+}
+
+/// The job of checkpoint `checkpoint_id` when the caller may use it for `agent_id` (its
+/// organisation's, of that agent, not removed by retention).
+async fn usable_checkpoint(
+    state: &AppState,
+    caller: &Caller,
+    agent_id: &str,
+    checkpoint_id: &str,
+    field: &str,
+) -> Result<JobRow, ApiError> {
     let (row, job) = org_checkpoint(state, caller, checkpoint_id).await?;
     if row.deleted {
         return Err(ApiError::param(
@@ -91,8 +105,18 @@ async fn agent_checkpoint(
             ),
         ));
     }
+    Ok(job)
+}
+
+/// The directory of checkpoint `checkpoint_id` of job `job_id` on this server's disk (checked
+/// against its manifest), fetched from the artifact store when it is not there.
+async fn checkpoint_dir(
+    state: &AppState,
+    job_id: &str,
+    checkpoint_id: &str,
+) -> Result<std::path::PathBuf, ApiError> {
     let (data_dir, job_id, id) =
-        (state.config.data_dir.clone(), job.id.clone(), checkpoint_id.to_owned());
+        (state.config.data_dir.clone(), job_id.to_owned(), checkpoint_id.to_owned());
     let artifacts = std::sync::Arc::clone(&state.config.worker.artifacts);
     let dir = tokio::task::spawn_blocking(move || {
         let find = || {
@@ -112,7 +136,7 @@ async fn agent_checkpoint(
     .await?
     .map_err(|e| ApiError::internal("listing checkpoints", e))?
     .ok_or_else(|| checkpoint_not_found(checkpoint_id))?;
-    Ok((job, dir))
+    Ok(dir)
 }
 
 fn checkpoint_not_found(checkpoint_id: &str) -> ApiError {
@@ -702,11 +726,11 @@ pub async fn invoke(
             )));
         }
     };
-    let (job, dir) =
-        agent_checkpoint(state, caller, &agent_id, &checkpoint_id, "checkpoint_id").await?;
+    let job = usable_checkpoint(state, caller, &agent_id, &checkpoint_id, "checkpoint_id").await?;
     let request = ServeRequest { query: query.clone(), expected_outcome };
     let verified = request.expected_outcome.is_some();
-    let outcome = state.serving.answer(&job.id, &checkpoint_id, dir, request).await?;
+    let locate = checkpoint_dir(state, &job.id, &checkpoint_id);
+    let outcome = state.serving.answer(&job.id, &checkpoint_id, locate, request).await?;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let answer = outcome.trajectory.final_answer.clone();
     let row = InvocationRow {
