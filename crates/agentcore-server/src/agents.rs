@@ -194,14 +194,7 @@ pub fn check_endpoints(def: &AgentDefinition, allow_private: bool) -> Result<(),
         .chain(reflector.map(|r| ("prompt_policy.reflection.model", r)))
         .chain(embedder.map(|r| ("prompt_policy.retrieval.model", r)));
     let urls = endpoints.flat_map(|(prefix, endpoint)| {
-        endpoint.base_urls().enumerate().map(move |(i, url)| {
-            let field = if i == 0 {
-                format!("{prefix}.base_url")
-            } else {
-                format!("{prefix}.replicas[{}]", i - 1)
-            };
-            (field, url)
-        })
+        endpoint.named_base_urls().map(move |(field, url)| (format!("{prefix}.{field}"), url))
     });
     for (field, url) in urls {
         // The definition already requires http(s).

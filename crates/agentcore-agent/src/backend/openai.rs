@@ -122,17 +122,19 @@ impl OpenAiSettings {
         std::iter::once(self.base_url.as_str()).chain(self.replicas.iter().map(String::as_str))
     }
 
-    /// The first base URL that is not `http://` or `https://`: its field (`base_url`,
-    /// `replicas[i]`) and the URL.
+    /// The base URLs with their fields' names (`base_url`, `replicas[i]`).
+    pub fn named_base_urls(&self) -> impl Iterator<Item = (String, &str)> {
+        self.base_urls().enumerate().map(|(i, url)| {
+            let field = if i == 0 { "base_url".to_owned() } else { format!("replicas[{}]", i - 1) };
+            (field, url)
+        })
+    }
+
+    /// The first base URL that is not `http://` or `https://`: its field and the URL.
     #[must_use]
     pub fn bad_url(&self) -> Option<(String, &str)> {
-        self.base_urls().enumerate().find_map(|(i, url)| {
-            (!(url.starts_with("http://") || url.starts_with("https://"))).then(|| {
-                let field =
-                    if i == 0 { "base_url".to_owned() } else { format!("replicas[{}]", i - 1) };
-                (field, url)
-            })
-        })
+        self.named_base_urls()
+            .find(|(_, url)| !(url.starts_with("http://") || url.starts_with("https://")))
     }
 
     /// The cost of a turn.
