@@ -453,6 +453,37 @@ struct PassContext {
 }
 
 impl Block {
+    /// Its weights, when this is the plain Llama block trained in full on the CPU in f32: no
+    /// biases, adapters, q/k or sandwich norms, SwiGLU, every query head its own key head, not
+    /// sliding ([`crate::fused_block`] runs it as one op).
+    fn plain(&self, ctx: &PassContext) -> Option<crate::fused_block::PlainBlock> {
+        let (h, kvh, hd) = ctx.heads;
+        let linears = [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down];
+        let plain = !self.sliding
+            && ctx.activation == Activation::Silu
+            && h == kvh
+            && self.q.weight.dims() == [h * hd, h * hd]
+            && self.q_norm.is_none()
+            && self.k_norm.is_none()
+            && self.post_attn_norm.is_none()
+            && self.post_mlp_norm.is_none()
+            && linears.iter().all(|l| l.bias.is_none() && l.lora.is_none());
+        let w = crate::fused_block::PlainBlock {
+            input_norm: self.input_norm.clone(),
+            q: self.q.weight.clone(),
+            k: self.k.weight.clone(),
+            v: self.v.weight.clone(),
+            o: self.o.weight.clone(),
+            pre_mlp_norm: self.pre_mlp_norm.clone(),
+            gate: self.gate.weight.clone(),
+            up: self.up.weight.clone(),
+            down: self.down.weight.clone(),
+        };
+        let all = w.all();
+        let trained = all.iter().all(|t| t.track_op() && crate::fused_block::is_cpu_f32(t));
+        (plain && trained).then_some(w)
+    }
+
     /// Its tensors that are trained (variables or built from them): LoRA adapters, or every
     /// weight when the whole model is.
     fn trainable(&self) -> Vec<Tensor> {
@@ -641,6 +672,8 @@ pub struct Decoder {
     /// Whether training passes keep only each block's input (see [`CheckpointedBlock`]).
     activation_checkpointing: bool,
     checkpoint_grads: CheckpointGrads,
+    /// Whether training passes run each plain block as one fused op ([`crate::fused_block`]).
+    fused_blocks: bool,
 }
 
 /// One layer's keys and values of a sequence, each (1, kv_heads, len, head_dim).
@@ -965,6 +998,7 @@ impl Decoder {
             logit_chunk_bytes: crate::generate::LOGIT_CHUNK_BYTES,
             activation_checkpointing: false,
             checkpoint_grads: CheckpointGrads::default(),
+            fused_blocks: true,
         })
     }
 
@@ -1000,6 +1034,13 @@ impl Decoder {
             grads.insert(&t, sum);
         }
         Ok(grads)
+    }
+
+    /// Whether training passes run each plain Llama block as one fused op with a hand-written
+    /// backward pass ([`crate::fused_block`]; on by default). Values and gradients are those of
+    /// the composed block within f32 rounding; off runs the composed ops (the reference).
+    pub fn set_fused_blocks(&mut self, on: bool) {
+        self.fused_blocks = on;
     }
 
     /// Bytes of logits the training and scoring forward pass makes at once.
@@ -1192,7 +1233,7 @@ impl Decoder {
         let decoding = cache.is_some();
         let (b, t) = ids.dims2()?;
         let t = if last_only { 1 } else { t };
-        let x = self.hidden_states(ids, positions, mask, cache, last_only)?;
+        let x = self.hidden_states(ids, positions, mask, cache, last_only, false)?;
         Ok(self.lm_head.forward(&x, decoding)?.reshape((b, t, self.config.vocab_size))?)
     }
 
@@ -1205,6 +1246,7 @@ impl Decoder {
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
         last_only: bool,
+        causal_training: bool,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
@@ -1267,11 +1309,24 @@ impl Decoder {
         let checkpoint = self.activation_checkpointing && !decoding;
         for (li, block) in self.blocks.iter().enumerate() {
             let anchor = if checkpoint { block.trainable().into_iter().next() } else { None };
-            x = match anchor {
-                Some(anchor) => {
+            let plain = if causal_training && anchor.is_none() && self.fused_blocks {
+                block.plain(&ctx)
+            } else {
+                None
+            };
+            x = match (anchor, plain) {
+                (Some(anchor), _) => {
                     checkpointed_block(block, &x, &anchor, &ctx, &self.checkpoint_grads)?
                 }
-                None => block.forward(&x, &ctx, cache.as_deref_mut().map(|c| (c, li)))?,
+                (None, Some(w)) => crate::fused_block::plain_block(
+                    &w,
+                    &x,
+                    &ctx.global,
+                    (h, hd),
+                    ctx.scale,
+                    ctx.eps,
+                )?,
+                (None, None) => block.forward(&x, &ctx, cache.as_deref_mut().map(|c| (c, li)))?,
             };
         }
         let (x, t) = if last_only { (x.narrow(1, t - 1, 1)?, 1) } else { (x, t) };
@@ -1295,7 +1350,8 @@ impl Decoder {
         let positions =
             Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?.repeat((b, 1))?;
         let mask = causal_mask(t, &self.device)?;
-        let x = self.hidden_states(ids, &positions, &mask, None, false)?;
+        // Positions 0..t and the causal mask: the plain blocks may run fused.
+        let x = self.hidden_states(ids, &positions, &mask, None, false, true)?;
         let targets = targets.flatten_all()?;
         let vocab = self.config.vocab_size;
         let row_bytes = vocab * x.dtype().size_in_bytes();

@@ -831,6 +831,12 @@ impl RotaryAngles {
         };
         Ok(Self { cos: take(cos)?.into(), sin: take(sin)?.into(), b, t, half })
     }
+
+    /// cos and sin of batch row `bi` at its `pos`-th position, one per pair.
+    pub(crate) fn at(&self, bi: usize, pos: usize) -> (&[f64], &[f64]) {
+        let base = (bi * self.t + pos) * self.half;
+        (&self.cos[base..base + self.half], &self.sin[base..base + self.half])
+    }
 }
 
 struct Rotary {

@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod decoder;
 mod error;
 pub mod fused;
+mod fused_block;
 pub mod generate;
 pub mod hub;
 pub mod loss;

@@ -3,6 +3,7 @@
 
 mod common;
 mod fused;
+mod fused_block;
 mod gemma;
 mod generation;
 mod gradients;
