@@ -73,7 +73,6 @@ impl Dims {
 
 /// What the forward pass keeps for the backward pass.
 struct Saved {
-    x: Vec<f32>,
     r1: Vec<f32>,
     n1: Vec<f32>,
     /// q, k (rotated) and v side by side: (n, 3d).
@@ -298,8 +297,14 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-fn read(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
+/// `f` on the contiguous f32 data of `t`, in place when it is contiguous.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(slice(cpu, layout)?)),
+        _ => candle_core::bail!("fused block: CPU tensors only"),
+    }
 }
 
 /// The contiguous f32 data of a CPU storage.
@@ -425,12 +430,12 @@ impl FusedBlock {
             view(wt, of.down, 1, ff),
             parallelism(n * ff * d),
         );
-        let saved = Saved { x: x.to_vec(), r1, n1, qkv, p, ctx, x1, r2, n2, gu, act };
+        let saved = Saved { r1, n1, qkv, p, ctx, x1, r2, n2, gu, act };
         (y, saved)
     }
 
     /// The gradients of the input and of the concatenated weights.
-    fn backward(&self, s: &Saved, wt: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    fn backward(&self, s: &Saved, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let Dims { b, t, d, heads, hd, ff } = self.dims;
         let n = self.dims.n();
         let of = self.dims.offsets();
@@ -612,7 +617,7 @@ impl FusedBlock {
                 parallelism(n * d * d),
             );
         }
-        let dwn1 = rms_backward(&dn1, &s.x, &s.r1, &wt[of.wn1..of.wn1 + d], &mut dx1);
+        let dwn1 = rms_backward(&dn1, x, &s.r1, &wt[of.wn1..of.wn1 + d], &mut dx1);
         dw[of.wn1..of.wn1 + d].copy_from_slice(&dwn1);
         (dx1, dw)
     }
@@ -651,8 +656,9 @@ impl CustomOp2 for FusedBlock {
         let saved = saved
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("fused block: no forward".into()))?;
-        let (dy, wt) = (read(grad)?, read(weights)?);
-        let (dx, dw) = self.backward(saved, &wt, &dy);
+        let (dx, dw) = with_f32(grad, |dy| {
+            with_f32(x, |xs| with_f32(weights, |wt| self.backward(saved, xs, wt, dy)))
+        })???;
         let dx = x.track_op().then(|| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?;
         let dw = weights
             .track_op()

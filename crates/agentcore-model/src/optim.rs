@@ -63,6 +63,57 @@ struct Slot {
     v: Tensor,
 }
 
+/// The scalars of one step.
+struct Coefficients {
+    clip: f64,
+    beta1: f64,
+    beta2: f64,
+    bias1: f64,
+    bias2: f64,
+    eps: f64,
+    lr: f64,
+    /// `1 - lr * weight_decay`.
+    decay: f64,
+}
+
+/// One slot's update in a single pass over its parameter, gradient and moments (the same
+/// arithmetic as the tensor ops of [`AdamW::step`], in the parameter's dtype, without their
+/// dozen intermediate tensors).
+fn fused_step<T>(slot: &mut Slot, g: &Tensor, k: &Coefficients) -> Result<()>
+where
+    T: candle_core::WithDType + num_traits::Float + Send + Sync,
+{
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    let t = |x: f64| T::from(x).unwrap_or_else(T::zero);
+    let (clip, b1, b2, bias1, bias2) = (t(k.clip), t(k.beta1), t(k.beta2), t(k.bias1), t(k.bias2));
+    let (eps, lr, decay, one) = (t(k.eps), t(k.lr), t(k.decay), T::one());
+    let shape = slot.param.as_tensor().shape().clone();
+    let g = g.flatten_all()?.to_vec1::<T>()?;
+    let mut theta = slot.param.as_tensor().flatten_all()?.to_vec1::<T>()?;
+    let mut m = slot.m.flatten_all()?.to_vec1::<T>()?;
+    let mut v = slot.v.flatten_all()?.to_vec1::<T>()?;
+    theta
+        .par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((theta, m), v), g)| {
+            for i in 0..theta.len() {
+                let g = g[i] * clip;
+                m[i] = m[i] * b1 + g * (one - b1);
+                v[i] = v[i] * b2 + g * g * (one - b2);
+                let update = (m[i] / bias1) / ((v[i] / bias2).sqrt() + eps);
+                theta[i] = theta[i] * decay - update * lr;
+            }
+        });
+    let device = slot.param.as_tensor().device().clone();
+    slot.m = Tensor::from_vec(m, &shape, &device)?;
+    slot.v = Tensor::from_vec(v, &shape, &device)?;
+    slot.param.set(&Tensor::from_vec(theta, &shape, &device)?)?;
+    Ok(())
+}
+
 /// The optimizer.
 pub struct AdamW {
     config: AdamWConfig,
@@ -144,11 +195,32 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
         let bias2 = 1.0 - c.beta2.powi(self.step as i32);
         let mut without_gradient = Vec::new();
+        let coeffs = Coefficients {
+            clip: clip_coefficient,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            bias1,
+            bias2,
+            eps: c.eps,
+            lr: c.learning_rate,
+            decay: 1.0 - c.learning_rate * c.weight_decay.max(0.0),
+        };
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.param.as_tensor()) else {
                 without_gradient.push(slot.name.clone());
                 continue;
             };
+            match g.dtype() {
+                DType::F32 => {
+                    fused_step::<f32>(slot, g, &coeffs)?;
+                    continue;
+                }
+                DType::F64 => {
+                    fused_step::<f64>(slot, g, &coeffs)?;
+                    continue;
+                }
+                _ => {}
+            }
             let g = (g * clip_coefficient)?;
             let theta = slot.param.as_tensor().detach();
             let theta = if c.weight_decay > 0.0 {

@@ -38,6 +38,51 @@ fn adamw_first_step_and_clipping() {
     assert_eq!(opt.step_count(), 1);
 }
 
+#[test]
+fn adamw_steps_with_weight_decay_follow_the_formula() {
+    // Three steps of gradients c_k on w, against AdamW written out in f64.
+    let mut params = ParamStore::new();
+    let w0 = [0.3f32, -1.2, 2.0, 0.0, -0.7];
+    let w = params.insert("w", Tensor::new(&w0, &Device::Cpu).expect("t")).expect("insert");
+    let config = AdamWConfig {
+        learning_rate: 0.05,
+        weight_decay: 0.1,
+        max_grad_norm: Some(2.0),
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(&params, config.clone()).expect("optimizer");
+    let cs =
+        [[1.0f32, -3.0, 0.5, 2.0, 0.0], [0.2, 0.1, -0.4, 1.0, -2.5], [-1.0, 2.0, 2.0, 0.3, 0.7]];
+    let mut want: Vec<f64> = w0.iter().map(|&x| f64::from(x)).collect();
+    let (mut m, mut v) = (vec![0.0f64; 5], vec![0.0f64; 5]);
+    for (step, c) in cs.iter().enumerate() {
+        let ct = Tensor::new(c, &Device::Cpu).expect("t");
+        let grads = (&w * &ct).and_then(|x| x.sum_all()).expect("loss").backward().expect("bwd");
+        opt.step(&grads).expect("step");
+        let norm = c.iter().map(|&g| f64::from(g).powi(2)).sum::<f64>().sqrt();
+        let clip = (2.0 / (norm + 1e-6)).min(1.0);
+        let k = (step + 1) as i32;
+        for i in 0..5 {
+            let g = f64::from(c[i]) * clip;
+            m[i] = 0.9 * m[i] + 0.1 * g;
+            v[i] = 0.999 * v[i] + 0.001 * g * g;
+            let update =
+                (m[i] / (1.0 - 0.9f64.powi(k))) / ((v[i] / (1.0 - 0.999f64.powi(k))).sqrt() + 1e-8);
+            want[i] = want[i] * (1.0 - 0.05 * 0.1) - 0.05 * update;
+        }
+        let got = params.get("w").expect("w").as_tensor().to_vec1::<f32>().expect("vec");
+        for (a, b) in got.iter().zip(&want) {
+            assert!((f64::from(*a) - b).abs() < 1e-5, "step {step}: {got:?} vs {want:?}");
+        }
+    }
+    // The moments are the state a checkpoint saves.
+    let state = opt.state_tensors();
+    let exp_avg = state.iter().find(|(n, _)| n == "exp_avg.w").expect("exp_avg").1.to_vec1::<f32>();
+    for (a, b) in exp_avg.expect("vec").iter().zip(&m) {
+        assert!((f64::from(*a) - b).abs() < 1e-6);
+    }
+}
+
 /// One GRPO update on the small model: sample 2 groups of 4 completions, reward = fraction of
 /// generated tokens with id < 20, group advantages, dapo loss, AdamW step. Returns mean reward.
 pub(crate) fn grpo_step(
