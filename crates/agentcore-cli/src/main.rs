@@ -127,6 +127,9 @@ enum BenchCommand {
         /// Skip the Gemma 3 part.
         #[arg(long, conflicts_with = "gemma")]
         no_gemma: bool,
+        /// Where the models run: cpu, or cuda[:N] in a build with `--features cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// One full GRPO iteration (generation, rewards and advantages, log-probs, backward and
     /// AdamW) on the workload of the TRL anchor (shared/anchors/trl_grpo_step_bench.py: 8
@@ -142,6 +145,9 @@ enum BenchCommand {
         /// Timed iterations.
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// Where the model runs: cpu, or cuda[:N] in a build with `--features cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// One LoRA update (r 8 on q/k/v/o) of a pretrained model on random conversations of the
     /// real-model path's size: its seconds, loss and peak memory (VmHWM), with the logits made
@@ -419,12 +425,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         })?,
         Command::Bench(BenchCommand::Chaos(b)) => bench_chaos::run(&b)?,
-        Command::Bench(BenchCommand::Grpo { json, warmup, steps }) => {
+        Command::Bench(BenchCommand::Grpo { json, warmup, steps, device }) => {
             use agentcore_train::bench_grpo::{GrpoBenchSettings, run_grpo_bench};
             if steps == 0 {
                 return Err(InputError("--steps must be at least 1, got 0".into()).into());
             }
-            let settings = GrpoBenchSettings { warmup, steps, ..GrpoBenchSettings::default() };
+            let settings =
+                GrpoBenchSettings { warmup, steps, device, ..GrpoBenchSettings::default() };
             let mut stderr = std::io::stderr();
             let r = run_grpo_bench(&settings, |i, n| {
                 let _ = writeln!(stderr, "bench: GRPO iteration {i}/{n}...");
@@ -502,7 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ))?;
             }
         }
-        Command::Bench(BenchCommand::Model { json, steps, gen_reps, gemma, no_gemma }) => {
+        Command::Bench(BenchCommand::Model { json, steps, gen_reps, gemma, no_gemma, device }) => {
             let gemma = match (gemma, no_gemma) {
                 (_, true) => None,
                 (Some(path), false) => {
@@ -519,7 +526,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     agentcore_model::hub::default_gemma_gguf_path().filter(|p| p.is_file())
                 }
             };
-            let settings = BenchSettings { steps, gen_reps, gemma, ..BenchSettings::default() };
+            let settings =
+                BenchSettings { steps, gen_reps, gemma, device, ..BenchSettings::default() };
             let mut stderr = std::io::stderr();
             let report = run_model_bench(&settings, |stage| {
                 let _ = writeln!(stderr, "bench: {stage}...");

@@ -38,12 +38,19 @@ pub struct BenchSettings {
     pub gen_reps: usize,
     /// The Gemma 3 270M GGUF; `None` skips that part.
     pub gemma: Option<std::path::PathBuf>,
+    /// Where the models run: `cpu` or `cuda[:N]` ([`crate::device::parse_device`]).
+    #[serde(default = "cpu")]
+    pub device: String,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 impl Default for BenchSettings {
     fn default() -> Self {
         // The anchor's defaults.
-        Self { warmup: 5, steps: 30, gen_warmup: 2, gen_reps: 10, gemma: None }
+        Self { warmup: 5, steps: 30, gen_warmup: 2, gen_reps: 10, gemma: None, device: cpu() }
     }
 }
 
@@ -116,7 +123,7 @@ pub fn run_model_bench(
     settings: &BenchSettings,
     mut progress: impl FnMut(&str),
 ) -> Result<ModelBenchReport> {
-    let device = Device::Cpu;
+    let device = crate::device::parse_device(&settings.device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let config = DecoderConfig { max_seq_len: 128, ..DecoderConfig::bench_reference() };
     let model = Decoder::new(config.clone(), &mut rng, &device)?;
@@ -140,6 +147,7 @@ pub fn run_model_bench(
         let start = Instant::now();
         let loss = nll(&model, &data)?;
         opt.step(&model.backward(&loss)?)?;
+        crate::device::synchronize(&device)?;
         let dt = start.elapsed().as_secs_f64();
         losses.push(f64::from(loss.to_scalar::<f32>()?));
         if i >= settings.warmup {
@@ -188,7 +196,7 @@ pub fn run_model_bench(
     let gen_batch1 = gen_rate(1)?;
     let gen_batch64 = gen_rate(64)?;
     let gemma = match &settings.gemma {
-        Some(path) => Some(gemma_rates(path, settings, &mut rng, &mut progress)?),
+        Some(path) => Some(gemma_rates(path, settings, &device, &mut rng, &mut progress)?),
         None => None,
     };
 
@@ -221,11 +229,12 @@ pushing probability mass toward the better ones. ";
 fn gemma_rates(
     path: &std::path::Path,
     settings: &BenchSettings,
+    device: &Device,
     rng: &mut ChaCha8Rng,
     progress: &mut impl FnMut(&str),
 ) -> Result<(Rate, Rate)> {
     progress("loading Gemma 3 270M");
-    let loaded = crate::hub::load_gguf(path, false, &Device::Cpu)?;
+    let loaded = crate::hub::load_gguf(path, false, device)?;
     let bos = loaded.tokenizer.token_id("<bos>").unwrap_or(2);
     let mut prompt = vec![bos];
     prompt.extend(loaded.tokenizer.encode(&GEMMA_TEXT.repeat(8))?);

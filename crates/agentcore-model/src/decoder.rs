@@ -549,10 +549,13 @@ impl Block {
         let rep = h / kvh;
         let n_keys = k.dim(2)?;
         let q = q.reshape((b, kvh, rep * t, hd))?;
-        let out = if decoding {
+        let out = if decoding && q.device().is_cpu() {
             // Decoding never needs gradients: one fused pass over the cache.
             crate::fused::decode_attention(&q, &k, &v, mask, t, ctx.scale)?
         } else {
+            // Off the CPU, the cache's views are made contiguous for the device's matmul.
+            let (k, v) =
+                if q.device().is_cpu() { (k, v) } else { (k.contiguous()?, v.contiguous()?) };
             let scores = (q.matmul(&k.t()?)? * ctx.scale)?
                 .reshape((b, h, t, n_keys))?
                 .broadcast_add(mask)?;

@@ -219,6 +219,9 @@ impl CustomOp2 for RmsNorm {
 
 /// RMSNorm over the last dimension, `x / sqrt(mean(x^2) + eps) * weight`, with a backward pass.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed::rms_norm(x, weight, eps);
+    }
     Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps })?)
 }
 
@@ -280,6 +283,9 @@ impl CustomOp1 for Softmax {
 
 /// Softmax over the last dimension, with a backward pass.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed::softmax_last(x);
+    }
     Ok(x.contiguous()?.apply_op1(Softmax)?)
 }
 
@@ -369,6 +375,9 @@ impl CustomOp2 for SwiGlu {
 
 /// `silu(gate) * up`, with a backward pass.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if !gate.device().is_cpu() {
+        return composed::swiglu(gate, up);
+    }
     Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)?)
 }
 
@@ -464,6 +473,9 @@ impl CustomOp2 for TargetLogProbs {
 /// `log_softmax(logits)[..., target]`: logits (..., vocab), targets (...) u32; the result has
 /// the targets' shape. Differentiable in the logits.
 pub fn target_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if !logits.device().is_cpu() {
+        return composed::target_logprobs(logits, targets);
+    }
     Ok(logits.contiguous()?.apply_op2(&targets.contiguous()?, TargetLogProbs)?)
 }
 
@@ -536,6 +548,9 @@ impl CustomOp1 for FrozenMatmul {
 /// `x @ weight^T` for x (rows, in) and a weight (out, in) that is not trained: differentiable
 /// in x only (its backward is `grad @ weight`, no gradient for the weight).
 pub fn frozen_matmul(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return Ok(x.matmul(&weight.detach().t()?)?);
+    }
     Ok(x.apply_op1(FrozenMatmul { weight: weight.detach() })?)
 }
 
@@ -634,6 +649,9 @@ pub fn head_target_logprobs(
 ) -> Result<Tensor> {
     let (rows, _) = hidden.dims2()?;
     let targets = targets.contiguous()?;
+    if !hidden.device().is_cpu() {
+        return composed::head_target_logprobs(hidden, weight, &targets, temperature, chunk_rows);
+    }
     let (h, w) = (hidden.detach(), weight.detach());
     let mut values = Vec::new();
     for (start, len) in row_chunks(rows, chunk_rows) {
@@ -652,10 +670,39 @@ pub fn head_target_logprobs(
 
 /// The same functions composed from candle's differentiable tensor ops: the reference the
 /// fused kernels are tested against.
+/// On devices other than the CPU the public functions above run these.
 pub mod composed {
     use candle_core::{D, Tensor};
 
+    use super::{RotaryAngles, row_chunks};
     use crate::error::Result;
+
+    /// [`super::head_target_logprobs`] from candle's ops: the chunks' logits stay in the graph
+    /// for the backward pass.
+    pub fn head_target_logprobs(
+        hidden: &Tensor,
+        weight: &Tensor,
+        targets: &Tensor,
+        temperature: f64,
+        chunk_rows: usize,
+    ) -> Result<Tensor> {
+        let mut parts = Vec::new();
+        for (start, len) in row_chunks(hidden.dim(0)?, chunk_rows) {
+            let logits = (hidden.narrow(0, start, len)?.matmul(&weight.t()?)? / temperature)?;
+            parts.push(target_logprobs(&logits, &targets.narrow(0, start, len)?)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// [`super::rotary`] from candle's ops, with the pass's angles as tables on `x`'s device.
+    pub fn rotary_angles(x: &Tensor, angles: &RotaryAngles) -> Result<Tensor> {
+        let table = |v: &[f64]| -> Result<Tensor> {
+            let data: Vec<f32> = v.iter().map(|&a| a as f32).collect();
+            let t = Tensor::from_vec(data, (angles.b, angles.t, angles.half), x.device())?;
+            Ok(t.to_dtype(x.dtype())?)
+        };
+        rotary(x, &table(&angles.cos)?, &table(&angles.sin)?)
+    }
 
     /// RMSNorm from `sqr`/`mean`/`sqrt`.
     pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -905,5 +952,8 @@ impl CustomOp1 for Rotary {
 /// Rotary position embedding ("rotate half" layout) of `x` (b, heads, t, hd), with a backward
 /// pass.
 pub fn rotary(x: &Tensor, angles: &RotaryAngles) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return composed::rotary_angles(x, angles);
+    }
     Ok(x.contiguous()?.apply_op1(Rotary { angles: angles.clone(), inverse: false })?)
 }

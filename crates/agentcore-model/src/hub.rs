@@ -389,7 +389,8 @@ pub fn load_gguf(path: &Path, trainable: bool, device: &Device) -> Result<Loaded
     }
     let mut model =
         Decoder::from_weights(config, weights, trainable, &path.display().to_string(), device)?;
-    if !trainable {
+    // The quantized twins are CPU kernels; on a GPU the dense weights serve decoding.
+    if !trainable && device.is_cpu() {
         model.set_quantized_weights(quantized)?;
     }
     let tokenizer =

@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod decoder;
+pub mod device;
 mod error;
 pub mod fused;
 mod fused_block;

@@ -57,6 +57,13 @@ pub struct GrpoBenchSettings {
     pub max_completion: usize,
     /// Seed of the weights, prompts and sampling.
     pub seed: u64,
+    /// Where the model runs: `cpu` or `cuda[:N]` ([`agentcore_model::device::parse_device`]).
+    #[serde(default = "cpu")]
+    pub device: String,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 impl Default for GrpoBenchSettings {
@@ -69,6 +76,7 @@ impl Default for GrpoBenchSettings {
             prompt_len: 16,
             max_completion: 48,
             seed: 0,
+            device: cpu(),
         }
     }
 }
@@ -160,7 +168,7 @@ pub fn run_grpo_bench(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<GrpoBenchReport, TrainError> {
     let s = settings;
-    let device = Device::Cpu;
+    let device = agentcore_model::device::parse_device(&s.device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
     let config = DecoderConfig { max_seq_len: 128, ..DecoderConfig::bench_reference() };
     let model = Decoder::new(config, &mut rng, &device)?;
@@ -218,6 +226,7 @@ pub fn run_grpo_bench(
         let updated = Instant::now();
         // The whole batch in one micro-batch, as TRL's per-device batch of 64.
         let stats = policy_update(&model, &mut opt, &rows, &loss, 1.0, PAD, usize::MAX)?;
+        agentcore_model::device::synchronize(&device)?;
         let update_s = updated.elapsed().as_secs_f64();
         let total = start.elapsed().as_secs_f64();
         let tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();

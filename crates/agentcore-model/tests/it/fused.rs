@@ -132,6 +132,14 @@ fn fused_rotary_equals_composed_rotary_in_value_and_gradient() {
         || composed::rotary(x.as_tensor(), &cos, &sin).expect("composed"),
         1e-5,
     );
+    // What a GPU runs: the same angles as tables on the tensor's device.
+    compare(
+        &[&x],
+        &probe,
+        || fused::rotary(x.as_tensor(), &rot).expect("fused"),
+        || composed::rotary_angles(x.as_tensor(), &rot).expect("composed"),
+        1e-5,
+    );
 }
 
 /// `log_softmax(hidden @ weight^T / temperature)[target]` from the full logits.
@@ -163,6 +171,23 @@ fn chunked_head_logprobs_equal_the_full_logits_in_value_and_every_gradient() {
                     chunk,
                 )
                 .expect("chunked")
+            },
+            || full_head_logprobs(hidden.as_tensor(), weight.as_tensor(), &targets, 0.7),
+            1e-5,
+        );
+        // What a GPU runs: the chunks composed from candle's ops.
+        compare(
+            &[&hidden, &weight],
+            &probe,
+            || {
+                composed::head_target_logprobs(
+                    hidden.as_tensor(),
+                    weight.as_tensor(),
+                    &targets,
+                    0.7,
+                    chunk,
+                )
+                .expect("composed chunks")
             },
             || full_head_logprobs(hidden.as_tensor(), weight.as_tensor(), &targets, 0.7),
             1e-5,
