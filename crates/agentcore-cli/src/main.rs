@@ -127,7 +127,7 @@ enum BenchCommand {
         /// Skip the Gemma 3 part.
         #[arg(long, conflicts_with = "gemma")]
         no_gemma: bool,
-        /// Where the models run: cpu, or cuda[:N] in a build with `--features cuda`.
+        /// Where the models run: cpu, or cuda / cuda:N in a build with `--features cuda`.
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -145,7 +145,7 @@ enum BenchCommand {
         /// Timed iterations.
         #[arg(long, default_value_t = 5)]
         steps: usize,
-        /// Where the model runs: cpu, or cuda[:N] in a build with `--features cuda`.
+        /// Where the model runs: cpu, or cuda / cuda:N in a build with `--features cuda`.
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -173,6 +173,9 @@ enum BenchCommand {
         /// Print one JSON object instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Where the model runs: cpu, or cuda / cuda:N in a build with `--features cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// A/A tests of the A/B test's sequential test, looked at repeatedly: how often it (and,
     /// for contrast, a fixed-sample z-test looked at the same way) declares a difference that
@@ -469,6 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             whole_logits,
             no_checkpointing,
             json,
+            device,
         }) => {
             use agentcore_train::bench_grpo::{UpdateBenchSettings, run_update_bench};
             if rows == 0 || tokens < 2 {
@@ -478,7 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into());
             }
             let mut settings =
-                UpdateBenchSettings { rows, tokens, ..UpdateBenchSettings::default() };
+                UpdateBenchSettings { rows, tokens, device, ..UpdateBenchSettings::default() };
             if whole_logits {
                 settings.logit_chunk_bytes = None;
             }

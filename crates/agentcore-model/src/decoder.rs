@@ -1040,7 +1040,7 @@ impl Decoder {
     }
 
     /// Whether training passes run each plain Llama block as one fused op with a hand-written
-    /// backward pass ([`crate::fused_block`]; on by default). Values and gradients are those of
+    /// backward pass (the crate's `fused_block` module; on by default). Values and gradients are those of
     /// the composed block within f32 rounding; off runs the composed ops (the reference).
     pub fn set_fused_blocks(&mut self, on: bool) {
         self.fused_blocks = on;

@@ -25,7 +25,6 @@ use agentcore_grpo::loss::LossSettings;
 use agentcore_model::decoder::{Decoder, DecoderConfig};
 use agentcore_model::generate::{SamplingParams, generate};
 use agentcore_model::optim::{AdamW, AdamWConfig};
-use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -276,6 +275,9 @@ pub struct UpdateBenchSettings {
     pub activation_checkpointing: bool,
     /// Seed of the LoRA initialisation and the token ids.
     pub seed: u64,
+    /// Where the model runs: `cpu` or `cuda[:N]`.
+    #[serde(default = "cpu")]
+    pub device: String,
 }
 
 impl Default for UpdateBenchSettings {
@@ -287,6 +289,7 @@ impl Default for UpdateBenchSettings {
             logit_chunk_bytes: Some(agentcore_model::generate::LOGIT_CHUNK_BYTES),
             activation_checkpointing: crate::defaults::PRETRAINED_ACTIVATION_CHECKPOINTING,
             seed: 0,
+            device: cpu(),
         }
     }
 }
@@ -335,7 +338,8 @@ pub fn run_update_bench(
 ) -> Result<UpdateBenchReport, TrainError> {
     use agentcore_model::decoder::LoraConfig;
     let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
-    let mut loaded = agentcore_model::hub::load_model(path, false, &Device::Cpu)?;
+    let device = agentcore_model::device::parse_device(&s.device)?;
+    let mut loaded = agentcore_model::hub::load_model(path, false, &device)?;
     loaded.model.enable_lora(&LoraConfig::default(), &mut rng)?;
     loaded.model.set_logit_chunk_bytes(s.logit_chunk_bytes.unwrap_or(usize::MAX));
     loaded.model.set_activation_checkpointing(s.activation_checkpointing);
@@ -361,6 +365,7 @@ pub fn run_update_bench(
     let token_budget = crate::defaults::update_token_budget(vocab as usize);
     let start = Instant::now();
     let stats = policy_update(model, &mut opt, &rows, &loss, 1.0, 0, token_budget)?;
+    agentcore_model::device::synchronize(&device)?;
     let update_s = start.elapsed().as_secs_f64();
     Ok(UpdateBenchReport {
         bench: "lora_update".into(),
