@@ -246,9 +246,11 @@ fn rms_backward(dn: &[f32], x: &[f32], r: &[f32], w: &[f32], dx: &mut [f32]) -> 
             out[j] += ri * g[j] * w[j] - xr[j] * c;
         }
     });
+    // Partial sums over fixed chunks of rows, added in chunk order: the same rounding on every
+    // run, whatever the threads did (a parallel `reduce` would pair them as work was stolen).
     const ROWS_PER_TASK: usize = 64;
     let rows = r.len();
-    (0..rows.div_ceil(ROWS_PER_TASK))
+    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .map(|task| {
             let mut acc = vec![0.0f32; d];
@@ -259,13 +261,12 @@ fn rms_backward(dn: &[f32], x: &[f32], r: &[f32], w: &[f32], dx: &mut [f32]) -> 
             }
             acc
         })
-        .reduce(
-            || vec![0.0; d],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        .collect();
+    let mut dw = vec![0.0f32; d];
+    for part in partials {
+        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    dw
 }
 
 /// Rotates the `heads` head slices at `col0` of every (n, width) row, by minus the angle when

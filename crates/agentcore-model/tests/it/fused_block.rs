@@ -42,6 +42,9 @@ fn check(config: DecoderConfig, lengths: &[usize], seed: u64) {
     let mut model = Decoder::new(config, &mut rng(seed), &Device::Cpu).expect("model");
     let sequences = random_sequences(lengths, vocab, seed + 1);
     let (fused_values, fused_grads) = logprobs_and_grads(&model, &sequences);
+    // Run to run, bit for bit: the threads' work is reduced in a fixed order.
+    let (again_values, again_grads) = logprobs_and_grads(&model, &sequences);
+    assert!(again_values == fused_values && again_grads == fused_grads, "not deterministic");
     model.set_fused_blocks(false);
     let (values, grads) = logprobs_and_grads(&model, &sequences);
     assert_close(&fused_values, &values, "log-probs");
