@@ -128,7 +128,7 @@ enum BenchCommand {
         #[arg(long, conflicts_with = "gemma")]
         no_gemma: bool,
         /// Where the models run: cpu, or cuda / cuda:N in a build with `--features cuda`.
-        #[arg(long, default_value = "cpu")]
+        #[arg(long, default_value = agentcore_model::device::DEFAULT_DEVICE)]
         device: String,
     },
     /// One full GRPO iteration (generation, rewards and advantages, log-probs, backward and
@@ -146,7 +146,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         steps: usize,
         /// Where the model runs: cpu, or cuda / cuda:N in a build with `--features cuda`.
-        #[arg(long, default_value = "cpu")]
+        #[arg(long, default_value = agentcore_model::device::DEFAULT_DEVICE)]
         device: String,
     },
     /// One LoRA update (r 8 on q/k/v/o) of a pretrained model on random conversations of the
@@ -174,7 +174,7 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
         /// Where the model runs: cpu, or cuda / cuda:N in a build with `--features cuda`.
-        #[arg(long, default_value = "cpu")]
+        #[arg(long, default_value = agentcore_model::device::DEFAULT_DEVICE)]
         device: String,
     },
     /// A/A tests of the A/B test's sequential test, looked at repeatedly: how often it (and,

@@ -39,18 +39,21 @@ pub struct BenchSettings {
     /// The Gemma 3 270M GGUF; `None` skips that part.
     pub gemma: Option<std::path::PathBuf>,
     /// Where the models run: `cpu` or `cuda[:N]` ([`crate::device::parse_device`]).
-    #[serde(default = "cpu")]
+    #[serde(default = "crate::device::default_device")]
     pub device: String,
-}
-
-fn cpu() -> String {
-    "cpu".into()
 }
 
 impl Default for BenchSettings {
     fn default() -> Self {
         // The anchor's defaults.
-        Self { warmup: 5, steps: 30, gen_warmup: 2, gen_reps: 10, gemma: None, device: cpu() }
+        Self {
+            warmup: 5,
+            steps: 30,
+            gen_warmup: 2,
+            gen_reps: 10,
+            gemma: None,
+            device: crate::device::default_device(),
+        }
     }
 }
 

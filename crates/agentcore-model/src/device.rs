@@ -6,6 +6,14 @@ use candle_core::Device;
 
 use crate::error::{ModelError, Result};
 
+/// The device the benchmarks run on unless told otherwise.
+pub const DEFAULT_DEVICE: &str = "cpu";
+
+/// [`DEFAULT_DEVICE`] as an owned name (a serde default).
+pub fn default_device() -> String {
+    DEFAULT_DEVICE.into()
+}
+
 /// The device named by `spec`: `cpu`, `cuda` (GPU 0) or `cuda:N`.
 ///
 /// # Errors

@@ -29,7 +29,7 @@ trait Elem: WithDType + Float + num_traits::NumAssignOps + Send + Sync + std::it
 impl Elem for f32 {}
 impl Elem for f64 {}
 
-fn contiguous_slice<'a, T: WithDType>(
+pub(crate) fn contiguous_slice<'a, T: WithDType>(
     s: &'a CpuStorage,
     l: &Layout,
 ) -> candle_core::Result<&'a [T]> {
@@ -41,7 +41,7 @@ fn contiguous_slice<'a, T: WithDType>(
 }
 
 /// Runs `f` on the contiguous data of `t` (CPU only).
-fn with_data<T: WithDType, R>(
+pub(crate) fn with_data<T: WithDType, R>(
     t: &Tensor,
     f: impl FnOnce(&[T]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
@@ -688,7 +688,7 @@ pub mod composed {
     ) -> Result<Tensor> {
         let mut parts = Vec::new();
         for (start, len) in row_chunks(hidden.dim(0)?, chunk_rows) {
-            let logits = (hidden.narrow(0, start, len)?.matmul(&weight.t()?)? / temperature)?;
+            let logits = super::chunk_logits(&hidden.narrow(0, start, len)?, weight, temperature)?;
             parts.push(target_logprobs(&logits, &targets.narrow(0, start, len)?)?);
         }
         Ok(Tensor::cat(&parts, 0)?)

@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::fused::RotaryAngles;
+use crate::fused::{RotaryAngles, contiguous_slice, with_data};
 
 /// The block's trained tensors, each (out, in) as candle stores a linear layer's weight.
 #[derive(Clone)]
@@ -296,26 +296,6 @@ fn rotate(
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// `f` on the contiguous f32 data of `t`, in place when it is contiguous.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => Ok(f(slice(cpu, layout)?)),
-        _ => candle_core::bail!("fused block: CPU tensors only"),
-    }
-}
-
-/// The contiguous f32 data of a CPU storage.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match s {
-        CpuStorage::F32(data) if l.is_contiguous() => {
-            Ok(&data[l.start_offset()..l.start_offset() + l.shape().elem_count()])
-        }
-        _ => candle_core::bail!("fused block: contiguous f32 tensors only"),
-    }
 }
 
 impl FusedBlock {
@@ -636,7 +616,7 @@ impl CustomOp2 for FusedBlock {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, wt) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (x, wt) = (contiguous_slice::<f32>(s1, l1)?, contiguous_slice::<f32>(s2, l2)?);
         let Dims { b, t, d, .. } = self.dims;
         if x.len() != b * t * d || wt.len() != self.dims.offsets().len {
             candle_core::bail!("fused block: input or weights of the wrong size")
@@ -657,9 +637,9 @@ impl CustomOp2 for FusedBlock {
         let saved = saved
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("fused block: no forward".into()))?;
-        let (dx, dw) = with_f32(grad, |dy| {
-            with_f32(x, |xs| with_f32(weights, |wt| self.backward(saved, xs, wt, dy)))
-        })???;
+        let (dx, dw) = with_data::<f32, _>(grad, |dy| {
+            with_data(x, |xs| with_data(weights, |wt| Ok(self.backward(saved, xs, wt, dy))))
+        })?;
         let dx = x.track_op().then(|| Tensor::from_vec(dx, x.shape(), x.device())).transpose()?;
         let dw = weights
             .track_op()

@@ -57,12 +57,8 @@ pub struct GrpoBenchSettings {
     /// Seed of the weights, prompts and sampling.
     pub seed: u64,
     /// Where the model runs: `cpu` or `cuda[:N]` ([`agentcore_model::device::parse_device`]).
-    #[serde(default = "cpu")]
+    #[serde(default = "agentcore_model::device::default_device")]
     pub device: String,
-}
-
-fn cpu() -> String {
-    "cpu".into()
 }
 
 impl Default for GrpoBenchSettings {
@@ -75,7 +71,7 @@ impl Default for GrpoBenchSettings {
             prompt_len: 16,
             max_completion: 48,
             seed: 0,
-            device: cpu(),
+            device: agentcore_model::device::default_device(),
         }
     }
 }
@@ -276,7 +272,7 @@ pub struct UpdateBenchSettings {
     /// Seed of the LoRA initialisation and the token ids.
     pub seed: u64,
     /// Where the model runs: `cpu` or `cuda[:N]`.
-    #[serde(default = "cpu")]
+    #[serde(default = "agentcore_model::device::default_device")]
     pub device: String,
 }
 
@@ -289,7 +285,7 @@ impl Default for UpdateBenchSettings {
             logit_chunk_bytes: Some(agentcore_model::generate::LOGIT_CHUNK_BYTES),
             activation_checkpointing: crate::defaults::PRETRAINED_ACTIVATION_CHECKPOINTING,
             seed: 0,
-            device: cpu(),
+            device: agentcore_model::device::default_device(),
         }
     }
 }
