@@ -7,7 +7,12 @@
 #   scripts/bench_prompt_policy.sh                  # seeds 1 2 3
 #   SEEDS=1 N_ITERATIONS=30 scripts/bench_prompt_policy.sh
 # Env: BIN (default: a release build), PORT (8765), N_ITERATIONS (30), EVAL_N (120), REPLICAS
-# (1: llama.cpp servers on PORT, PORT+1, ..., the agent's `replicas`), THREADS (2, shared out).
+# (1: llama.cpp servers on PORT, PORT+1, ..., the agent's `replicas`), THREADS (2, shared out),
+# SERVER (llamacpp: llama-cpp-python's server, scripts/serve_llamacpp.sh; llama-server:
+# llama.cpp's own, scripts/serve_llama_server.sh, with PARALLEL slots, default 4, and the
+# agent's `concurrency` set to PARALLEL x REPLICAS), TRAIN_MINUTES (unset: none; else the job is
+# sent SIGINT that many minutes after it starts, so it ends its iteration, checkpoints and runs
+# the final evaluation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${OUT_DIR:-target/bench-prompt-policy}
@@ -19,17 +24,27 @@ if [[ -z ${BIN:-} ]]; then
 fi
 REPLICAS=${REPLICAS:-1}
 THREADS=${THREADS:-2}
+SERVER=${SERVER:-llamacpp}
+PARALLEL=${PARALLEL:-4}
 PER=$(( THREADS / REPLICAS > 0 ? THREADS / REPLICAS : 1 ))
 SERVERS=()
 trap 'kill "${SERVERS[@]}" 2>/dev/null || true' EXIT
 for ((r = 0; r < REPLICAS; r++)); do
-  scripts/serve_llamacpp.sh "$((PORT + r))" "$PER" > "$OUT_DIR/llama-$r.log" 2>&1 &
+  case $SERVER in
+    llamacpp) scripts/serve_llamacpp.sh "$((PORT + r))" "$PER" > "$OUT_DIR/llama-$r.log" 2>&1 & ;;
+    llama-server)
+      scripts/serve_llama_server.sh "$((PORT + r))" "$PER" "$PARALLEL" > "$OUT_DIR/llama-$r.log" 2>&1 & ;;
+    *) echo "SERVER must be llamacpp or llama-server, got $SERVER" >&2; exit 2 ;;
+  esac
   SERVERS+=($!)
 done
 for ((r = 0; r < REPLICAS; r++)); do
   until curl -sf "http://127.0.0.1:$((PORT + r))/v1/models" > /dev/null; do sleep 0.5; done
 done
 sed "s/8765/$PORT/" examples/agents/gemma-api.yaml > "$OUT_DIR/agent.yaml"
+if [[ $SERVER == llama-server ]]; then
+  sed -i "s/^  concurrency: .*/  concurrency: $(( PARALLEL * REPLICAS ))/" "$OUT_DIR/agent.yaml"
+fi
 if (( REPLICAS > 1 )); then
   urls=$(for ((r = 1; r < REPLICAS; r++)); do printf '"http://127.0.0.1:%d/v1", ' "$((PORT + r))"; done)
   sed -i "s|^  base_url: .*|&\n  replicas: [${urls%, }]|" "$OUT_DIR/agent.yaml"
@@ -50,7 +65,15 @@ CFG
   start=$(date +%s)
   "$BIN" train --agent "$OUT_DIR/agent.yaml" --data "$OUT_DIR/train-$seed.jsonl" \
     --eval-data "$OUT_DIR/eval-$seed.jsonl" --config "$OUT_DIR/config-$seed.yaml" \
-    --data-dir "$home" --json > "$OUT_DIR/seed-$seed.jsonl" 2> "$OUT_DIR/seed-$seed.err"
+    --data-dir "$home" --json > "$OUT_DIR/seed-$seed.jsonl" 2> "$OUT_DIR/seed-$seed.err" &
+  job=$!
+  timer=
+  if [[ -n ${TRAIN_MINUTES:-} ]]; then
+    ( sleep "$(( TRAIN_MINUTES * 60 ))"; kill -INT "$job" 2>/dev/null || true ) &
+    timer=$!
+  fi
+  wait "$job"
+  [[ -z $timer ]] || { pkill -P "$timer" 2>/dev/null; kill "$timer" 2>/dev/null; } || true
   end=$(date +%s)
   python3 - "$OUT_DIR/seed-$seed.jsonl" "$seed" "$((end - start))" <<'PY'
 import json, sys

@@ -5,9 +5,10 @@
 //! trajectories. A rendering shows, after the system prompt, the items chosen for the query:
 //! each item's logit is `(credit + relevance_weight * similarity) / selection_temperature`,
 //! where similarity is the BM25 score of the query against the item divided by the query's
-//! score against itself (0..1), or with `retrieval.kind: embeddings` the cosine of the
-//! endpoint's `/v1/embeddings` vectors (each text embedded once per job); items less similar than `min_similarity` are not shown, and the
-//! others are picked one after another ([`select`]) under the token cap. Training rollouts
+//! score against itself (0..1; words only: numbers are an instance's data), or with
+//! `retrieval.kind: embeddings` the cosine of the endpoint's `/v1/embeddings` vectors (each
+//! text embedded once per job); items less similar than `min_similarity` are not shown, and
+//! the others are picked one after another ([`select`]) under the token cap. Training rollouts
 //! sample the choice, so the rollouts of a group see different renderings (recorded in each
 //! trajectory); evaluation takes the best items.
 //!
@@ -123,21 +124,35 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     if aa == 0.0 || bb == 0.0 { 0.0 } else { ab / (aa.sqrt() * bb.sqrt()) }
 }
 
+/// The words of a text that say what kind of task it is: its words with a letter in them.
+/// Numbers and other literals are an instance's data (two tasks of different kinds that
+/// happen to share numbers are not alike); a text with no such word is kept whole.
+fn kind_words(text: &str) -> String {
+    let words: Vec<&str> = text
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '\''))
+        .filter(|w| w.chars().any(char::is_alphabetic))
+        .collect();
+    if words.is_empty() { text.to_owned() } else { words.join(" ") }
+}
+
 /// Similarity of `query` to each text: its BM25 score over the texts and the query itself,
 /// divided by the query's score against itself (1: every weighted word shared; 0: none).
+/// Only the words of [`kind_words`] count.
 fn similarity(query: &str, texts: &[String]) -> Vec<f64> {
     if texts.is_empty() {
         return Vec::new();
     }
+    let query = kind_words(query);
     let docs: Vec<Document<usize>> = texts
         .iter()
-        .chain(std::iter::once(&query.to_owned()))
+        .map(|t| kind_words(t))
+        .chain(std::iter::once(query.clone()))
         .enumerate()
-        .map(|(i, t)| Document::new(i, t.clone()))
+        .map(|(i, t)| Document::new(i, t))
         .collect();
     let engine = SearchEngineBuilder::<usize>::with_documents(Language::English, docs).build();
     let mut out = vec![0.0; texts.len() + 1];
-    for r in engine.search(query, None) {
+    for r in engine.search(&query, None) {
         out[r.document.id] = f64::from(r.score);
     }
     let own = out.pop().unwrap_or(0.0);
@@ -346,7 +361,8 @@ impl PromptPolicy {
         (loss, norm)
     }
 
-    /// The best verified trajectory of each group with a reward spread joins the bank.
+    /// The best verified (and, with `grounded_exemplars`, grounded) trajectory of each group with a
+    /// reward spread joins the bank.
     fn add_exemplars(&mut self, batch: &ScoredBatch<'_>) {
         let size = batch.group_size.max(1);
         for g in 0..batch.tasks.len() {
@@ -358,9 +374,12 @@ impl PromptPolicy {
             if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
+            let grounded = |k: usize| {
+                !self.settings.grounded_exemplars || state::grounded(&batch.trajectories[k])
+            };
             let Some(best) = range
                 .clone()
-                .filter(|&k| batch.passed[k])
+                .filter(|&k| batch.passed[k] && grounded(k))
                 .max_by(|&a, &b| batch.rewards[a].total_cmp(&batch.rewards[b]).then(b.cmp(&a)))
             else {
                 continue;
@@ -628,7 +647,13 @@ mod tests {
         Task { query: query.into(), expected_outcome: expected, metadata: None }
     }
 
+    /// A trajectory whose tool call printed its answer (or `7` when it has none).
     fn trajectory(query: &str, answer: Option<&str>, shown: &[&str]) -> Trajectory {
+        printing(query, answer, answer.unwrap_or("7"), shown)
+    }
+
+    /// A trajectory whose tool call printed `output`, then answered `answer`.
+    fn printing(query: &str, answer: Option<&str>, output: &str, shown: &[&str]) -> Trajectory {
         Trajectory {
             query: query.into(),
             steps: vec![Step {
@@ -636,7 +661,7 @@ mod tests {
                 action: json!({"type": "tool_call", "name": "python",
                     "arguments": {"code": "print(7)"},
                     "text": "<tool_call>{\"name\": \"python\", \"arguments\": {\"code\": \"print(7)\"}}"}),
-                result: json!({"ok": true, "output": "7"}),
+                result: json!({"ok": true, "output": output}),
                 timestamp: String::new(),
                 duration_ms: 1,
             }],
@@ -755,6 +780,42 @@ mod tests {
     }
 
     #[test]
+    fn a_right_answer_after_a_call_that_printed_something_else_is_no_exemplar() {
+        let q = "How many elements are in the list [4, 17, 19]?";
+        let t = task(q, "3");
+        let tasks = [&t];
+        // Verified (the answer is right) but its call printed a wrong value; then a grounded one.
+        let trajs = vec![
+            printing(q, Some("3"), "[17, 18]", &[]),
+            printing(q, Some("4"), "4", &[]),
+            printing(q, Some("3"), "3\n", &[]),
+        ];
+        // The sources of the exemplars an update on the first `n` rollouts adds.
+        let added = |grounded: bool, n: usize| -> Vec<String> {
+            let (mut s, mut api) = settings();
+            api.prompt_policy.grounded_exemplars = grounded;
+            s.api = Some(api.clone());
+            let mut policy = PromptPolicy::initial(&s, &api);
+            let batch = ScoredBatch {
+                iteration: 1,
+                tasks: &tasks,
+                group_size: n,
+                trajectories: &trajs[..n],
+                rewards: &[1.0, 0.0, 1.0][..n],
+                advantages: &[0.7, -1.4, 0.7][..n],
+                passed: &[true, false, true][..n],
+            };
+            policy.update(&batch).unwrap();
+            policy.state.exemplars.iter().map(|e| e.source.clone()).collect()
+        };
+        assert_eq!(added(true, 3), ["it1-q0-s2"]);
+        // Only the ungrounded one verified: no exemplar.
+        assert!(added(true, 2).is_empty());
+        // With the rule off, the first verified rollout joins.
+        assert_eq!(added(false, 3), ["it1-q0-s0"]);
+    }
+
+    #[test]
     fn past_the_cap_the_lowest_credit_exemplar_is_retired() {
         let (mut s, mut api) = settings();
         api.prompt_policy.max_exemplars = 2;
@@ -812,8 +873,28 @@ mod similarity_tests {
         assert!(s[1..].iter().all(|&x| x < least), "{s:?}");
         let s = super::similarity("Sort the list [5, 0, 7]", &texts);
         assert!(s[1] >= least, "{s:?}");
-        assert!(s[0] < least && s[2] < least && s[3] < least, "{s:?}");
+        assert!(s[0] < least && s[3] < least, "{s:?}");
+        // "Reverse the list" shares a word: similar, but far less than a task of its own kind.
+        assert!(s[2] > 0.0 && s[1] > 2.0 * s[2], "{s:?}");
         assert!(super::similarity("anything", &[]).is_empty());
+    }
+
+    #[test]
+    fn shared_numbers_do_not_make_tasks_alike() {
+        let texts = [
+            "Find the maximum value in [9, 2, 14]".to_owned(),
+            "Compute the sum of [9, 2, 14, 3]".to_owned(),
+            "Sort the list [1, 5, 7]".to_owned(),
+        ];
+        let s = super::similarity("Sort the list [9, 2, 14]", &texts);
+        let least = agentcore_agent::definition::prompt_defaults::MIN_SIMILARITY;
+        assert!(s[2] >= least, "{s:?}");
+        assert!(s[0] < least && s[1] < least, "{s:?}");
+        assert!(s[2] > 3.0 * s[0].max(s[1]), "{s:?}");
+        // Words stay whole (a letter in them keeps the digits: `x2`, `log10`).
+        assert_eq!(super::kind_words("Is x2 in [1, 2]? It's log10"), "Is x2 in It's log10");
+        // A text of numbers only is kept as it is.
+        assert_eq!(super::kind_words("[1, 2]"), "[1, 2]");
     }
 }
 

@@ -248,6 +248,45 @@ pub fn demonstration(t: &Trajectory) -> Option<Vec<Message>> {
     Some(out)
 }
 
+/// Whether `t`'s final answer is what its last tool call printed: the last step with tool calls
+/// succeeded, and the answer equals its output or one of the output's lines (whitespace and case
+/// ignored; two numbers compare as numbers). A trajectory without tool calls is grounded; one
+/// without an answer is not.
+#[must_use]
+pub fn grounded(t: &Trajectory) -> bool {
+    let Some(answer) = t.final_answer.as_deref() else { return false };
+    let Some(step) = t
+        .steps
+        .iter()
+        .rev()
+        .find(|s| matches!(s.action["type"].as_str(), Some("tool_call" | "tool_calls")))
+    else {
+        return true;
+    };
+    let results: Vec<&Value> = match &step.result {
+        Value::Array(rs) => rs.iter().collect(),
+        r => vec![r],
+    };
+    let squash = |s: &str| -> String {
+        s.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
+    };
+    let same = |a: &str, b: &str| -> bool {
+        let (a, b) = (squash(a), squash(b));
+        if a.is_empty() {
+            return false;
+        }
+        match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+            _ => a == b,
+        }
+    };
+    results.iter().any(|r| {
+        let output = r["output"].as_str().unwrap_or_default();
+        r["ok"].as_bool() != Some(false)
+            && (same(answer, output) || output.lines().any(|line| same(answer, line)))
+    })
+}
+
 /// An exemplar as text in the prompt.
 #[must_use]
 pub fn exemplar_text(e: &Exemplar) -> String {
@@ -289,6 +328,60 @@ pub fn render(system_prompt: &str, lessons: &[&Lesson], exemplars: &[&Exemplar])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answered(answer: Option<&str>, results: Vec<Value>) -> Trajectory {
+        use agentcore_agent::trajectory::{Step, StopReason, Usage};
+        let step = |action: Value, result: Value| Step {
+            state: String::new(),
+            action,
+            result,
+            timestamp: String::new(),
+            duration_ms: 0,
+        };
+        let mut steps: Vec<Step> = results
+            .into_iter()
+            .map(|r| step(serde_json::json!({"type": "tool_call", "name": "python"}), r))
+            .collect();
+        steps.push(step(serde_json::json!({"type": "answer"}), Value::Null));
+        Trajectory {
+            query: String::new(),
+            steps,
+            final_answer: answer.map(str::to_owned),
+            stop_reason: StopReason::Answer,
+            error: None,
+            tokens: None,
+            api_tokens: Vec::new(),
+            usage: Usage::default(),
+            cost_usd: rust_decimal::Decimal::ZERO,
+            execution_time_ms: 0,
+            tool_calls: 0,
+            successful_tool_calls: 0,
+            verification_steps: 0,
+            context: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_grounded_when_the_last_call_printed_it() {
+        use serde_json::json;
+        let out = |o: &str| json!({"ok": true, "output": o});
+        assert!(grounded(&answered(Some("[1, 3, 9]"), vec![out("[1,3,9]\n")])));
+        assert!(grounded(&answered(Some("7"), vec![out("7.0")])));
+        assert!(grounded(&answered(Some("True"), vec![out("checking\ntrue")])));
+        // Multiple calls in one turn: any of them.
+        assert!(grounded(&answered(Some("5"), vec![json!([out("2"), out("5")])])));
+        // The last call counts, not an earlier one.
+        assert!(!grounded(&answered(Some("4"), vec![out("4"), out("[17, 19]")])));
+        // Printed something else, a part of the answer only, or failed.
+        assert!(!grounded(&answered(Some("1"), vec![out("16")])));
+        assert!(!grounded(&answered(Some("4"), vec![out("")])));
+        assert!(!grounded(&answered(Some("7.5"), vec![out("7")])));
+        let failed = json!({"ok": false, "output": "NameError: name 'x' is not defined"});
+        assert!(!grounded(&answered(Some("NameError: name 'x' is not defined"), vec![failed])));
+        // No answer: never; no tool call: nothing to contradict.
+        assert!(!grounded(&answered(None, vec![out("4")])));
+        assert!(grounded(&answered(Some("Paris"), vec![])));
+    }
 
     fn lesson(id: &str, text: &str) -> Lesson {
         Lesson {
