@@ -785,7 +785,7 @@ mod tests {
         let t = task(q, "3");
         let tasks = [&t];
         // Verified (the answer is right) but its call printed a wrong value; then a grounded one.
-        let trajs = vec![
+        let trajs = [
             printing(q, Some("3"), "[17, 18]", &[]),
             printing(q, Some("4"), "4", &[]),
             printing(q, Some("3"), "3\n", &[]),
