@@ -469,7 +469,7 @@ fn summary_text(s: &Summary) -> String {
     let mut out = format!(
         "job {}: success rate {:.1}% -> {:.1}% ({:+.1} points, McNemar p = {:.3e}) on {} held-out queries\n\
          baseline 95% CI [{:.1}%, {:.1}%], final 95% CI [{:.1}%, {:.1}%]\n\
-         {} iterations ({}), wall {:.0} s (warm start {:.0} s{}), cost ${} of ${}\n\
+         {} iterations ({}), wall {:.0} s{}, cost ${} of ${}\n\
          best checkpoint: {}\n",
         s.job_id,
         s.baseline_success_rate * 100.0,
@@ -484,8 +484,12 @@ fn summary_text(s: &Summary) -> String {
         s.iterations,
         s.stop_reason.as_str(),
         s.wall_seconds,
-        s.warm_start_seconds,
-        if s.warm_start_cached { ", cached" } else { "" },
+        // Only the built-in model has a warm start: its seconds, or that it came from the cache.
+        match (s.warm_start_cached, s.warm_start_seconds > 0.0) {
+            (true, _) => " (warm start cached)".to_string(),
+            (false, true) => format!(" (warm start {:.0} s)", s.warm_start_seconds),
+            (false, false) => String::new(),
+        },
         s.cost_usd.round_dp(4),
         s.budget_usd,
         s.best_checkpoint_id.as_deref().unwrap_or("none"),

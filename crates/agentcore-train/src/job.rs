@@ -232,6 +232,7 @@ pub fn run(
             cost_usd: spent(wall_seconds, state.api_cost_usd),
             budget_usd: config.max_budget_usd,
             run_dir: &run_dir,
+            warm_starts: settings.warm_starts(),
         },
         &state,
         &eval,

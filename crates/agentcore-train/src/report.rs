@@ -193,15 +193,20 @@ pub fn markdown(
     let pct = |x: f64| format!("{:.1}%", x * 100.0);
     let mut out = String::new();
     let _ = writeln!(out, "# Training report: job `{}`\n", s.job_id);
+    let agent = match (&settings.api, &settings.model) {
+        (Some(api), _) => format!("`{}` behind {}", api.endpoint.model, api.endpoint.base_url),
+        (None, Some(m)) => format!("`{}`", m.path.display()),
+        (None, None) => "the built-in model".to_string(),
+    };
+    let goal = if settings.data.is_some() {
+        "the job's own tasks: reach each task's expected outcome"
+    } else {
+        "the `seed` task suite: answer each query with the verified result of a tool call"
+    };
     let _ = writeln!(
         out,
-        "## Goal\nImprove agent `{}` ({} with a sandboxed `python` tool) on the `seed` task \
-         suite: answer each query with the verified result of a tool call.\n",
+        "## Goal\nImprove agent `{}` ({agent} with a sandboxed `python` tool) on {goal}.\n",
         s.agent_id,
-        settings
-            .model
-            .as_ref()
-            .map_or("the built-in model".to_string(), |m| format!("`{}`", m.path.display()))
     );
     let policy = match &settings.model {
         Some(m) => format!(
@@ -212,23 +217,38 @@ pub fn markdown(
         None if !s.policy.is_empty() => format!("- Policy: {}.\n", s.policy),
         None => String::new(),
     };
-    let _ = writeln!(
-        out,
-        "## Data\n{policy}- {} seed tasks (difficulty 1-{}), split per family: {} for training, {} \
-         held out for evaluation (unseen queries of the trained families).\n- Warm start: {} \
-         supervised steps on {} imperfect demonstrations ({}).\n",
-        settings.n_tasks,
-        settings.max_difficulty,
-        s.train_queries,
-        s.eval_queries,
-        settings.warm_start.steps,
-        settings.warm_start.n_demos,
-        if s.warm_start_cached {
-            "from the cache".to_string()
-        } else {
-            format!("{:.0} s", s.warm_start_seconds)
-        }
-    );
+    let tasks = match &settings.data {
+        Some(data) => format!(
+            "- {} training tasks and {} held-out tasks from the job's data{}.\n",
+            s.train_queries,
+            s.eval_queries,
+            if data.eval.is_empty() {
+                " (held out per family from the training tasks)"
+            } else {
+                ""
+            }
+        ),
+        None => format!(
+            "- {} seed tasks (difficulty 1-{}), split per family: {} for training, {} held out \
+             for evaluation (unseen queries of the trained families).\n",
+            settings.n_tasks, settings.max_difficulty, s.train_queries, s.eval_queries,
+        ),
+    };
+    let warm_start = if settings.warm_starts() {
+        format!(
+            "- Warm start: {} supervised steps on {} imperfect demonstrations ({}).\n",
+            settings.warm_start.steps,
+            settings.warm_start.n_demos,
+            if s.warm_start_cached {
+                "from the cache".to_string()
+            } else {
+                format!("{:.0} s", s.warm_start_seconds)
+            }
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "## Data\n{policy}{tasks}{warm_start}");
     let _ = writeln!(
         out,
         "## Configuration\n| setting | value |\n| --- | --- |\n| n_iterations | {} |\n| batch_size | {} |\n\
@@ -341,4 +361,77 @@ pub fn write(
     write_curves(dir, summary, history, evals)?;
     write_atomic(&dir.join("report.md"), markdown(settings, summary, history, evals).as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoints::JobState;
+    use crate::settings::{ApiAgent, JobData};
+    use crate::summary::{SummaryInputs, summarize};
+    use agentcore_agent::backend::OpenAiSettings;
+    use agentcore_tasks::Task;
+
+    fn task(query: &str) -> Task {
+        let mut expected = serde_json::Map::new();
+        expected.insert("result".into(), serde_json::json!(1));
+        Task { query: query.into(), expected_outcome: expected, metadata: None }
+    }
+
+    /// The report of a job of `settings` whose 2 held-out tasks went from 0 to 1 solved, with
+    /// the warm start as the job reports it.
+    fn report(settings: &JobSettings, cached: bool) -> String {
+        let eval = [task("a"), task("b")];
+        let mut state = JobState::new(0.0, cached);
+        state.baseline = vec![false, false];
+        let inputs = SummaryInputs {
+            job_id: "j",
+            agent_id: settings.agent_id(),
+            policy: "p".into(),
+            train_queries: 100,
+            wall_seconds: 1.0,
+            cost_usd: rust_decimal::Decimal::ZERO,
+            budget_usd: rust_decimal::Decimal::ONE,
+            run_dir: Path::new("run"),
+            warm_starts: settings.warm_starts(),
+        };
+        let summary = summarize(inputs, &state, &eval, &[true, false]).expect("summary");
+        markdown(settings, &summary, &[], &[])
+    }
+
+    #[test]
+    fn a_prompt_job_on_its_own_tasks_reports_its_endpoint_and_data_and_no_warm_start() {
+        let api = ApiAgent {
+            endpoint: OpenAiSettings::new("http://127.0.0.1:8765/v1", "gemma-3-270m"),
+            system_prompt: "Solve the task.".into(),
+            prompt_policy: agentcore_agent::definition::PromptPolicySettings::default(),
+            allow_private_endpoints: true,
+        };
+        let data = JobData { train: vec![task("t"); 100], eval: vec![task("a"), task("b")] };
+        let settings = JobSettings { api: Some(api), data: Some(data), ..JobSettings::embedded() };
+        let md = report(&settings, true);
+        assert!(md.contains("`gemma-3-270m` behind http://127.0.0.1:8765/v1"), "{md}");
+        assert!(
+            md.contains("100 training tasks and 2 held-out tasks from the job's data."),
+            "{md}"
+        );
+        assert!(md.contains("the job's own tasks"), "{md}");
+        for wrong in ["Warm start", "seed tasks", "`seed` task suite", "built-in model"] {
+            assert!(!md.contains(wrong), "a prompt job's report says {wrong:?}:\n{md}");
+        }
+    }
+
+    #[test]
+    fn the_built_in_models_report_names_its_warm_start_and_the_seed_suite() {
+        let settings = JobSettings::embedded();
+        let md = report(&settings, true);
+        assert!(md.contains("the built-in model"), "{md}");
+        assert!(md.contains("`seed` task suite"), "{md}");
+        assert!(md.contains(&format!("seed tasks (difficulty 1-{})", settings.max_difficulty)));
+        let warm = format!(
+            "Warm start: {} supervised steps on {} imperfect demonstrations (from the cache)",
+            settings.warm_start.steps, settings.warm_start.n_demos
+        );
+        assert!(md.contains(&warm), "{md}");
+    }
 }

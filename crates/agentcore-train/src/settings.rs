@@ -214,6 +214,13 @@ impl JobSettings {
         }
     }
 
+    /// Whether the job's policy starts from a warm start: only the built-in model has one (a
+    /// pretrained model and an agent behind an endpoint start as they are).
+    #[must_use]
+    pub fn warm_starts(&self) -> bool {
+        self.api.is_none() && self.model.is_none()
+    }
+
     /// Problems that stop the job before any work: each names the field, the rule and the value.
     #[must_use]
     pub fn violations(&self) -> Vec<String> {

@@ -31,6 +31,9 @@ pub struct SummaryInputs<'a> {
     pub budget_usd: Decimal,
     /// The run directory.
     pub run_dir: &'a Path,
+    /// Whether the job's policy has a warm start ([`crate::settings::JobSettings::warm_starts`]):
+    /// one without reports none, though its initial policy counts as "cached" in the state.
+    pub warm_starts: bool,
 }
 
 /// The summary of a job whose held-out `eval` tasks the baseline and the final policy answered
@@ -77,7 +80,7 @@ pub fn summarize(
         stop_reason: state.stop_reason.unwrap_or(StopReason::Completed),
         wall_seconds: inputs.wall_seconds,
         warm_start_seconds: state.warm_start_seconds,
-        warm_start_cached: state.warm_start_cached,
+        warm_start_cached: state.warm_start_cached && inputs.warm_starts,
         cost_usd: inputs.cost_usd,
         budget_usd: inputs.budget_usd,
         best_checkpoint_id: best.map(|c| c.checkpoint_id.clone()),

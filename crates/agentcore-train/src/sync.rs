@@ -134,8 +134,7 @@ fn prune(run: &Path, job_id: &str, keep: impl Fn(&str) -> bool) -> Vec<String> {
 
 /// The key of the warm-start cache a job's policy uses (the built-in model's), if any.
 fn warm_start_key(settings: &JobSettings) -> Option<String> {
-    (settings.api.is_none() && settings.model.is_none())
-        .then(|| format!("warmstart/{}", settings.warm_start.cache_key()))
+    settings.warm_starts().then(|| format!("warmstart/{}", settings.warm_start.cache_key()))
 }
 
 /// Brings the job's warm-start cache from the store when this machine lacks it (a fresh pod

@@ -654,18 +654,35 @@ mod tests {
 
     /// A trajectory whose tool call printed `output`, then answered `answer`.
     fn printing(query: &str, answer: Option<&str>, output: &str, shown: &[&str]) -> Trajectory {
+        let call = json!({"type": "tool_call", "name": "python",
+            "arguments": {"code": "print(7)"},
+            "text": "<tool_call>{\"name\": \"python\", \"arguments\": {\"code\": \"print(7)\"}}"});
+        let mut t = finished(query, vec![step(query, call, json!({"ok": true, "output": output}))]);
+        t.final_answer = answer.map(str::to_owned);
+        t.context = Some(PromptContext {
+            system_prompt: String::new(),
+            shown: shown.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        t
+    }
+
+    /// A step of `action` that returned `result`.
+    pub(super) fn step(state: &str, action: Value, result: Value) -> Step {
+        Step { state: state.into(), action, result, timestamp: String::new(), duration_ms: 1 }
+    }
+
+    /// A trajectory of `steps` that stopped on an answer (none set yet), its tool calls counted
+    /// from the steps.
+    pub(super) fn finished(query: &str, steps: Vec<Step>) -> Trajectory {
+        let calls: Vec<&Step> = steps.iter().filter(|s| s.action["type"] == "tool_call").collect();
+        let tool_calls = u32::try_from(calls.len()).expect("a test's handful of calls");
+        let successful_tool_calls =
+            u32::try_from(calls.iter().filter(|s| s.result["ok"].as_bool() == Some(true)).count())
+                .expect("a test's handful of calls");
         Trajectory {
             query: query.into(),
-            steps: vec![Step {
-                state: query.into(),
-                action: json!({"type": "tool_call", "name": "python",
-                    "arguments": {"code": "print(7)"},
-                    "text": "<tool_call>{\"name\": \"python\", \"arguments\": {\"code\": \"print(7)\"}}"}),
-                result: json!({"ok": true, "output": output}),
-                timestamp: String::new(),
-                duration_ms: 1,
-            }],
-            final_answer: answer.map(str::to_owned),
+            steps,
+            final_answer: None,
             stop_reason: StopReason::Answer,
             error: None,
             tokens: None,
@@ -673,13 +690,10 @@ mod tests {
             usage: Usage::default(),
             cost_usd: Decimal::ZERO,
             execution_time_ms: 1,
-            tool_calls: 1,
-            successful_tool_calls: 1,
+            tool_calls,
+            successful_tool_calls,
             verification_steps: 0,
-            context: Some(PromptContext {
-                system_prompt: String::new(),
-                shown: shown.iter().map(|s| (*s).to_owned()).collect(),
-            }),
+            context: None,
         }
     }
 

@@ -330,35 +330,15 @@ mod tests {
     use super::*;
 
     fn answered(answer: Option<&str>, results: Vec<Value>) -> Trajectory {
-        use agentcore_agent::trajectory::{Step, StopReason, Usage};
-        let step = |action: Value, result: Value| Step {
-            state: String::new(),
-            action,
-            result,
-            timestamp: String::new(),
-            duration_ms: 0,
-        };
-        let mut steps: Vec<Step> = results
+        use super::super::tests::{finished, step};
+        let mut steps: Vec<_> = results
             .into_iter()
-            .map(|r| step(serde_json::json!({"type": "tool_call", "name": "python"}), r))
+            .map(|r| step("", serde_json::json!({"type": "tool_call", "name": "python"}), r))
             .collect();
-        steps.push(step(serde_json::json!({"type": "answer"}), Value::Null));
-        Trajectory {
-            query: String::new(),
-            steps,
-            final_answer: answer.map(str::to_owned),
-            stop_reason: StopReason::Answer,
-            error: None,
-            tokens: None,
-            api_tokens: Vec::new(),
-            usage: Usage::default(),
-            cost_usd: rust_decimal::Decimal::ZERO,
-            execution_time_ms: 0,
-            tool_calls: 0,
-            successful_tool_calls: 0,
-            verification_steps: 0,
-            context: None,
-        }
+        steps.push(step("", serde_json::json!({"type": "answer"}), Value::Null));
+        let mut t = finished("", steps);
+        t.final_answer = answer.map(str::to_owned);
+        t
     }
 
     #[test]
