@@ -84,6 +84,12 @@ base, final = done["baseline_success_rate"], done["final_success_rate"]
 gain = (final - base) * 100
 ok = gain >= 20 and done["p_value"] < 1e-4 and int(sys.argv[3]) <= 45 * 60
 last = its[-1] if its else {}
+# The settings the job ran with, from its own `started` event (not what the repo says now).
+started = [e for e in events if e["event"] == "started"][0]
+pp = started["settings"]["api"]["prompt_policy"]
+print(f"seed {sys.argv[2]} ran with min_similarity {pp['min_similarity']}, "
+      f"exemplars_shown {pp['exemplars_shown']}, retrieval {pp['retrieval']['kind']}, "
+      f"grounded_exemplars {pp['grounded_exemplars']}")
 print(f"seed {sys.argv[2]}: {base*100:.1f}% -> {final*100:.1f}% ({gain:+.1f} points, "
       f"McNemar p = {done['p_value']:.2e}) on {done['eval_queries']} queries, "
       f"{len(its)} iterations, wall {sys.argv[3]} s, cost ${done['cost_usd']}, "
