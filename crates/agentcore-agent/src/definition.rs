@@ -230,8 +230,9 @@ pub struct PromptPolicySettings {
     pub min_similarity: f64,
     /// Whether a trajectory that called tools becomes an exemplar only when its final answer is
     /// what its last tool call printed (the whole output or one of its lines, whitespace and
-    /// case ignored, numbers compared as numbers) and that call succeeded. Turn it off for
-    /// agents whose answers rephrase their tools' output.
+    /// case ignored, numbers compared as numbers), that call succeeded, and the answer is not a
+    /// literal of the call's own arguments that the query lacks (a printed guess). Turn it off
+    /// for agents whose answers rephrase their tools' output.
     pub grounded_exemplars: bool,
     /// How an item's similarity to the query is measured.
     pub retrieval: RetrievalSettings,

@@ -655,8 +655,8 @@ mod tests {
     /// A trajectory whose tool call printed `output`, then answered `answer`.
     fn printing(query: &str, answer: Option<&str>, output: &str, shown: &[&str]) -> Trajectory {
         let call = json!({"type": "tool_call", "name": "python",
-            "arguments": {"code": "print(7)"},
-            "text": "<tool_call>{\"name\": \"python\", \"arguments\": {\"code\": \"print(7)\"}}"});
+            "arguments": {"code": "print(len(basket))"},
+            "text": "<tool_call>{\"name\": \"python\", \"arguments\": {\"code\": \"print(len(basket))\"}}"});
         let mut t = finished(query, vec![step(query, call, json!({"ok": true, "output": output}))]);
         t.final_answer = answer.map(str::to_owned);
         t.context = Some(PromptContext {

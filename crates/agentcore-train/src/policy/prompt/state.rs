@@ -248,10 +248,12 @@ pub fn demonstration(t: &Trajectory) -> Option<Vec<Message>> {
     Some(out)
 }
 
-/// Whether `t`'s final answer is what its last tool call printed: the last step with tool calls
-/// succeeded, and the answer equals its output or one of the output's lines (whitespace and case
-/// ignored; two numbers compare as numbers). A trajectory without tool calls is grounded; one
-/// without an answer is not.
+/// Whether `t`'s final answer is what its last tool call computed: the last step with tool calls
+/// succeeded, the answer equals its output or one of the output's lines (whitespace and case
+/// ignored; two numbers compare as numbers), and the answer is not a literal that the call's own
+/// arguments hold and the query does not (`print(12) or 1` prints 1, but the 1 is the model's
+/// guess, not the tool's work). A trajectory without tool calls is grounded; one without an answer
+/// is not.
 #[must_use]
 pub fn grounded(t: &Trajectory) -> bool {
     let Some(answer) = t.final_answer.as_deref() else { return false };
@@ -280,11 +282,55 @@ pub fn grounded(t: &Trajectory) -> bool {
             _ => a == b,
         }
     };
-    results.iter().any(|r| {
+    let printed = results.iter().any(|r| {
         let output = r["output"].as_str().unwrap_or_default();
         r["ok"].as_bool() != Some(false)
             && (same(answer, output) || output.lines().any(|line| same(answer, line)))
-    })
+    });
+    printed && !echoed(answer, &step.action, &t.query)
+}
+
+/// Whether `answer` is a literal written into the arguments of `action`'s calls that `query`
+/// does not hold: the call then only printed the model's own guess. A one-word answer is looked
+/// for among the words and numbers (numbers compared as numbers, a sign ignored), a longer one
+/// in the text with whitespace removed.
+fn echoed(answer: &str, action: &Value, query: &str) -> bool {
+    let calls: Vec<&Value> = match action["calls"].as_array() {
+        Some(calls) => calls.iter().map(|c| &c["arguments"]).collect(),
+        None => vec![&action["arguments"]],
+    };
+    let arguments: String = calls.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+    let words = literals(answer.trim().trim_start_matches('-'));
+    match words.as_slice() {
+        [] => false,
+        [word] => {
+            let holds = |text: &str| literals(text).iter().any(|w| same_literal(word, w));
+            holds(&arguments) && !holds(query)
+        }
+        _ => {
+            let squash = |s: &str| -> String {
+                s.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
+            };
+            let a = squash(answer);
+            squash(&arguments).contains(&a) && !squash(query).contains(&a)
+        }
+    }
+}
+
+/// The words and numbers of `text`, lowercased.
+fn literals(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '.'))
+        .map(|w| w.trim_matches('.').to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Two words are the same literal: equal numbers, or equal text.
+fn same_literal(a: &str, b: &str) -> bool {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
 }
 
 /// An exemplar as text in the prompt.
@@ -361,6 +407,70 @@ mod tests {
         // No answer: never; no tool call: nothing to contradict.
         assert!(!grounded(&answered(None, vec![out("4")])));
         assert!(grounded(&answered(Some("Paris"), vec![])));
+    }
+
+    /// A trajectory on `query` whose one call with `arguments` printed `output`, then answered.
+    fn called(query: &str, arguments: Value, output: &str, answer: &str) -> Trajectory {
+        use super::super::tests::{finished, step};
+        use serde_json::json;
+        let call = json!({"type": "tool_call", "name": "python", "arguments": arguments});
+        let steps = vec![
+            step(query, call, json!({"ok": true, "output": output})),
+            step("", json!({"type": "answer"}), Value::Null),
+        ];
+        let mut t = finished(query, steps);
+        t.final_answer = Some(answer.to_owned());
+        t
+    }
+
+    #[test]
+    fn an_answer_the_call_only_echoes_from_its_own_code_is_not_grounded() {
+        use serde_json::json;
+        let code = |c: &str| json!({"code": c});
+        // The model's guess printed back: the 1 and the 2 come from the code, not the query.
+        let count = "How many times does 12 occur in [18, 12, 5]?";
+        assert!(!grounded(&called(count, code("print(12) or 1"), "12\n1", "1")));
+        let product = "Compute the product of [3, 4, 2]";
+        assert!(!grounded(&called(product, code("print(24)"), "24", "24")));
+        assert!(!grounded(&called(
+            "What is the capital of France?",
+            code("print('Paris')"),
+            "Paris",
+            "Paris"
+        )));
+        // Literals the query holds are the task's data; computed values are the tool's work.
+        let minimum = "Find the minimum value in [7, 1, 9]";
+        assert!(grounded(&called(minimum, code("print(min([7, 1, 9]))"), "1", "1")));
+        assert!(grounded(&called(product, code("print(3 * 4 * 2)"), "24", "24")));
+        let sorted = "Sort the list [1, 3, 9]";
+        assert!(grounded(&called(
+            sorted,
+            code("print(sorted([1, 3, 9]))"),
+            "[1, 3, 9]",
+            "[1, 3, 9]"
+        )));
+        assert!(!grounded(&called(
+            "Sort the list [9, 1, 3]",
+            code("print([1, 3, 9])"),
+            "[1, 3, 9]",
+            "[1,3,9]"
+        )));
+        // A tool that looks the answer up: its arguments do not hold the answer.
+        assert!(grounded(&called(
+            "What is the capital of France?",
+            json!({"query": "capital of France"}),
+            "Paris",
+            "paris"
+        )));
+        // Several calls in one turn: any call's arguments count.
+        let calls = json!({"type": "tool_calls", "calls": [
+            {"name": "python", "arguments": {"code": "print(len([18, 12, 5]))"}},
+            {"name": "python", "arguments": {"code": "print(1)"}},
+        ]});
+        let mut t = called(count, json!({}), "", "1");
+        t.steps[0].action = calls;
+        t.steps[0].result = json!([{"ok": true, "output": "3"}, {"ok": true, "output": "1"}]);
+        assert!(!grounded(&t));
     }
 
     fn lesson(id: &str, text: &str) -> Lesson {
