@@ -269,18 +269,9 @@ pub fn grounded(t: &Trajectory) -> bool {
         Value::Array(rs) => rs.iter().collect(),
         r => vec![r],
     };
-    let squash = |s: &str| -> String {
-        s.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
-    };
     let same = |a: &str, b: &str| -> bool {
         let (a, b) = (squash(a), squash(b));
-        if a.is_empty() {
-            return false;
-        }
-        match (a.parse::<f64>(), b.parse::<f64>()) {
-            (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
-            _ => a == b,
-        }
+        !a.is_empty() && same_literal(&a, &b)
     };
     let printed = results.iter().any(|r| {
         let output = r["output"].as_str().unwrap_or_default();
@@ -308,13 +299,15 @@ fn echoed(answer: &str, action: &Value, query: &str) -> bool {
             holds(&arguments) && !holds(query)
         }
         _ => {
-            let squash = |s: &str| -> String {
-                s.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
-            };
             let a = squash(answer);
             squash(&arguments).contains(&a) && !squash(query).contains(&a)
         }
     }
+}
+
+/// `s` without whitespace, lowercased.
+fn squash(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_lowercase).collect()
 }
 
 /// The words and numbers of `text`, lowercased.
