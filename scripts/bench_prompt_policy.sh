@@ -89,7 +89,7 @@ started = [e for e in events if e["event"] == "started"][0]
 pp = started["settings"]["api"]["prompt_policy"]
 print(f"seed {sys.argv[2]} ran with min_similarity {pp['min_similarity']}, "
       f"exemplars_shown {pp['exemplars_shown']}, retrieval {pp['retrieval']['kind']}, "
-      f"grounded_exemplars {pp['grounded_exemplars']}")
+      f"grounded_exemplars {pp['grounded_exemplars']}, stop_option {pp.get('stop_option', False)}")
 print(f"seed {sys.argv[2]}: {base*100:.1f}% -> {final*100:.1f}% ({gain:+.1f} points, "
       f"McNemar p = {done['p_value']:.2e}) on {done['eval_queries']} queries, "
       f"{len(its)} iterations, wall {sys.argv[3]} s, cost ${done['cost_usd']}, "

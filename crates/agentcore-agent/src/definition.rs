@@ -197,6 +197,8 @@ pub mod prompt_defaults {
     /// Whether an exemplar must answer what its last tool call printed (a small model often
     /// writes a right answer after a wrong call; shown, such a trajectory teaches the wrong call).
     pub const GROUNDED_EXEMPLARS: bool = true;
+    /// Whether each pick of the item choice may instead stop (show no more items).
+    pub const STOP_OPTION: bool = true;
     /// Tokens of one reflection answer.
     pub const REFLECTION_MAX_TOKENS: usize = 256;
     /// Library operations applied per iteration.
@@ -228,6 +230,14 @@ pub struct PromptPolicySettings {
     /// Least similarity (0..=1; with BM25 the share of the query's weighted words an item
     /// shares, with embeddings the cosine) of an item shown for a query.
     pub min_similarity: f64,
+    /// Whether each pick of the item choice may instead stop, showing no more items, with the
+    /// logit of an item of no credit at the similarity threshold (`relevance_weight *
+    /// min_similarity / selection_temperature`). The rollouts of a group then also differ in
+    /// whether they show an item at all, so an item that does worse than showing nothing loses
+    /// credit, and evaluation (which shows the items whose logit beats the stop) leaves it out.
+    /// Off, every pick shows an item while one fits: a lone item is shown to every rollout of
+    /// its queries and its credit cannot learn that it misleads.
+    pub stop_option: bool,
     /// Whether a trajectory that called tools becomes an exemplar only when its final answer is
     /// what its last tool call printed (the whole output or one of its lines, whitespace and
     /// case ignored, numbers compared as numbers), that call succeeded, and the answer is not a
@@ -315,6 +325,7 @@ impl Default for PromptPolicySettings {
             selection_temperature: d::SELECTION_TEMPERATURE,
             relevance_weight: d::RELEVANCE_WEIGHT,
             min_similarity: d::MIN_SIMILARITY,
+            stop_option: d::STOP_OPTION,
             grounded_exemplars: d::GROUNDED_EXEMPLARS,
             retrieval: RetrievalSettings::default(),
             reflection: ReflectionSettings::default(),

@@ -32,7 +32,8 @@ pub struct SummaryInputs<'a> {
     /// The run directory.
     pub run_dir: &'a Path,
     /// Whether the job's policy has a warm start ([`crate::settings::JobSettings::warm_starts`]):
-    /// one without reports none, though its initial policy counts as "cached" in the state.
+    /// one without reports none, also from a checkpoint of an older version, which recorded its
+    /// initial policy as "cached".
     pub warm_starts: bool,
 }
 

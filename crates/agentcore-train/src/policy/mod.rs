@@ -97,7 +97,8 @@ pub trait Policy {
     fn checkpoint_files(&self, rng: &ChaCha8Rng) -> Result<Vec<(String, Vec<u8>)>, TrainError>;
 }
 
-/// The policy of a job before training, and whether its warm start came from the cache.
+/// The policy of a job before training, and whether its warm start came from the cache (never,
+/// for the prompt policy, which has no warm start).
 /// `progress` sees every warm-start step and may stop it: `WarmStop::Interrupt` (cancellation,
 /// shutdown) ends in [`TrainError::Interrupted`], `WarmStop::Budget` keeps the model as far as it
 /// got (not cached).
@@ -113,7 +114,7 @@ pub fn initial(
     ) -> std::ops::ControlFlow<crate::warmstart::WarmStop>,
 ) -> Result<(Box<dyn Policy>, bool), TrainError> {
     if let Some(api) = &settings.api {
-        return Ok((Box::new(prompt::PromptPolicy::initial(settings, api)), true));
+        return Ok((Box::new(prompt::PromptPolicy::initial(settings, api)), false));
     }
     let (policy, cached) = weights::WeightsPolicy::initial(settings, data_dir, sandbox, progress)?;
     Ok((Box::new(policy), cached))

@@ -8,9 +8,11 @@
 //! score against itself (0..1; words only: numbers are an instance's data), or with
 //! `retrieval.kind: embeddings` the cosine of the endpoint's `/v1/embeddings` vectors (each
 //! text embedded once per job); items less similar than `min_similarity` are not shown, and
-//! the others are picked one after another ([`select`]) under the token cap. Training rollouts
-//! sample the choice, so the rollouts of a group see different renderings (recorded in each
-//! trajectory); evaluation takes the best items.
+//! the others are picked one after another ([`select`]) under the token cap; with
+//! `stop_option` each pick may instead end the rendering, with the logit of an item of no
+//! credit at the similarity threshold. Training rollouts sample the choice, so the rollouts of
+//! a group see different renderings, showing nothing among them (recorded in each
+//! trajectory); evaluation takes the best items that beat the stop.
 //!
 //! The update uses the same groups and advantages as the weights policy:
 //! - credit: each item's credit moves by `learning_rate` times the policy gradient of the
@@ -271,21 +273,32 @@ impl PromptPolicy {
         pool
     }
 
+    /// The choice of up to `k` items of `pool`; with `stop_option`, each pick may instead stop,
+    /// with the logit of an item of no credit at the similarity threshold.
+    fn choice<'a>(&self, pool: &'a Pool, k: usize) -> select::Choice<'a> {
+        let s = &self.settings;
+        let stop =
+            s.stop_option.then(|| s.relevance_weight * s.min_similarity / s.selection_temperature);
+        select::Choice { cands: &pool.cands, stop, k }
+    }
+
     /// The rendering of one query: exemplars first (they teach most), then lessons, under the
     /// token cap.
     fn render(&self, query: &str, rng: Option<&mut ChaCha8Rng>) -> PromptContext {
         let (lessons, exemplars) = self.pools(query);
         let s = &self.settings;
         let budget = s.max_prompt_tokens;
+        let (e_choice, l_choice) =
+            (self.choice(&exemplars, s.exemplars_shown), self.choice(&lessons, s.lessons_shown));
         let (e_picks, l_picks) = match rng {
             Some(rng) => {
-                let (e, left) = select::sample(&exemplars.cands, s.exemplars_shown, budget, rng);
-                let (l, _) = select::sample(&lessons.cands, s.lessons_shown, left, rng);
+                let (e, left) = e_choice.sample(budget, rng);
+                let (l, _) = l_choice.sample(left, rng);
                 (e, l)
             }
             None => {
-                let (e, left) = select::greedy(&exemplars.cands, s.exemplars_shown, budget);
-                let (l, _) = select::greedy(&lessons.cands, s.lessons_shown, left);
+                let (e, left) = e_choice.greedy(budget);
+                let (l, _) = l_choice.greedy(left);
                 (e, l)
             }
         };
@@ -323,10 +336,13 @@ impl PromptPolicy {
         let e_picks = index(&exemplars.ids, 'E');
         let l_picks = index(&lessons.ids, 'L');
         let budget = self.settings.max_prompt_tokens;
-        let (lp_e, g_e) = select::log_prob_and_grad(&exemplars.cands, budget, &e_picks);
+        let (e_choice, l_choice) = (
+            self.choice(&exemplars, self.settings.exemplars_shown),
+            self.choice(&lessons, self.settings.lessons_shown),
+        );
+        let (lp_e, g_e) = e_choice.log_prob_and_grad(budget, &e_picks);
         let used: usize = e_picks.iter().map(|&i| exemplars.cands[i].tokens).sum();
-        let (lp_l, g_l) =
-            select::log_prob_and_grad(&lessons.cands, budget.saturating_sub(used), &l_picks);
+        let (lp_l, g_l) = l_choice.log_prob_and_grad(budget.saturating_sub(used), &l_picks);
         let grads = exemplars.ids.into_iter().zip(g_e).chain(lessons.ids.into_iter().zip(g_l));
         (lp_e + lp_l, grads.collect())
     }
@@ -757,6 +773,54 @@ mod tests {
         let e2 = c[0].shown.iter().position(|id| id == "E2");
         assert!(e2.is_none_or(|e2| e1 < e2), "{:?}", c[0].shown);
         assert!(c[0].system_prompt.starts_with("Solve the task."));
+    }
+
+    #[test]
+    fn a_lone_exemplar_that_misleads_loses_its_place_to_showing_nothing() {
+        let q = "How many elements are in the list [4, 17, 19]?";
+        let t = task(q, "3");
+        let tasks = [&t];
+        // The rollouts shown E1 failed; those shown nothing succeeded (unverified, so that no
+        // exemplar joins and E1 stays the only candidate).
+        let trajs = [
+            trajectory(q, Some("4"), &["E1"]),
+            trajectory(q, Some("4"), &["E1"]),
+            trajectory(q, Some("3"), &[]),
+            trajectory(q, Some("3"), &[]),
+        ];
+        // E1's credit after eight such updates, and what evaluation shows for another query.
+        let run = |stop_option: bool| -> (f64, Vec<String>) {
+            let (mut s, mut api) = settings();
+            api.prompt_policy.stop_option = stop_option;
+            s.api = Some(api.clone());
+            let mut policy = PromptPolicy::initial(&s, &api);
+            policy.state.exemplars =
+                vec![exemplar("E1", "How many elements are in the list [1, 2]?")];
+            for iteration in 0..8 {
+                let batch = ScoredBatch {
+                    iteration,
+                    tasks: &tasks,
+                    group_size: 4,
+                    trajectories: &trajs,
+                    rewards: &[0.0, 0.0, 1.0, 1.0],
+                    advantages: &[-1.0, -1.0, 1.0, 1.0],
+                    passed: &[false; 4],
+                };
+                policy.update(&batch).unwrap();
+            }
+            let credit = policy.state.exemplars.iter().find(|e| e.id == "E1").unwrap().credit;
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let eval = "How many elements are in the list [5, 6]?".to_owned();
+            (credit, policy.contexts(&[eval], false, &mut rng).unwrap().remove(0).shown)
+        };
+        let (credit, shown) = run(true);
+        assert!(credit < -1.2, "{credit}");
+        assert!(shown.is_empty(), "{shown:?}");
+        // Without the stop, every rollout of the query shows E1 whenever it is the only
+        // candidate: the choice never varies, its credit cannot move, and it stays shown.
+        let (credit, shown) = run(false);
+        assert!(credit.abs() < 1e-12, "{credit}");
+        assert_eq!(shown, ["E1"]);
     }
 
     #[test]
