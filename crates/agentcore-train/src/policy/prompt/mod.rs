@@ -9,10 +9,10 @@
 //! `retrieval.kind: embeddings` the cosine of the endpoint's `/v1/embeddings` vectors (each
 //! text embedded once per job); items less similar than `min_similarity` are not shown, and
 //! the others are picked one after another ([`select`]) under the token cap; with
-//! `stop_option` each pick may instead end the rendering, with the logit of an item of no
-//! credit at the similarity threshold. Training rollouts sample the choice, so the rollouts of
-//! a group see different renderings, showing nothing among them (recorded in each
-//! trajectory); evaluation takes the best items that beat the stop.
+//! `stop_option` (off by default) each pick may instead end the rendering, with the logit of an
+//! item of no credit at the similarity threshold. Training rollouts sample the choice, so the
+//! rollouts of a group see different renderings (recorded in each trajectory); evaluation
+//! takes the best items (with the stop, those that beat it).
 //!
 //! The update uses the same groups and advantages as the weights policy:
 //! - credit: each item's credit moves by `learning_rate` times the policy gradient of the
