@@ -6,8 +6,9 @@
 # run in $OUT_DIR/seed-N.jsonl.
 #   scripts/bench_prompt_policy.sh                  # seeds 1 2 3
 #   SEEDS=1 N_ITERATIONS=30 scripts/bench_prompt_policy.sh
-# Env: BIN (default: a release build), PORT (8765), N_ITERATIONS (30), EVAL_N (120), REPLICAS
-# (1: llama.cpp servers on PORT, PORT+1, ..., the agent's `replicas`), THREADS (2, shared out),
+# Env: BIN (default: a release build), AGENT (the agent file, examples/agents/gemma-api.yaml),
+# PORT (8765), N_ITERATIONS (30), EVAL_N (120), REPLICAS (1: llama.cpp servers on PORT,
+# PORT+1, ..., the agent's `replicas`), THREADS (2, shared out),
 # SERVER (llamacpp: llama-cpp-python's server, scripts/serve_llamacpp.sh; llama-server:
 # llama.cpp's own, scripts/serve_llama_server.sh, with PARALLEL slots, default 4, and the
 # agent's `concurrency` set to PARALLEL x REPLICAS), TRAIN_MINUTES (unset: none; else the job is
@@ -41,7 +42,7 @@ done
 for ((r = 0; r < REPLICAS; r++)); do
   until curl -sf "http://127.0.0.1:$((PORT + r))/v1/models" > /dev/null; do sleep 0.5; done
 done
-sed "s/8765/$PORT/" examples/agents/gemma-api.yaml > "$OUT_DIR/agent.yaml"
+sed "s/8765/$PORT/" "${AGENT:-examples/agents/gemma-api.yaml}" > "$OUT_DIR/agent.yaml"
 if [[ $SERVER == llama-server ]]; then
   sed -i "s/^  concurrency: .*/  concurrency: $(( PARALLEL * REPLICAS ))/" "$OUT_DIR/agent.yaml"
 fi
